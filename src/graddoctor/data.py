@@ -5,6 +5,7 @@ Nothing is downloaded: `digits` ships inside scikit-learn; the others are genera
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,18 +34,30 @@ class Dataset:
         return tuple(self.x_train.shape[1:])
 
     def to(self, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> Dataset:
-        """Move/cast the inputs (targets stay long)."""
+        """Move/cast the inputs and float targets (class-index targets stay long)."""
         cast = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
-        return Dataset(self.name, cast(self.x_train), self.y_train.to(device), cast(self.x_val),
-                       self.y_val.to(device), self.n_classes)
+        cast_y = lambda t: cast(t) if t.is_floating_point() else t.to(device)  # noqa: E731
+        return Dataset(self.name, cast(self.x_train), cast_y(self.y_train), cast(self.x_val),
+                       cast_y(self.y_val), self.n_classes)
 
     def __repr__(self) -> str:
         return (f"Dataset({self.name!r}: {len(self.x_train)} train + {len(self.x_val)} val, "
                 f"shape {self.in_shape}, {self.n_classes} classes)")
 
 
+def _check_fraction(val_fraction: float) -> None:
+    if not 0 <= val_fraction < 1:
+        raise GradDoctorError(f"val_fraction must be in [0, 1), got {val_fraction}")
+
+
+def _check_size(n: int, classes: int) -> None:
+    if classes < 1 or n < 2 * classes:
+        raise GradDoctorError(f"need classes >= 1 and n >= 2 x classes, got n={n}, classes={classes}")
+
+
 def _split(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int, standardise: bool,
            name: str, n_classes: int, image: tuple[int, ...] | None = None) -> Dataset:
+    _check_fraction(val_fraction)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(x))
     n_val = int(round(len(x) * val_fraction))
@@ -71,6 +84,7 @@ def digits(seed: int = 0, image: bool = False, val_fraction: float = 0.2,
 def spirals(n: int = 1500, classes: int = 3, noise: float = 0.2, seed: int = 0,
             val_fraction: float = 0.2) -> Dataset:
     """k interleaved 2-D spirals, n points in all."""
+    _check_size(n, classes)
     rng = np.random.default_rng(seed)
     per = math.ceil(n / classes)
     xs, ys = [], []
@@ -85,7 +99,9 @@ def spirals(n: int = 1500, classes: int = 3, noise: float = 0.2, seed: int = 0,
 
 def gaussians(n: int = 1500, dim: int = 16, classes: int = 4, separation: float = 3.0,
               seed: int = 0, val_fraction: float = 0.2) -> Dataset:
-    """k isotropic Gaussian blobs in `dim` dimensions, means `separation` apart on average."""
+    """k unit-variance Gaussian blobs in `dim` dimensions; mean coordinates differ by
+    `separation` (RMS) between classes, so mean distances are about separation x sqrt(dim)."""
+    _check_size(n, classes)
     rng = np.random.default_rng(seed)
     means = rng.normal(0, separation / math.sqrt(2), (classes, dim))
     y = rng.integers(0, classes, n)
@@ -95,15 +111,15 @@ def gaussians(n: int = 1500, dim: int = 16, classes: int = 4, separation: float 
 
 def load(name: str, seed: int = 0, image: bool = False, **kwargs) -> Dataset:
     """A data set by name: 'digits', 'spirals' or 'gaussians'."""
+    if name not in DATASETS:
+        raise unknown("data set", name, DATASETS)
     if name == "digits":
         return digits(seed=seed, image=image, **kwargs)
     if image:
         raise GradDoctorError(f"data set {name!r} is not image-shaped; use --kind mlp or --data digits")
     if name == "spirals":
         return spirals(seed=seed, **kwargs)
-    if name == "gaussians":
-        return gaussians(seed=seed, **kwargs)
-    raise unknown("data set", name, DATASETS)
+    return gaussians(seed=seed, **kwargs)
 
 
 def from_tensors(x: Tensor, y: Tensor, val_fraction: float = 0.2, seed: int = 0,
@@ -113,9 +129,41 @@ def from_tensors(x: Tensor, y: Tensor, val_fraction: float = 0.2, seed: int = 0,
         raise GradDoctorError(f"x has {len(x)} samples but y has {len(y)}")
     if len(x) < 2:
         raise GradDoctorError("need at least 2 samples to make a train/validation split")
+    _check_fraction(val_fraction)
+    x, y = torch.as_tensor(x), torch.as_tensor(y)
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(x), generator=g)
-    n_val = max(1, int(round(len(x) * val_fraction))) if val_fraction > 0 else 0
+    n_val = min(len(x) - 1, max(1, int(round(len(x) * val_fraction)))) if val_fraction > 0 else 0
     val, tr = order[:n_val], order[n_val:]
-    n_classes = int(y.max().item()) + 1 if not y.is_floating_point() else int(y.shape[-1]) if y.dim() > 1 else 1
-    return Dataset(name, x[tr], y[tr], x[val], y[val], n_classes)
+    return Dataset(name, x[tr], y[tr], x[val], y[val], _n_classes(y))
+
+
+def _n_classes(y: Tensor) -> int:
+    """Classes for index targets (max + 1); outputs for float targets (last dim, or 1)."""
+    if y.is_floating_point():
+        return int(y.shape[-1]) if y.dim() > 1 else 1
+    return int(y.max().item()) + 1
+
+
+def from_loader(train: Iterable, val: Iterable | None = None, val_fraction: float = 0.2,
+                seed: int = 0, name: str = "loader") -> Dataset:
+    """Collect (x, y) batches from the user's DataLoader(s) into a Dataset (held in memory).
+
+    With `val` given, it is the validation set; otherwise `val_fraction` of `train` is split off.
+    """
+    def collect(loader: Iterable, which: str) -> tuple[Tensor, Tensor]:
+        xs, ys = [], []
+        for batch in loader:
+            if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+                raise GradDoctorError(f"the {which} loader must yield (x, y) pairs, got {type(batch).__name__}")
+            xs.append(torch.as_tensor(batch[0]))
+            ys.append(torch.as_tensor(batch[1]))
+        if not xs:
+            raise GradDoctorError(f"the {which} loader yielded no batches")
+        return torch.cat(xs), torch.cat(ys)
+
+    x, y = collect(train, "training")
+    if val is None:
+        return from_tensors(x, y, val_fraction=val_fraction, seed=seed, name=name)
+    xv, yv = collect(val, "validation")
+    return Dataset(name, x, y, xv, yv, _n_classes(torch.cat([y, yv])))

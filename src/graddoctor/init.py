@@ -58,7 +58,8 @@ def initialise(layer: nn.Module, name: str, activation: str = "relu",
         "xavier_uniform": lambda: nn.init.xavier_uniform_(w),
         "xavier_normal": lambda: nn.init.xavier_normal_(w),
         # He et al. (2015): var = gain^2 / fan_in with the activation's ReLU-family gain.
-        "he_uniform": lambda: nn.init.uniform_(w, -1, 1).mul_(
+        "he_uniform": lambda: nn.init.uniform_(
+            w, -he_gain(activation, negative_slope) * math.sqrt(3.0 / fan_in),
             he_gain(activation, negative_slope) * math.sqrt(3.0 / fan_in)),
         "he_normal": lambda: nn.init.normal_(w, 0.0, he_gain(activation, negative_slope)
                                              / math.sqrt(fan_in)),
@@ -72,8 +73,12 @@ def initialise(layer: nn.Module, name: str, activation: str = "relu",
 
 
 def variance(name: str, fan_in: int, fan_out: int, activation: str = "relu",
-             negative_slope: float = 0.01) -> InitVariance:
-    """sigma_w^2 (= Var(w) * fan_in) and sigma_b^2 for an initialiser and layer shape."""
+             negative_slope: float = 0.01, receptive_field: int = 1) -> InitVariance:
+    """sigma_w^2 (= Var(w) * fan_in) and sigma_b^2 for an initialiser and layer shape.
+
+    fan_in/fan_out as torch counts them (conv: channels x kernel size); `receptive_field`
+    (conv: kernel h x w) is needed only for orthogonal init of non-square conv weights.
+    """
     if name not in INITS:
         raise unknown("init", name, INITS)
     if name == "torch_default":
@@ -88,7 +93,9 @@ def variance(name: str, fan_in: int, fan_out: int, activation: str = "relu",
         "he_uniform": g**2,
         "he_normal": g**2,
         "lecun_normal": 1.0,
-        # an orthogonal square matrix scaled by gain: rows of norm gain -> Var(w) fan_in = gain^2
-        "orthogonal": activations.init_gain(activation, negative_slope) ** 2,
+        # W (rows x fan_in, rows = out channels) scaled by gain has min(rows, fan_in) singular
+        # values equal to gain: sum W^2 = gain^2 min(rows, fan_in) -> Var(w) fan_in below
+        "orthogonal": activations.init_gain(activation, negative_slope) ** 2
+        * min(1.0, fan_in / (fan_out // receptive_field)),
     }[name]
     return InitVariance(sw2, 0.0)

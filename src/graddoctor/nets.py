@@ -52,7 +52,7 @@ class NetSpec:
         if self.residual < 0:
             raise GradDoctorError(f"residual must be 0 (off) or a block size >= 1, got {self.residual}")
         want = 1 if self.kind == "mlp" else 3
-        shape = tuple(int(s) for s in self.in_shape)
+        shape = (int(self.in_shape),) if isinstance(self.in_shape, int) else tuple(int(s) for s in self.in_shape)
         if len(shape) != want and not (self.kind == "mlp" and len(shape) >= 1):
             raise GradDoctorError(f"a {self.kind} needs in_shape with {want} dimension(s), got {shape}")
         object.__setattr__(self, "in_shape", shape)
@@ -118,6 +118,9 @@ class DeepNet(nn.Module):
         if self.spec.kind == "mlp":
             x = x.flatten(1)
         return self.head(self.pool(self.body(x)))
+
+    def extra_repr(self) -> str:
+        return f"{self.spec.summary()}; {count_parameters(self):,} trainable parameters"
 
 
 def _layer(spec: NetSpec, n_in: int) -> Layer:

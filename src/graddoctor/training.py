@@ -46,6 +46,10 @@ class TrainConfig:
             raise GradDoctorError("epochs and batch_size must be at least 1")
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise GradDoctorError(f"clip_norm must be positive, got {self.clip_norm}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise GradDoctorError(f"max_steps must be at least 1 (or None: use epochs), got {self.max_steps}")
+        if not self.weight_decay >= 0:
+            raise GradDoctorError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
@@ -110,7 +114,9 @@ def batches(x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator) -
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, loss: Callable, batch_size: int = 512) -> tuple[float, float]:
-    """(mean loss, accuracy) over a data set, in eval mode; the mode is restored."""
+    """(mean loss, accuracy) over a data set, in eval mode; the mode is restored (nan if empty)."""
+    if len(x) == 0:
+        return float("nan"), float("nan")
     was_training = model.training
     model.eval()
     total, correct = 0.0, 0
@@ -122,7 +128,7 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, loss: Callable, batch_size:
                 correct += int((out.argmax(-1) == y[i:i + batch_size]).sum())
     finally:
         model.train(was_training)
-    return total / max(len(x), 1), correct / max(len(x), 1)
+    return total / len(x), correct / len(x)
 
 
 def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), *,
@@ -136,6 +142,8 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), 
         raise GradDoctorError("the model has no parameters to train")
     device = next(model.parameters()).device
     data = data.to(dtype=dtype, device=device)
+    if len(data.x_train) == 0:
+        raise GradDoctorError(f"{data.name}: the training set is empty; lower val_fraction")
     opt = optimizer or make_optimizer(model, config)
     if probe is not None and hasattr(probe, "bind_optimizer"):
         probe.bind_optimizer(opt)  # lets the probe measure update/weight ratios around opt.step
@@ -145,7 +153,7 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), 
     steps_per_epoch = math.ceil(len(data.x_train) / config.batch_size)
     total = config.max_steps or steps_per_epoch * config.epochs
     epochs = math.ceil(total / steps_per_epoch)
-    step, t0 = 0, time.perf_counter()
+    step, t0, shown = 0, time.perf_counter(), {}
     model.train()
     with progress.bar(total, "training", enabled=progress_bar) as bar:
         for epoch in range(epochs):
@@ -165,7 +173,7 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), 
                 if on_step is not None:
                     on_step(step, value)
                 step += 1
-                bar.update(1, epoch=f"{epoch + 1}/{epochs}", loss=f"{value:.4f}")
+                bar.update(1, epoch=f"{epoch + 1}/{epochs}", loss=f"{value:.4f}", **shown)
                 if not finite:
                     hist.diverged_at = step - 1
                     break
@@ -176,7 +184,8 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), 
             for key, v in (("epoch", epoch + 1), ("train_loss", tl), ("train_acc", ta),
                            ("val_loss", vl), ("val_acc", va)):
                 getattr(hist, key).append(v)
-            bar.update(0, val_acc=f"{va:.3f}")
+            shown = {"train_acc": f"{ta:.3f}", "val_acc": f"{va:.3f}"}
+            bar.update(0, epoch=f"{epoch + 1}/{epochs}", loss=f"{value:.4f}", **shown)
             if hist.diverged_at is not None or step >= total:
                 break
     hist.seconds = time.perf_counter() - t0

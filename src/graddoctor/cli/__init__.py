@@ -8,7 +8,7 @@ import sys
 from ..errors import GradDoctorError
 
 # Each module defines `register(subparsers)`, which adds its parser with set_defaults(run=fn).
-COMMANDS = ("train", "demo")
+COMMANDS = ("train", "demo", "check", "runs", "export", "report", "treat", "theory")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -42,7 +42,8 @@ def add_train_args(p: argparse.ArgumentParser, epochs: int = 10) -> None:
     g.add_argument("--loss", default="cross_entropy", help="cross_entropy | mse")
     g.add_argument("--epochs", type=int, default=epochs)
     g.add_argument("--batch-size", type=int, default=64)
-    g.add_argument("--clip", type=float, default=None, help="clip the gradient norm to this value")
+    g.add_argument("--clip", "--clip-norm", dest="clip", type=float, default=None,
+                   help="clip the gradient norm to this value")
     g.add_argument("--seed", type=int, default=0)
 
 

@@ -49,25 +49,47 @@ class LayerInfo:
     type: str
     numel: int
     activation: str | None = None  # registry name of the activation feeding this layer's input
+    out_size: int = 0  # elements of the layer's output per sample (0: unknown); turns RMS into norms
+    in_size: int = 0  # elements of the layer's input per sample (0: unknown)
 
 
 class Trace:
     """Columnar record of per-step, per-layer statistics; append while training."""
 
     def __init__(self, layers: list[LayerInfo] | None = None, meta: dict | None = None) -> None:
-        self.layers: list[LayerInfo] = list(layers or [])
+        self._layers: list[LayerInfo] = list(layers or [])
+        self._source = None  # the recorder that buffers rows (a Probe): flushed before any read
+        self._syncing = False
         self.meta: dict = dict(meta or {})
         self._n = 0
         self._steps = np.zeros(16, dtype=np.int64)
-        self._layer = np.full((16, len(self.layers), len(LAYER_METRICS)), np.nan)
+        self._layer = np.full((16, len(self._layers), len(LAYER_METRICS)), np.nan)
         self._step = np.full((16, len(STEP_METRICS)), np.nan)
 
     # -- building ---------------------------------------------------------------------
+    def attach_source(self, flush) -> None:
+        """Have `flush()` called before every read, so a Trace read while recording is current."""
+        self._source = flush
+
+    def _sync(self) -> None:
+        if self._source is not None and not self._syncing:
+            self._syncing = True  # flush() may read the trace: no re-entry
+            try:
+                self._source()
+            finally:
+                self._syncing = False
+
+    @property
+    def layers(self) -> list[LayerInfo]:
+        """The probed layers, in forward order."""
+        self._sync()
+        return self._layers
+
     def add_layers(self, infos: list[LayerInfo]) -> None:
         """Add layers seen for the first time (earlier steps get nan for them)."""
         if not infos:
             return
-        self.layers.extend(infos)
+        self._layers.extend(infos)
         pad = np.full((self._layer.shape[0], len(infos), len(LAYER_METRICS)), np.nan)
         self._layer = np.concatenate([self._layer, pad], axis=1)
 
@@ -83,8 +105,15 @@ class Trace:
         self._step[self._n] = step_values
         self._n += 1
 
+    def set_step_metric(self, metric: str, value: float) -> None:
+        """Overwrite a step metric of the latest recorded step (e.g. a loss known only after it)."""
+        if not self._n:
+            raise GradDoctorError("no step has been recorded yet")
+        self._step[self._n - 1, STEP_METRICS.index(metric)] = value
+
     # -- reading ----------------------------------------------------------------------
     def __len__(self) -> int:
+        self._sync()
         return self._n
 
     @property
@@ -95,10 +124,12 @@ class Trace:
     @property
     def steps(self) -> np.ndarray:
         """Indices of the recorded steps, shape (n_steps,)."""
+        self._sync()
         return self._steps[: self._n].copy()
 
     def __getitem__(self, metric: str) -> np.ndarray:
         """A layer metric as (n_steps, n_layers), or a step metric as (n_steps,)."""
+        self._sync()
         if metric in LAYER_METRICS:
             return self._layer[: self._n, :, LAYER_METRICS.index(metric)].copy()
         if metric in STEP_METRICS:
@@ -122,6 +153,7 @@ class Trace:
 
     def select(self, index: np.ndarray | slice) -> Trace:
         """A new Trace with a subset of the recorded steps (by position)."""
+        self._sync()
         out = Trace(self.layers, self.meta)
         lv, sv, st = self._layer[: self._n][index], self._step[: self._n][index], self.steps[index]
         for i in range(len(st)):
@@ -143,6 +175,7 @@ class Trace:
     # -- files ------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write to an .npz file (no pickle)."""
+        self._sync()
         path = Path(path)
         header = {"format": FORMAT_VERSION, "layers": [asdict(x) for x in self.layers], "meta": self.meta,
                   "layer_metrics": list(LAYER_METRICS), "step_metrics": list(STEP_METRICS)}

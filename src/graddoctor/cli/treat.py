@@ -1,0 +1,86 @@
+"""`graddoctor treat`: diagnose, try the remedies, print which one fixes the gradient (measured)."""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from ..remedies.treat import BUDGET_STEPS, treat
+from ..report.terminal import print_diagnosis
+from ..training import TrainConfig
+from .common import (add_net_args, add_train_args, config_from_args, console, load_data, spec_flags,
+                     spec_from_args)
+
+EXAMPLE = f"""examples:
+  graddoctor treat --depth 20 --activation sigmoid --init xavier_normal --data digits --lr 0.01
+  graddoctor treat examples/models.py:deep_sigmoid --data digits --save best.pt
+
+Without FILE.py:FACTORY the network is built from the flags (as in `graddoctor train`) and the
+winner is printed as the flags to re-run it with. With a factory (same convention as `check`:
+it returns a model, or (model, data, loss_fn)), the winner is printed as the list of changes
+to your model; --save writes the winning network's state dict. Data comes from the factory,
+or else from --data. Each candidate trains at most --budget-steps steps (default {BUDGET_STEPS}).
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("treat", help="apply the remedies, retrain briefly, show which one fixes it",
+                       epilog=EXAMPLE,
+                       description="Diagnose a network, try the remedies its diagnosis points to "
+                                   "(screened at initialisation, then trained with the same seed, data "
+                                   "order and step budget as the untreated network) and print the table.")
+    p.add_argument("target", nargs="?", help="path/to/file.py:factory (default: build from the flags)")
+    p.add_argument("--budget-steps", type=int, default=BUDGET_STEPS, help="steps per candidate")
+    p.add_argument("--no-pairs", action="store_true", help="do not try pairs when no single remedy fixes it")
+    p.add_argument("--save", metavar="PATH", help="save the winning network's state dict (torch.save)")
+    add_net_args(p)
+    add_train_args(p)
+    p.set_defaults(run=run)
+
+
+def _config_flags(before: TrainConfig, after: TrainConfig) -> str:
+    """The training flags a winner changed: '--lr 0.001 --clip 1'."""
+    out = []
+    for field, flag in (("lr", "--lr"), ("momentum", "--momentum"), ("clip_norm", "--clip")):
+        if getattr(before, field) != getattr(after, field):
+            out.append(f"{flag} {getattr(after, field):g}")
+    return " ".join(out)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import GradDoctorError
+
+    if args.budget_steps < 2:
+        raise GradDoctorError(f"--budget-steps must be at least 2, got {args.budget_steps}")
+    config = config_from_args(args)
+    loss_fn = None
+    if args.target:
+        from .factory import call_factory, load_factory, resolve
+
+        torch.manual_seed(args.seed)
+        factory = load_factory(args.target)
+        model, data, loss_fn = resolve(call_factory(factory, args.target), args.target)
+        data = data if data is not None else load_data(args)
+        subject, what = model, f"{type(model).__name__} from {args.target}"
+    else:
+        data = load_data(args)
+        subject = spec_from_args(args, data)
+        what = subject.summary()
+    console.print(f"[bold]treating {what}[/bold]", highlight=False, soft_wrap=True)
+    result = treat(subject, data, loss_fn, budget_steps=args.budget_steps, seed=args.seed, config=config,
+                   pairs=not args.no_pairs)
+    print_diagnosis(result.diagnosis, console)
+    console.print(str(result), highlight=False, markup=False, soft_wrap=True)
+    best = result.best
+    if best is not None and best.patient.spec is not None:
+        parts = (spec_flags(best.patient.spec), _config_flags(config, best.patient.config))
+        flags = " ".join(x for x in parts if x)
+        console.print(f"re-run the winner: graddoctor train {flags} --data {args.data}", highlight=False,
+                      soft_wrap=True)
+    if args.save:
+        if best is None:
+            raise GradDoctorError("nothing to save: no candidate fixed the problem "
+                                  "(try a larger --budget-steps)")
+        torch.save(best.model.state_dict(), args.save)
+        console.print(f"saved the winner's state dict to {args.save}", highlight=False, soft_wrap=True)
+    return 0

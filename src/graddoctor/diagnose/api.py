@@ -1,0 +1,99 @@
+"""diagnose(trace) and checkup(model, ...): the verdict, where and why."""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ..errors import GradDoctorError
+from ..probe.trace import Trace
+from .findings import SEVERITIES, Diagnosis
+from .rules import RULES
+from .signals import Signals, median, signals, window
+
+
+def layer_table(s: Signals) -> list[dict]:
+    """One row per layer (forward order): the numbers the terminal and HTML reports show."""
+    w = window(s.n_steps)
+    rel, gain = median(s.rel, w), median(s.log_gain, w)
+    cols = {k: median(s.layer[k], w) for k in ("grad_rms", "saturated", "dead", "update_ratio", "act_std")}
+    f = lambda v: None if not np.isfinite(v) else float(v)  # noqa: E731 - JSON has no nan
+    return [{"name": s.names[i], "type": s.types[i], "activation": s.activations[i],
+             "signal_decades": f(rel[i]), "gain": f(10 ** gain[i]) if np.isfinite(gain[i]) else None,
+             **{k: f(v[i]) for k, v in cols.items()}} for i in range(len(s.names))]
+
+
+def diagnose(trace: Trace) -> Diagnosis:
+    """Judge a Trace: findings (worst first) with layers, evidence, causes and remedies."""
+    if len(trace) == 0:
+        raise GradDoctorError("the trace has no recorded steps; run at least one step under watch()")
+    if not trace.layers:
+        raise GradDoctorError("the trace has no layers")
+    if not np.isfinite(trace["delta_rms"]).any() and not np.isfinite(trace["nonfinite_loss"]).any():
+        raise GradDoctorError("the trace has no error signals; record it with watch(..., stats='full')")
+    s = signals(trace)
+    findings = [f for rule in RULES for f in rule(s)]
+    findings.sort(key=lambda f: -SEVERITIES.index(f.severity))
+    ctx = {"steps": [int(x) for x in s.steps], "at_init": len(trace) == 1,
+           "reference_layer": s.names[s.ref], "table": layer_table(s)}
+    return Diagnosis(findings, s.names, ctx)
+
+
+def _default_loss(out: Tensor, y: Tensor) -> Tensor:
+    if not y.is_floating_point() and out.dim() >= 2:
+        return F.cross_entropy(out.flatten(0, -2) if out.dim() > 2 else out, y.flatten())
+    return F.mse_loss(out, y.to(out.dtype).reshape(out.shape))
+
+
+def checkup(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: Callable | None = None,
+            steps: int = 0, optimizer: torch.optim.Optimizer | None = None, every: int = 1) -> Diagnosis:
+    """Watch `steps` training steps on one batch (0: one forward/backward at init) and diagnose.
+
+    The model comes back exactly as it went in: parameters, gradients, buffers (BatchNorm
+    running statistics), train/eval mode and the optimizer's state are restored.
+    """
+    from ..probe.probe import watch
+
+    params = list(model.parameters())
+    if not params:
+        raise GradDoctorError(f"{type(model).__name__} has no parameters to diagnose")
+    if steps < 0:
+        raise GradDoctorError(f"steps must be >= 0, got {steps}")
+    loss_fn = loss_fn or _default_loss
+    saved = copy.deepcopy(model.state_dict())
+    grads = [None if p.grad is None else p.grad.detach().clone() for p in params]
+    opt_state = copy.deepcopy(optimizer.state_dict()) if optimizer is not None else None
+    was_training = model.training
+    opt = optimizer
+    if steps > 0 and opt is None:
+        opt = torch.optim.SGD([p for p in params if p.requires_grad], lr=0.01, momentum=0.9)
+    try:
+        model.train()
+        with watch(model, every=every, stats="full") as probe:
+            if opt is not None and steps > 0:
+                probe.bind_optimizer(opt)
+            for _ in range(max(steps, 1)):
+                try:
+                    loss = loss_fn(model(inputs), targets)
+                except (RuntimeError, ValueError, TypeError) as exc:
+                    raise GradDoctorError(f"the model failed on inputs of shape {tuple(inputs.shape)}: "
+                                          f"{str(exc).splitlines()[0]}") from None
+                for p in params:
+                    p.grad = None
+                loss.backward()
+                if steps > 0 and torch.isfinite(loss):
+                    opt.step()
+                probe.step(loss)
+        return diagnose(probe.trace)
+    finally:
+        with torch.no_grad():
+            model.load_state_dict(saved)
+        for p, g in zip(params, grads):
+            p.grad = g
+        if optimizer is not None:
+            optimizer.load_state_dict(opt_state)
+        model.train(was_training)

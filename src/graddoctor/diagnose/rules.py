@@ -1,0 +1,230 @@
+"""Pure rules: each reads Signals and returns Findings (no hooks, no I/O).
+
+A rule implements one check. Gradient verdicts are judged on the error signal relative to
+the layer nearest the output, over the last half of the recorded (finite) steps, and must
+persist (see signals.persistent).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from . import thresholds as T
+from .causes import gradient_causes, rank, remedies_for
+from .findings import Cause, Finding
+from .signals import Signals, median, persistent, window
+
+Rule = Callable[[Signals], list[Finding]]
+
+
+def _finite_steps(s: Signals) -> np.ndarray:
+    ok = np.isfinite(s.log_signal[:, s.body]).any(axis=1)
+    loss = s.step["nonfinite_loss"]
+    return np.where(ok & ~(np.nan_to_num(loss) > 0))[0]
+
+
+def _judged(s: Signals) -> np.ndarray:
+    """Positions of the steps a verdict is made on."""
+    finite = _finite_steps(s)
+    return finite[window(len(finite))]
+
+
+def _q(s: Signals, i: int) -> str:
+    """A layer name quoted for prose ('0', 'body.3.linear')."""
+    return f"'{s.names[i]}'"
+
+
+def _finding(kind: str, severity: str, idx, s: Signals, summary: str, evidence: dict,
+             causes: list[Cause]) -> Finding:
+    return Finding(kind, severity, tuple(s.names[i] for i in idx), summary, evidence,
+                   tuple(causes), remedies_for(causes))
+
+
+def input_scale_cause(s: Signals) -> Cause | None:
+    """The first layer receives unnormalised float inputs (not token indices)."""
+    if not s.n_steps or s.types[0] in ("Embedding", "EmbeddingBag"):
+        return None
+    every = slice(0, s.n_steps)
+    std = float(median(s.layer["act_std"], every)[0])
+    mean = float(np.abs(median(s.layer["act_mean"], every)[0]))
+    if not np.isfinite(std) or std <= 0:
+        return None
+    off = max(abs(np.log10(std)), np.log10(max(mean, 1e-12) / std) if mean > T.INPUT_SCALE else 0.0)
+    if off < np.log10(T.INPUT_SCALE):
+        return None
+    return Cause("input_scale", f"the inputs of {_q(s, 0)} have std {std:.3g} and mean {mean:.3g}; "
+                 "standardised inputs have std 1, mean 0", {"input_std": std, "input_mean": mean},
+                 1.0 + off)
+
+
+def _lr_cause(s: Signals, judged: np.ndarray, onset: bool = False) -> Cause | None:
+    """Learning rate too high: the gradient grew during training, or the steps are huge.
+
+    With `onset` (the symptom was absent at the first recorded step and appeared while
+    training), training itself is the prime suspect and the cause ranks first.
+    """
+    gn = s.step["global_grad_norm"]
+    finite = np.isfinite(gn) & (gn > 0)
+    ur = s.layer["update_ratio"]
+    big = float(np.nanmedian(ur)) if np.isfinite(ur).any() else float("nan")
+    if finite.sum() >= 2:
+        first, last = np.log10(gn[finite][0]), np.log10(gn[finite][-1])
+        growth = last - first
+        if growth > T.GROWTH_DECADES or big > T.UPDATE_RATIO_HIGH:
+            when = "appeared during training; " if onset else ""
+            return Cause("learning_rate_too_high",
+                         f"{when}the gradient norm changed {10 ** growth:.3g}x while training; median "
+                         f"update/weight ratio {big:.2g} (healthy ~1e-3)",
+                         {"growth_decades": float(growth), "update_ratio": big, "onset": onset},
+                         (T.ONSET_SCORE if onset else 2.0) + max(growth, 0))
+    return None
+
+
+def vanishing_exploding(s: Signals) -> list[Finding]:
+    """Error signal far below (vanishing) or above (exploding) the layer nearest the output."""
+    judged = _judged(s)
+    if len(judged) == 0 or len(s.body) < 2:
+        return []
+    rel = s.rel[judged][:, s.body]
+    rel_med = median(s.rel, judged)
+    out = []
+    for kind, sign, limit in (("vanishing", -1, T.VANISH_DECADES), ("exploding", 1, T.EXPLODE_DECADES)):
+        per_step = np.nanmax(sign * rel, axis=1) > limit
+        if not persistent(per_step):
+            continue
+        first = _finite_steps(s)[0]
+        onset = s.n_steps > 1 and not np.nanmax(sign * s.rel[first][s.body]) > limit
+        body_rel = rel_med[s.body]
+        affected = s.body[sign * body_rel > T.AFFECTED_DECADES]
+        if len(affected) == 0:
+            continue
+        extreme = float(np.nanmax(sign * body_rel))
+        transitions = np.arange(affected[0], s.ref)  # gains from the first affected layer up
+        gains = median(s.log_gain, judged)
+        acts, weights = median(s.log_act, judged), median(s.log_weight, judged)
+        worst = int(transitions[np.nanargmax(sign * gains[transitions])]) if len(transitions) else int(affected[0])
+        culprit = worst + 1 if np.nan_to_num(abs(weights[worst])) >= np.nan_to_num(abs(acts[worst])) else worst
+        causes = gradient_causes(kind, transitions, gains, acts, weights, s.activations,
+                                 median(s.layer["saturated"], judged), median(s.layer["dead"], judged),
+                                 input_scale_cause(s), _lr_cause(s, judged, onset) if s.n_steps > 1 else None,
+                                 s.names)
+        first, last = s.names[affected[0]], s.names[affected[-1]]
+        summary = (f"the error signal at '{first}' is {10 ** (sign * extreme):.3g}x that of {_q(s, s.ref)} "
+                   f"(the last layer before the output); {len(affected)} layers affected ('{first}' .. '{last}'); "
+                   f"the gain {'drops' if sign < 0 else 'jumps'} most between {_q(s, worst)} and "
+                   f"{_q(s, worst + 1)} ({10 ** gains[worst]:.2g}x), at {_q(s, culprit)}: its "
+                   f"{'weights' if culprit > worst else 'activation'}")
+        evidence = {"decades": sign * extreme, "first_layer": first, "last_layer": last,
+                    "worst_gain_layer": s.names[culprit], "worst_gain": float(10 ** gains[worst]),
+                    "reference_layer": s.names[s.ref], "steps_judged": int(len(judged)),
+                    "signal_decades": {s.names[i]: float(rel_med[i]) for i in s.body}}
+        sev = "critical" if extreme > T.CRITICAL_DECADES else "warning"
+        out.append(_finding(kind, sev, affected, s, summary, evidence, causes))
+    return out
+
+
+def exploding_in_time(s: Signals) -> list[Finding]:
+    """The global gradient norm grows by orders of magnitude while training."""
+    judged = _judged(s)
+    if s.n_steps < T.MIN_STEPS:
+        return []
+    cause = _lr_cause(s, judged)
+    gn = s.step["global_grad_norm"]
+    if cause is None or cause.evidence["growth_decades"] <= T.GROWTH_DECADES:
+        return []
+    g = s.layer["grad_rms"]
+    ok = np.isfinite(g).all(axis=1)
+    idx = np.arange(len(s.names))
+    if ok.sum() >= 2:
+        rows = np.where(ok)[0]
+        growth = np.log10(np.maximum(g[rows[-1]], 1e-300)) - np.log10(np.maximum(g[rows[0]], 1e-300))
+        idx = np.where(growth > T.GROWTH_DECADES / 2)[0] if (growth > T.GROWTH_DECADES / 2).any() else idx
+    summary = (f"the gradient norm grew from {np.nanmin(gn):.3g} to {np.nanmax(gn):.3g} during training")
+    return [_finding("exploding", "critical", idx, s, summary, dict(cause.evidence), [cause])]
+
+
+def non_finite(s: Signals) -> list[Finding]:
+    """NaN/Inf in the loss, the gradients or the activations (an absolute check)."""
+    bad_loss = np.nan_to_num(s.step["nonfinite_loss"]) > 0
+    bad_g = np.nan_to_num(s.layer["nonfinite_grad"]).sum(0) > 0
+    bad_a = np.nan_to_num(s.layer["nonfinite_act"]).sum(0) > 0
+    if not (bad_loss.any() or bad_g.any() or bad_a.any()):
+        return []
+    idx = np.where(bad_a | bad_g)[0]
+    first_step = int(s.steps[np.argmax(bad_loss)]) if bad_loss.any() else None
+    causes = [c for c in (_lr_cause(s, _judged(s)), input_scale_cause(s)) if c is not None]
+    if first_step == int(s.steps[0]) and not causes:
+        causes.append(Cause("init_too_large", "the very first recorded step is already non-finite",
+                            {"step": first_step}, 1.0))
+    where = f"first in {_q(s, idx[0])}" if len(idx) else "in the loss"
+    summary = f"NaN/Inf values {where}" + (f"; the loss is non-finite from step {first_step}" if first_step is not None else "")
+    return [_finding("non_finite", "critical", idx, s, summary,
+                     {"first_nonfinite_step": first_step, "layers_with_nonfinite": len(idx)}, rank(causes))]
+
+
+def saturation(s: Signals) -> list[Finding]:
+    """Sigmoid/tanh inputs stuck where the derivative is < 1% of its maximum."""
+    judged = _judged(s)
+    sat = median(s.layer["saturated"], judged) if len(judged) else np.array([])
+    idx = np.where(np.nan_to_num(sat) > T.SATURATED_FRACTION)[0]
+    if len(idx) == 0:
+        return []
+    # the first hidden layer's activations are fed by the inputs: their scale is the first suspect
+    causes = [c for c in (input_scale_cause(s),) if c is not None and idx[0] <= 1]
+    std = median(s.layer["act_std"], judged)
+    first = np.nan_to_num(s.layer["saturated"][_finite_steps(s)[0]])
+    if s.n_steps > 1 and not (first > T.SATURATED_FRACTION).any():
+        lr = _lr_cause(s, judged, onset=True)
+        causes += [lr] if lr is not None else []
+    causes.append(Cause("saturating_activation",
+                        f"{np.mean(sat[idx]):.0%} of the units feeding {len(idx)} layer(s) sit where "
+                        "the derivative is below 1% of its maximum", {"saturated": float(np.mean(sat[idx]))}, 1.0))
+    causes.append(Cause("init_too_large", "large pre-activations push the units to the flat ends",
+                        {"input_std": float(np.nanmean(std[idx]))}, 0.5))
+    summary = f"{np.mean(sat[idx]):.0%} of the activations feeding {_q(s, idx[0])}" + (
+        f" .. {_q(s, idx[-1])}" if len(idx) > 1 else "") + " are saturated"
+    return [_finding("saturation", "warning", idx, s, summary,
+                     {"saturated": {s.names[i]: float(sat[i]) for i in idx}}, rank(causes))]
+
+
+def dead_units(s: Signals) -> list[Finding]:
+    """ReLU-family units that output zero for the whole batch."""
+    judged = _judged(s)
+    dead = median(s.layer["dead"], judged) if len(judged) else np.array([])
+    idx = np.where(np.nan_to_num(dead) > T.DEAD_FRACTION)[0]
+    if len(idx) == 0:
+        return []
+    causes = [Cause("dead_relu", f"{np.mean(dead[idx]):.0%} of the units feeding these layers never "
+                    "fire: no gradient passes through them", {"dead": float(np.mean(dead[idx]))}, 1.0)]
+    lr = _lr_cause(s, judged) if s.n_steps > 1 else None
+    if lr is not None:
+        causes.append(lr)
+    summary = f"{np.mean(dead[idx]):.0%} of the units feeding {_q(s, idx[0])}" + (
+        f" .. {_q(s, idx[-1])}" if len(idx) > 1 else "") + " are dead (zero for every sample)"
+    sev = "critical" if np.mean(dead[idx]) > 0.9 else "warning"
+    return [_finding("dead_units", sev, idx, s, summary,
+                     {"dead": {s.names[i]: float(dead[i]) for i in idx}}, rank(causes))]
+
+
+def stalled_layers(s: Signals) -> list[Finding]:
+    """Layers whose weights barely move (update/weight ratio far too small)."""
+    judged = _judged(s)
+    ur = median(s.layer["update_ratio"], judged) if len(judged) else np.array([])
+    if not np.isfinite(ur).any():
+        return []
+    trainable = np.isfinite(ur) & np.isfinite(median(s.layer["grad_rms"], judged))  # frozen: nan grads
+    idx = np.where(trainable & (ur < T.UPDATE_RATIO_LOW))[0]
+    if len(idx) == 0:
+        return []
+    all_stall = len(idx) == trainable.sum()
+    causes = [Cause("learning_rate_too_low" if all_stall else "chain_product_depth",
+                    f"median update/weight ratio {np.nanmedian(ur[idx]):.2g} (healthy ~1e-3)",
+                    {"update_ratio": float(np.nanmedian(ur[idx]))}, 1.0)]
+    summary = f"{len(idx)} layers barely change: update/weight ratio {np.nanmedian(ur[idx]):.2g}"
+    return [_finding("stalled_layers", "warning", idx, s, summary,
+                     {"update_ratio": {s.names[i]: float(ur[i]) for i in idx}}, causes)]
+
+
+RULES: tuple[Rule, ...] = (non_finite, vanishing_exploding, exploding_in_time, saturation, dead_units,
+                           stalled_layers)

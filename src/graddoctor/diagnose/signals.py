@@ -1,0 +1,109 @@
+"""Pure numpy: turn a Trace into the quantities the rules judge (log10, relative, per layer).
+
+Error signals are compared as per-sample norms ||dL/d(output)|| / sqrt(batch) = RMS x
+sqrt(elements per sample): the quantity the chain rule multiplies layer by layer (a
+He-initialised ReLU layer keeps it, whatever the widths), so a 10-unit head and a 256-unit
+hidden layer are compared fairly. Everything is relative to the reference layer (the last
+layer before the output layer), so multiplying the loss by a constant or changing the batch
+size changes nothing.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..probe.trace import Trace
+from . import thresholds as T
+
+_TINY = 1e-300  # keeps log10 finite for exact zeros (an underflowed signal is "very small")
+
+
+def _log10(x: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log10(np.where(np.isfinite(x), np.maximum(np.abs(x), _TINY), np.nan))
+
+
+def window(n_steps: int) -> slice:
+    """The recorded steps a verdict is judged on: the last half (at least MIN_STEPS)."""
+    if n_steps <= T.MIN_STEPS:
+        return slice(0, n_steps)
+    return slice(n_steps - max(T.MIN_STEPS, math.ceil(n_steps / 2)), n_steps)
+
+
+def persistent(mask: np.ndarray) -> bool:
+    """True when a per-step symptom holds often enough (always, for a single step)."""
+    mask = np.asarray(mask, bool)
+    if len(mask) == 0:
+        return False
+    if len(mask) == 1:
+        return bool(mask[0])
+    need = max(min(T.MIN_STEPS, len(mask)), math.ceil(T.PERSIST_FRACTION * len(mask)))
+    return int(mask.sum()) >= need
+
+
+@dataclass
+class Signals:
+    """Per-step, per-layer quantities in log10 (shape (steps, layers) unless noted)."""
+
+    names: list[str]
+    types: list[str]
+    activations: list[str | None]
+    steps: np.ndarray  # (S,)
+    log_signal: np.ndarray  # log10 per-sample error-signal norm
+    rel: np.ndarray  # log_signal minus the reference layer's, decades
+    log_gain: np.ndarray  # log10 ||delta_l|| / ||delta_{l+1}|| (nan for the last layer)
+    log_act: np.ndarray  # activation-derivative part of gain l (nan if not measured)
+    log_weight: np.ndarray  # weight part of gain l: layer l+1's backward through its weights
+    body: np.ndarray  # indices of the layers judged (all but the output layer), forward order
+    ref: int  # index of the reference layer
+    layer: dict  # other layer metrics by name, (S, L)
+    step: dict  # step metrics by name, (S,)
+
+    @property
+    def n_steps(self) -> int:
+        """Recorded steps."""
+        return len(self.steps)
+
+
+def _norms(rms: np.ndarray, sizes: list[int]) -> np.ndarray:
+    scale = np.sqrt(np.array([s if s > 0 else 1 for s in sizes], float))
+    return rms * scale[None, :]
+
+
+def signals(trace: Trace) -> Signals:
+    """Compute the Signals of a trace (needs delta_rms, i.e. a stats='full' probe)."""
+    layers = trace.layers
+    delta = _norms(trace["delta_rms"], [x.out_size for x in layers])
+    gin = _norms(trace["input_grad_rms"], [x.in_size for x in layers])
+    log_signal = _log10(delta)
+    n = len(layers)
+    log_gain = np.full_like(log_signal, np.nan)
+    log_act = np.full_like(log_signal, np.nan)
+    log_weight = np.full_like(log_signal, np.nan)
+    if n > 1:
+        log_gain[:, :-1] = log_signal[:, :-1] - log_signal[:, 1:]
+        lg_in = _log10(gin)
+        log_act[:, :-1] = log_signal[:, :-1] - lg_in[:, 1:]
+        log_weight[:, :-1] = lg_in[:, 1:] - log_signal[:, 1:]
+    body = np.arange(max(n - 1, 1))
+    ref = int(body[-1])
+    rel = log_signal - log_signal[:, ref: ref + 1]
+    layer = {m: trace[m] for m in ("saturated", "dead", "act_mean", "act_std", "act_deriv_rms",
+                                   "update_ratio", "weight_rms", "grad_rms", "nonfinite_grad",
+                                   "nonfinite_act", "out_rms")}
+    step = {m: trace[m] for m in ("loss", "global_grad_norm", "nonfinite_loss")}
+    return Signals([x.name for x in layers], [x.type for x in layers], [x.activation for x in layers],
+                   trace.steps, log_signal, rel, log_gain, log_act, log_weight, body, ref, layer, step)
+
+
+def median(a: np.ndarray, steps: slice) -> np.ndarray:
+    """Per-layer median over a window of steps, ignoring nan."""
+    part = a[steps]
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmedian(part, axis=0) if len(part) else np.full(a.shape[1:], np.nan)

@@ -1,0 +1,72 @@
+"""Every threshold the diagnosis uses, in one place, with where it comes from.
+
+Signals are compared in decades (log10) *relative* to the layers nearest the output, so a
+verdict does not change when the loss is multiplied by a constant or the batch size changes.
+Calibrated on the corpus in tests/corpus.py (benchmarks/diagnosis_accuracy.py prints the
+result); the healthy members there set the false-alarm side of each margin.
+"""
+
+# --- vanishing / exploding (error signal dL/d(layer output), per-sample norm) -------------
+# A layer's signal more than this many decades below the reference (the last layer before
+# the output layer) is a vanishing gradient. Healthy corpus nets (ReLU+He to depth 30, tanh +
+# Xavier to depth 10, residual BN nets to depth 50, LSTM LM, Transformer) stay within 1.5
+# decades over seeds 0-4; deep sigmoid nets fall ~0.6 decades per layer (Glorot & Bengio 2010).
+# Plain (non-residual) BatchNorm ReLU nets *grow* ~0.08 decades per layer at init (Yang et al.
+# 2019, "A Mean Field Theory of Batch Normalization": sqrt(pi/(pi-1)) = 1.21x per layer), so
+# they cross the line near depth 25 — a real, mild explosion the verdict reports.
+VANISH_DECADES = 2.0
+# ... this many decades above the reference: exploding (ReLU with N(0,1) weights gains
+# ~0.75 decades per layer; healthy nets stay within ~1 decade).
+EXPLODE_DECADES = 2.0
+# Beyond this the finding is critical: the affected layers effectively do not learn (or the
+# updates are 10^4 times larger than the output layer's).
+CRITICAL_DECADES = 4.0
+# A layer counts as "affected" (for localisation) from this many decades off the reference.
+AFFECTED_DECADES = 1.0
+# Per-layer gain factors (activation and weight parts) this far from 1 are named as causes.
+FACTOR_LOW = 0.7
+FACTOR_HIGH = 1.4
+# chain_product_depth: the share of the total decay credited to depth itself; a specific
+# factor that explains more than this share ranks above it.
+DEPTH_SHARE = 0.4
+# "Many per-layer factors": at least this many layers in the affected run.
+DEEP_LAYERS = 4
+
+# --- persistence during training ----------------------------------------------------------
+# A symptom must hold on at least this fraction of the recorded steps (and on MIN_STEPS of
+# them) to be reported; at initialisation the single recorded step is the network as built.
+PERSIST_FRACTION = 0.5
+MIN_STEPS = 3
+
+# --- exploding during training ------------------------------------------------------------
+# The global gradient norm growing by this many decades from the first recorded steps to the
+# last is an explosion in time (typical of a too-high learning rate).
+GROWTH_DECADES = 2.0
+# Median update/weight RMS ratio above this: steps far too large (Karpathy's rule of thumb is
+# ~1e-3 for a healthy SGD step; 1e-1 rewrites a tenth of the weight each step).
+UPDATE_RATIO_HIGH = 0.1
+
+# Cause ranking: a symptom absent at the first recorded step that appeared while training is
+# blamed on the training (learning rate) first, whatever the network was built with.
+ONSET_SCORE = 100.0
+
+# --- stalled layers -------------------------------------------------------------------------
+# Median update/weight ratio below this: the layer is not learning (1e-3 is typical; 1e-6
+# would take a million steps to change the weights by their own size).
+UPDATE_RATIO_LOW = 1e-6
+
+# --- activations ----------------------------------------------------------------------------
+# Fraction of a layer's inputs saturated (sigmoid/tanh derivative < 1% of its max; see
+# activations.SATURATION_FRACTION) that makes a saturation finding; Glorot & Bengio's top
+# sigmoid layer sits at ~100% early in training. Healthy tanh + Xavier nets stay below 5%.
+SATURATED_FRACTION = 0.4
+# Fraction of a layer's input units that are zero for the whole batch: dead ReLUs.
+# Healthy He-initialised ReLU nets of width 64 reach 25-50% at depth 20-30 in their top
+# layers (deep narrow ReLU nets collapse with depth: Lu et al. 2019, "Dying ReLU and
+# Initialization"); a negative bias of -2 kills ~100%.
+DEAD_FRACTION = 0.75
+
+# --- input scale ----------------------------------------------------------------------------
+# The first layer's input std (or |mean|) outside [1/INPUT_SCALE, INPUT_SCALE] and further
+# than INPUT_SCALE from zero-mean: unnormalised inputs (raw pixels in [0, 255]).
+INPUT_SCALE = 10.0

@@ -1,0 +1,147 @@
+"""The sweep runner: Jobs trained under the probe in worker processes, each stored as it finishes.
+
+Workers compute (build, train, probe, diagnose) and send back the Trace, History and
+Diagnosis; this process alone writes the RunStore, one finished run at a time, so a sweep
+killed half-way keeps every finished run and `resume=True` picks up from there (a stored,
+finished run with the same Job.key() is read back instead of being trained again).
+Workers are spawned, not forked: a forked child inherits torch's thread pools in an
+undefined state. Each worker uses one thread; `workers` of them share the machine.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from .. import data as data_mod, nets, progress, training
+from ..diagnose.api import diagnose
+from ..diagnose.findings import Diagnosis
+from ..errors import GradDoctorError
+from ..probe.trace import Trace
+from ..store import RunStore
+from ..training import History
+from .grid import Job, probe_every
+
+KIND = "lab"  # the runs.kind of every run the lab and the sweeps store
+
+
+@dataclass
+class Result:
+    """One finished Job: its stored run id and what was measured."""
+
+    job: Job
+    run_id: int
+    trace: Trace
+    history: History
+    diagnosis: Diagnosis | None
+    reused: bool = False  # read back from the store (resume), not trained now
+
+
+@lru_cache(maxsize=4)
+def _data(name: str, seed: int) -> data_mod.Dataset:
+    return data_mod.load(name, seed=seed)
+
+
+def execute(job: Job) -> tuple[Trace, History, Diagnosis | None]:
+    """Build, train under the probe and diagnose one Job (no I/O; runs in any process)."""
+    from ..probe.probe import watch
+
+    data = _data(job.data, job.config.seed)
+    if tuple(data.in_shape) != tuple(job.spec.in_shape) or data.n_classes != job.spec.out_features:
+        raise GradDoctorError(f"{job.label}: the network takes {job.spec.in_shape} -> {job.spec.out_features} "
+                              f"but {data.name} is {data.in_shape} -> {data.n_classes} classes")
+    model = nets.build(job.spec, seed=job.config.seed)
+    every = probe_every(job.config, len(data.x_train), job.records)
+    with watch(model, every=every, stats="full") as probe:
+        history = training.train(model, data, job.config, probe=probe, progress_bar=False)
+    trace = probe.trace
+    trace.meta.update(label=job.label, group=job.group)
+    try:
+        diagnosis = diagnose(trace)
+    except GradDoctorError:  # e.g. no finite error signal was recorded at all
+        diagnosis = None
+    return trace, history, diagnosis
+
+
+def _work(job: Job) -> tuple[Trace, History, Diagnosis | None, float]:
+    t0 = time.perf_counter()
+    trace, history, diagnosis = execute(job)
+    return trace, history, diagnosis, time.perf_counter() - t0
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # `workers` processes share the cores; one thread each
+
+
+def finished(store: RunStore) -> dict[str, int]:
+    """Job key -> id of the latest finished run with that key."""
+    return {r.config["key"]: r.id for r in store.runs(KIND)
+            if r.status == "done" and isinstance(r.config, dict) and "key" in r.config}
+
+
+def load(store: RunStore, job: Job, run_id: int) -> Result:
+    """A stored run read back as a Result."""
+    return Result(job, run_id, store.load_trace(run_id), store.load_history(run_id),
+                  store.load_diagnosis(run_id), reused=True)
+
+
+def _save(store: RunStore, job: Job, trace: Trace, history: History, diagnosis: Diagnosis | None) -> int:
+    return store.save_run(job.spec.to_dict(), job.stored_config(), trace, history, diagnosis, kind=KIND)
+
+
+def run_jobs(jobs: list[Job], store: RunStore | str | Path, workers: int = 1, resume: bool = False,
+             progress_bar: bool = True, description: str = "runs") -> list[Result]:
+    """Run every Job (in `workers` processes), storing each as it finishes; results in job order."""
+    if workers < 1:
+        raise GradDoctorError(f"workers must be at least 1, got {workers}")
+    if not jobs:
+        raise GradDoctorError("the grid is empty: nothing to run")
+    own = not isinstance(store, RunStore)
+    st = RunStore(store) if own else store
+    try:
+        return _run(jobs, st, workers, resume, progress_bar, description)
+    finally:
+        if own:
+            st.close()
+
+
+def _run(jobs: list[Job], store: RunStore, workers: int, resume: bool, progress_bar: bool,
+         description: str) -> list[Result]:
+    out: list[Result | None] = [None] * len(jobs)
+    done = finished(store) if resume else {}
+    todo = []
+    for i, job in enumerate(jobs):
+        if job.key() in done:
+            out[i] = load(store, job, done[job.key()])
+        else:
+            todo.append(i)
+    with progress.bar(len(jobs), description, enabled=progress_bar) as bar:
+        bar.update(len(jobs) - len(todo), reused=len(jobs) - len(todo))
+        if workers == 1 or len(todo) <= 1:
+            for i in todo:
+                trace, history, diagnosis = execute(jobs[i])
+                out[i] = Result(jobs[i], _save(store, jobs[i], trace, history, diagnosis), trace, history, diagnosis)
+                bar.update(1, last=jobs[i].label)
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with cf.ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx, initializer=_init_worker) as pool:
+                futures = {pool.submit(_work, jobs[i]): i for i in todo}
+                try:
+                    for fut in cf.as_completed(futures):
+                        i = futures[fut]
+                        try:
+                            trace, history, diagnosis, _ = fut.result()
+                        except GradDoctorError as exc:
+                            raise GradDoctorError(f"run {jobs[i].label!r} failed: {exc}") from None
+                        out[i] = Result(jobs[i], _save(store, jobs[i], trace, history, diagnosis),
+                                        trace, history, diagnosis)
+                        bar.update(1, last=jobs[i].label)
+                except BaseException:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+    return [r for r in out if r is not None]

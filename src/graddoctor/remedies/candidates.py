@@ -1,0 +1,89 @@
+"""Pure: which remedies to try for a diagnosis, in which order (singles, then pairs)."""
+from __future__ import annotations
+
+from itertools import combinations
+
+from ..data import Dataset
+from ..diagnose.findings import Diagnosis
+from .base import Patient, Remedy
+from .registry import CAUSE_REMEDIES, FAMILIES, expand
+
+# Pairs known to complement each other (one fixes the forward signal, the other the path the
+# gradient takes), tried first when no single remedy fixes the problem.
+CLASSIC_PAIRS: tuple[tuple[str, str], ...] = (
+    ("add_batchnorm", "add_residual"),
+    ("swap_activation(relu)", "add_batchnorm"),
+    ("reinit", "add_batchnorm"),
+    ("tune_optimizer(lr/10)", "clip_gradients"),
+)
+MAX_PAIRS = 4  # pairs tried when no single fixes (screened, then raced like the singles)
+
+
+def ranked_labels(diagnosis: Diagnosis) -> list[str]:
+    """Remedy labels for the non-info findings: by finding (worst first), then cause, then remedy.
+
+    Each cause contributes the variants CAUSE_REMEDIES lists for it (lr/10 and lr/100 for a
+    rate too high, never lr*10); a family the finding names that no cause covered adds all of
+    its variants.
+    """
+    out: list[str] = []
+    for f in diagnosis.findings:
+        if f.severity == "info":
+            continue
+        for name in (r for c in f.causes for r in CAUSE_REMEDIES.get(c.name, ())):
+            out.extend(r.label for r in expand(name))
+        covered = {r.name for lab in out for r in expand(lab)}
+        for family in f.remedies:
+            if family not in covered:
+                out.extend(r.label for r in expand(family))
+    return list(dict.fromkeys(out))
+
+
+def combined(trained: Diagnosis, at_init: Diagnosis | None) -> Diagnosis:
+    """The training run's diagnosis plus the at-init findings of kinds it does not have."""
+    if at_init is None:
+        return trained
+    extra = [f for f in at_init.findings if f.kind not in {g.kind for g in trained.findings}]
+    return Diagnosis(trained.findings + extra, trained.layers, dict(trained.context))
+
+
+def singles(diagnosis: Diagnosis, patient: Patient, data: Dataset | None) -> list[Remedy]:
+    """The remedies to try one at a time: ranked, and only those that would change something."""
+    if diagnosis.healthy:
+        return []
+    return [r for lab in ranked_labels(diagnosis) for r in expand(lab)
+            if r.applies_to(patient, diagnosis, data)]
+
+
+def _causes(diagnosis: Diagnosis) -> list[str]:
+    return list(dict.fromkeys(c.name for f in diagnosis.findings if f.severity != "info" for c in f.causes))
+
+
+def pairs(diagnosis: Diagnosis, ranked: list[Remedy], best_first: list[Remedy],
+          limit: int = MAX_PAIRS) -> list[tuple[Remedy, Remedy]]:
+    """Pairs of different families, for when no single remedy fixes the problem.
+
+    In order: the two best singles (by the loss they reached, `best_first`); one remedy per
+    cause, combined across causes (each cause's best-trained remedy, else its first applicable
+    one: e.g. normalize_inputs for input_scale with swap_activation for a saturating
+    activation); the classic pairs; other combinations of trained singles. `ranked` are the
+    applicable singles; each pair comes in surgery order (activation, init, norm, skips, ...).
+    """
+    applicable = {r.label: r for r in ranked}
+    trained = {r.label: i for i, r in enumerate(best_first)}
+    per_cause = []
+    for cause in _causes(diagnosis):
+        options = [r for name in CAUSE_REMEDIES.get(cause, ()) for r in expand(name) if r.label in applicable]
+        if options:
+            rank = lambda r: (trained.get(r.label, len(trained)), options.index(r))  # noqa: E731
+            per_cause.append(min(options, key=rank))
+    order = {f: i for i, f in enumerate(FAMILIES)}
+    classic = [(applicable[a], applicable[b]) for a, b in CLASSIC_PAIRS
+               if a in applicable and b in applicable]
+    found = [*combinations(best_first[:2], 2), *combinations(per_cause, 2), *classic,
+             *combinations(best_first, 2)]
+    out: list[tuple[Remedy, Remedy]] = []
+    for a, b in found:
+        if a.name != b.name and not any({a.label, b.label} == {x.label, y.label} for x, y in out):
+            out.append(tuple(sorted((a, b), key=lambda r: order[r.name])))
+    return out[:limit]

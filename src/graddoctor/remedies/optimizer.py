@@ -1,0 +1,43 @@
+"""tune_optimizer: learning rate down (exploding) or up (stalled), momentum on/off."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..data import Dataset
+from ..diagnose.findings import Diagnosis
+from ..errors import unknown
+from .base import Change, Patient
+
+# Moves: learning rate x factor (a decade or two: rates are searched on a log grid, and one
+# off by less than ~3x rarely turns a diverging or stalled run into a healthy one), or
+# momentum toggled between 0 and MOMENTUM_ON.
+MOVES: dict[str, float | None] = {"lr/10": 0.1, "lr/100": 0.01, "lr*10": 10.0, "momentum": None}
+MOMENTUM_ON = 0.9  # the usual SGD momentum (Sutskever et al. 2013)
+
+
+class TuneOptimizer:
+    """Change the optimizer settings in the TrainConfig (the new settings are in the result)."""
+
+    name = "tune_optimizer"
+
+    def __init__(self, move: str = "lr/10") -> None:
+        if move not in MOVES:
+            raise unknown("tune_optimizer move", move, MOVES)
+        self.move = move
+        self.label = f"tune_optimizer({move})"
+
+    def applies_to(self, patient: Patient, diagnosis: Diagnosis | None = None,
+                   data: Dataset | None = None) -> bool:
+        """Momentum toggling needs SGD; the learning-rate moves always apply."""
+        return self.move != "momentum" or patient.config.optimizer == "sgd"
+
+    def apply(self, patient: Patient, data: Dataset | None = None) -> Patient:
+        """A Patient with the new optimizer settings."""
+        c = patient.config
+        factor = MOVES[self.move]
+        if factor is None:
+            m = 0.0 if c.momentum > 0 else MOMENTUM_ON
+            return patient.with_(self.label, [Change("config.momentum", f"{c.momentum:g}", f"{m:g}")],
+                                 config=replace(c, momentum=m))
+        return patient.with_(self.label, [Change("config.lr", f"{c.lr:g}", f"{c.lr * factor:g}")],
+                             config=replace(c, lr=c.lr * factor))

@@ -1,0 +1,144 @@
+"""Trial and TreatResult: what treat() measured, as rows, a winner and a printable table."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from ..diagnose.findings import Diagnosis
+from .base import Change, Patient
+
+STATUSES = ("baseline", "fixed", "not fixed", "stopped after pilot", "dropped at init", "not applicable")
+
+
+def signal_ratio(diagnosis: Diagnosis | None) -> float:
+    """First layer's error signal / the reference (last hidden) layer's, from the diagnosis table."""
+    rows = (diagnosis.context.get("table") or []) if diagnosis is not None else []
+    x = rows[0].get("signal_decades") if rows else None
+    return math.nan if x is None else 10.0 ** x
+
+
+@dataclass
+class Trial:
+    """One row of the treatment: the untreated baseline or one candidate (single or pair)."""
+
+    label: str  # "baseline", "swap_activation(selu)", "add_batchnorm + add_residual"
+    patient: Patient
+    status: str  # one of STATUSES
+    at_init: Diagnosis | None = None  # checkup(steps=0) of the network as built
+    after: Diagnosis | None = None  # diagnosis of the probed training run
+    loss: float = math.nan  # training-set loss after the budget (inf if training diverged)
+    val_acc: float = math.nan  # validation accuracy after the budget
+    seconds: float = 0.0  # surgery + screening + training + re-diagnosis
+    steps: int = 0  # optimizer steps trained (the pilot only, for candidates stopped after it)
+    min_step_loss: float = math.inf  # lowest finite mini-batch loss seen (the reference if it diverges)
+    pilot_loss: float = math.nan  # training loss after the pilot segment (what ranks the candidates)
+    note: str = ""
+    model: nn.Module | None = field(default=None, repr=False)  # the trained network
+    optimizer: object | None = field(default=None, repr=False)  # its optimizer (between segments)
+
+    @property
+    def changes(self) -> tuple[Change, ...]:
+        """Every change this candidate makes to the user's network, config or inputs."""
+        return self.patient.changes
+
+    @property
+    def fixed(self) -> bool:
+        """The original finding is gone after the budget and the loss beat the baseline's."""
+        return self.status == "fixed"
+
+    def row(self) -> dict:
+        """The table row: remedy, healthy after?, signal ratio at init -> after, loss, accuracy, seconds."""
+        return {"remedy": self.label, "status": self.status,
+                "healthy_after": None if self.after is None else self.after.healthy,
+                "findings_after": sorted(self.after.kinds()) if self.after is not None else [],
+                "ratio_init": signal_ratio(self.at_init), "ratio_after": signal_ratio(self.after),
+                "pilot_loss": self.pilot_loss, "loss": self.loss, "val_acc": self.val_acc,
+                "steps": self.steps, "seconds": self.seconds, "note": self.note}
+
+
+def summarize(changes: tuple[Change, ...], limit: int = 12) -> list[str]:
+    """Changes as lines, identical edits merged ('1, 3, 5 (+17 more): Sigmoid() -> SELU()')."""
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for c in changes:
+        groups.setdefault((c.before, c.after, c.note), []).append(c.module_path)
+    lines = []
+    for (before, after, note), paths in groups.items():
+        where = ", ".join(paths[:3]) + (f" (+{len(paths) - 3} more)" if len(paths) > 3 else "")
+        lines.append(f"{where}: {before} -> {after}" + (f"  ({note})" if note else ""))
+    return lines[:limit] + ([f"... {len(lines) - limit} more kinds of change"] if len(lines) > limit else [])
+
+
+def _num(x: float, fmt: str = ".3g") -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+@dataclass
+class TreatResult:
+    """Everything treat() measured: the diagnosis treated, every trial, the winner, the time."""
+
+    diagnosis: Diagnosis  # what was treated
+    trials: list[Trial]  # the baseline first, then candidates in the order they were tried
+    budget_steps: int
+    pilot_steps: int = 0  # the first segment, trained by every candidate that passed screening
+    prior_loss: float = math.inf  # training loss of predicting the class frequencies (no learning)
+    seconds: float = 0.0  # total wall time of treat()
+
+    @property
+    def baseline(self) -> Trial:
+        """The untreated reference run."""
+        return self.trials[0]
+
+    @property
+    def table(self) -> list[dict]:
+        """One row per trial (the baseline first)."""
+        return [t.row() for t in self.trials]
+
+    @property
+    def best(self) -> Trial | None:
+        """The fixed candidate with the lowest training loss (None when nothing fixed it)."""
+        fixed = [t for t in self.trials if t.fixed]
+        return min(fixed, key=lambda t: (t.loss, -t.val_acc)) if fixed else None
+
+    @property
+    def reference_loss(self) -> float:
+        """The loss to beat: the baseline's after the budget; if it diverged, the lowest it reached,
+        but never more than a constant prediction of the class frequencies gets (learning nothing)."""
+        b = self.baseline
+        return b.loss if math.isfinite(b.loss) else min(b.min_step_loss, self.prior_loss)
+
+    @property
+    def target_kinds(self) -> set[str]:
+        """The finding kinds a candidate must remove."""
+        return self.diagnosis.kinds()
+
+    def __str__(self) -> str:
+        if self.diagnosis.healthy:
+            return "HEALTHY: nothing to treat (no changes proposed)."
+        head = (f"treating: {', '.join(sorted(self.target_kinds))}; every candidate that passes screening "
+                f"trains {self.pilot_steps} steps, the best {self.budget_steps}, with the baseline's seed "
+                f"and data order")
+        cols = ("remedy", "result", "findings after", "signal first/last init -> after", "pilot loss",
+                "steps", "loss", "val acc", "s")
+        rows = [(t.label, t.status, (",".join(sorted(t.after.kinds())) or "healthy") if t.after else "-",
+                 f"{_num(r['ratio_init'], '.2g')} -> {_num(r['ratio_after'], '.2g')}",
+                 _num(t.pilot_loss, ".4f"),
+                 str(t.steps),
+                 _num(t.loss, ".4f"), _num(t.val_acc, ".3f"), _num(t.seconds, ".1f"))
+                for t, r in zip(self.trials, self.table)]
+        widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+        fmt = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa: E731
+        lines = [head, fmt(cols), fmt(tuple("-" * w for w in widths)), *map(fmt, rows)]
+        best = self.best
+        if best is None:
+            lines.append("no candidate fixed the problem within the budget")
+        else:
+            if not math.isfinite(self.baseline.loss):
+                lines.append(f"the baseline diverged; the loss to beat is the lowest it reached, capped at "
+                             f"a constant class-frequency prediction's: {self.reference_loss:.4f}")
+            lines.append(f"best: {best.label} (loss {best.loss:.4f} vs baseline {self.baseline.loss:.4f}, "
+                         f"val acc {best.val_acc:.3f} vs {self.baseline.val_acc:.3f})")
+            lines += [f"  {line}" for line in summarize(best.changes)]
+        lines.append(f"total time {self.seconds:.1f} s")
+        return "\n".join(lines)

@@ -1,0 +1,240 @@
+"""Mean-field theory: quadrature vs an mpmath oracle, fixed points, the layer-resolved prediction
+against real float64 networks (issue 7's accuracy target), the CLI and the figure."""
+import contextlib
+import io
+import json
+import math
+import re
+from pathlib import Path
+
+import mpmath as mp
+import numpy as np
+import pytest
+import torch
+
+from graddoctor import GradDoctorError, activations, nets, theory, theory_measure
+from graddoctor.cli import main
+from graddoctor.nets import NetSpec
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+WIDTH = 256
+TARGET = 0.2  # decades, issue 7
+
+
+# -- quadrature -------------------------------------------------------------------------
+def _sig(x):
+    return 1 / (1 + mp.exp(-x))
+
+
+_SELU_A, _SELU_L = mp.mpf("1.6732632423543772848170429916717"), mp.mpf("1.0507009873554804934193349852946")
+# Independent oracle: phi and phi' written in mpmath (20 digits), integrated adaptively.
+ORACLE = {
+    "sigmoid": (_sig, lambda x: _sig(x) * (1 - _sig(x))),
+    "tanh": (mp.tanh, lambda x: mp.sech(x) ** 2),
+    "relu": (lambda x: max(x, 0), lambda x: 1 if x > 0 else 0),
+    "elu": (lambda x: x if x > 0 else mp.expm1(x), lambda x: 1 if x > 0 else mp.exp(x)),
+    "gelu": (lambda x: x * mp.ncdf(x), lambda x: mp.ncdf(x) + x * mp.npdf(x)),
+    "silu": (lambda x: x * _sig(x), lambda x: _sig(x) * (1 + x * (1 - _sig(x)))),
+    "selu": (lambda x: _SELU_L * (x if x > 0 else _SELU_A * mp.expm1(x)),
+             lambda x: _SELU_L * (1 if x > 0 else _SELU_A * mp.exp(x))),
+}  # leaky_relu, prelu, identity: closed forms below
+
+
+def _oracle_expect(f, q: float) -> float:
+    mp.mp.dps = 20
+    s = mp.sqrt(q)
+    pts = [-mp.inf] + [k / s for k in (-30, -3, 0, 3, 30)] + [mp.inf]  # resolve narrow features
+    return float(mp.quad(lambda z: f(s * z) ** 2 * mp.npdf(z), pts))
+
+
+@pytest.mark.parametrize("name", sorted(ORACLE))
+@pytest.mark.parametrize("q", [1e-4, 0.7, 30.0, 1e6])
+def test_gaussian_expectations_match_mpmath_to_1e_8(name, q):
+    act = activations.get(name)
+    phi, dphi = ORACLE[name]
+    got_phi = float(theory.gauss_expect(lambda x: act.fn(x, 0.01) ** 2, q))
+    got_dphi = float(theory.gauss_expect(lambda x: act.deriv(x, 0.01) ** 2, q))
+    assert got_phi == pytest.approx(_oracle_expect(phi, q), rel=1e-8)
+    assert got_dphi == pytest.approx(_oracle_expect(dphi, q), rel=1e-8)
+
+
+def test_closed_forms_relu_leaky_identity():
+    q = np.array([1e-150, 1e-6, 1.0, 1e6, 1e150])
+    assert np.allclose(theory.chi("relu", q, 3.0), 1.5, rtol=1e-13)  # chi_1 = sigma_w^2 / 2
+    assert np.allclose(theory.q_map("relu", q, 3.0, 0.1), 1.5 * q + 0.1, rtol=1e-13)
+    assert np.allclose(theory.chi("leaky_relu", q, 2.0, 0.2), 1.04, rtol=1e-13)  # (1 + a^2)
+    assert np.allclose(theory.q_map("identity", q, 0.5), 0.5 * q, rtol=1e-13)
+
+
+# -- fixed points, phases, depth scales ---------------------------------------------------
+def test_tanh_without_bias_is_critical_exactly_at_sigma_w2_one():
+    below, at, above = (theory.mean_field("tanh", s) for s in (0.9, 1.0, 1.1))
+    assert below.q_star == 0 and below.chi1 == pytest.approx(0.9) and below.phase == "ordered"
+    assert at.q_star == 0 and at.chi1 == pytest.approx(1.0) and at.phase == "critical"
+    assert math.isinf(at.xi_grad)
+    assert above.q_star > 0.05 and above.chi1 > 1 and above.phase == "chaotic"
+    assert float(theory.q_map("tanh", above.q_star, 1.1)) == pytest.approx(above.q_star, rel=1e-10)
+    d = theory.phase_diagram("tanh", np.linspace(0.9, 1.1, 21), [0.0])
+    crossing = np.interp(0.0, np.log(d["chi1"][0]), d["sigma_w2"])
+    assert crossing == pytest.approx(1.0, abs=1e-9)
+
+
+def test_tanh_critical_line_at_sigma_b2_0_05():
+    # Reference 1.76095463961: the same two equations (q* = F(q*), chi_1 = 1) solved with mpmath
+    # findroot + quad at 20 digits; Schoenholz et al. (2017) Fig. 1 shows ~1.76.
+    sw2 = np.linspace(1.7, 1.8, 101)
+    d = theory.phase_diagram("tanh", sw2, [0.05])
+    assert np.interp(0.0, np.log(d["chi1"][0]), sw2) == pytest.approx(1.76095463961, abs=1e-6)
+
+
+def test_relu_fixed_points_and_depth_scale():
+    mf = theory.mean_field("relu", 1.5, 0.1)
+    assert mf.q_star == pytest.approx(0.1 / (1 - 0.75), rel=1e-10)
+    assert mf.chi1 == pytest.approx(0.75) and mf.xi_grad == pytest.approx(1 / math.log(1 / 0.75))
+    assert math.isinf(theory.mean_field("relu", 3.0).q_star)  # grows without bound
+    assert theory.mean_field("relu", 2.0).phase == "critical"  # He init
+    assert theory.mean_field("relu", 1.0).q_star == 0
+
+
+def test_near_critical_tanh_needs_the_layer_resolved_product():
+    q = theory.q_trajectory("tanh", 1.0, [1.0] * 999, [0.0] * 999)
+    assert q[999] * 2 * 1000 == pytest.approx(1.0, rel=0.01)  # q_l ~ 1/(2l): a power law
+    p = theory.predict(NetSpec(depth=50, width=WIDTH, in_shape=(WIDTH,), activation="tanh",
+                               init="xavier_normal"))
+    assert p.log10_ratio_fixed_point == pytest.approx(0.0, abs=1e-9)
+    assert p.log10_ratio < -1.5  # off by more than a decade from (L-1) log10 chi_1
+
+
+def test_prediction_indexes_layers_and_fans():
+    # depth 2: one step delta_2 -> delta_1, chi(q_1) with layer 2's sigma_w^2; q_1 from layer 1's
+    spec = NetSpec(depth=2, width=128, in_shape=(32,), activation="tanh", init="xavier_normal")
+    p = theory.predict(spec, input_var=2.0)
+    sw1, sw2 = 2 * 32 / (32 + 128), 1.0
+    assert p.q[0] == pytest.approx(sw1 * 2.0)
+    assert p.log10_ratio == pytest.approx(math.log10(float(theory.chi("tanh", sw1 * 2.0, sw2))))
+
+
+@pytest.mark.parametrize("change", [dict(batchnorm="before_activation"), dict(residual=2),
+                                    dict(kind="cnn", in_shape=(3, 8, 8)), dict(depth=1)])
+def test_no_prediction_where_the_theory_does_not_apply(change):
+    p = theory.predict(NetSpec(**change))
+    assert p.log10_ratio is None and not p.applicable and len(p.reason) > 20
+
+
+# -- measurement ---------------------------------------------------------------------------
+def test_measurement_matches_a_plain_autograd_pass_through_the_model():
+    spec = NetSpec(depth=4, width=32, in_shape=(16,), activation="tanh", init="xavier_normal")
+    got = theory_measure.log10_ratio_one(spec, seed=3, batch=8)
+    model = nets.build(spec.with_(dtype="float64"), seed=3)
+    keep = []
+
+    def hook(module, inputs, output):
+        output.retain_grad()
+        keep.append(output)
+
+    hooks = [layer.linear.register_forward_hook(hook) for layer in model.body]
+    gen = torch.Generator().manual_seed(3 + theory_measure.DATA_SEED_OFFSET)
+    x = torch.randn(8, 16, generator=gen, dtype=torch.float64)
+    r = torch.randn(8, 10, generator=gen, dtype=torch.float64)
+    (model(x) * r).sum().backward()
+    for h in hooks:
+        h.remove()
+    want = math.log10(keep[0].grad.square().sum() / keep[-1].grad.square().sum())
+    assert got == pytest.approx(want, rel=1e-12)
+
+
+@pytest.fixture(scope="module")
+def accuracy_rows():
+    rows = []
+    for act in ("sigmoid", "tanh", "relu"):
+        for init in ("small", "xavier_normal", "he_normal"):
+            for depth in (10, 20, 50):
+                spec = NetSpec(depth=depth, width=WIDTH, in_shape=(WIDTH,), activation=act, init=init)
+                values = theory_measure.log10_ratio(spec, seeds=5)
+                rows.append((spec.summary(), theory.predict(spec).log10_ratio, values))
+    return rows
+
+
+def test_issue_7_accuracy_target_every_configuration_within_0_2_decades(accuracy_rows):
+    # 27 configurations x seeds 0..4 (~10 s). benchmarks/theory.py --seed-sets 10 shows how
+    # other seed sets fare: ReLU at depth 50 has a per-seed spread of ~0.25 decades (finite
+    # width: ~sqrt(depth/width)), so some 5-seed sets miss 0.2 there; see the README.
+    errors = {name: values.mean() - pred for name, pred, values in accuracy_rows}
+    bad = {k: round(v, 3) for k, v in errors.items() if abs(v) > TARGET}
+    assert not bad, bad
+    assert len(errors) == 27
+
+
+def test_fixed_point_form_misses_where_the_layer_resolved_one_does_not(accuracy_rows):
+    name, pred, values = next(r for r in accuracy_rows if r[0].startswith("50x256 tanh")
+                              and "xavier" in r[0])
+    assert abs(values.mean() - 0.0) > 1.0 > 0.2 >= abs(values.mean() - pred)
+
+
+# -- CLI and figure ---------------------------------------------------------------------------
+def _run(argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_cli_prints_prediction_and_measurement():
+    code, out, _ = _run(["theory", "--activation", "tanh", "--init", "xavier_normal", "--depth",
+                         "20", "--width", "64", "--measure", "--seeds", "2", "--batch-size", "32"])
+    assert code == 0
+    for text in ("q*", "chi_1", "critical", "-1.42", "measured (2 seeds"):
+        assert text in out, text
+
+
+def test_cli_json_and_not_applicable():
+    code, out, _ = _run(["theory", "--activation", "relu", "--init", "he_normal", "--depth", "10",
+                         "--width", "32", "--json"])
+    d = json.loads(out)
+    assert code == 0 and d["phase"] == "critical" and d["chi1"] == pytest.approx(1.0)
+    code, out, _ = _run(["theory", "--residual", "2"])
+    assert code == 0 and "does not apply" in out
+
+
+@pytest.mark.parametrize("argv", [["--activation", "tanhh"], ["--init", "he"], ["--seeds", "0"],
+                                  ["--figure", "x.pdf"], ["--input-var", "-1"],
+                                  ["--in-features", "0"]])
+def test_cli_bad_input_is_one_line_exit_2(argv):
+    code, out, err = _run(["theory", *argv])
+    assert code == 2 and err.count("\n") == 1 and err.startswith("graddoctor: error:")
+
+
+def test_cli_figure_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "phase.png"
+    code, out, _ = _run(["theory", "--activation", "tanh", "--init", "he_normal", "--depth", "10",
+                         "--figure", str(path)])
+    assert code == 0 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_two_panel_figure_from_comparison_rows(tmp_path, accuracy_rows):
+    pytest.importorskip("matplotlib")
+    from graddoctor.report import theory_figures
+
+    rows = [{"activation": name.split()[1], "init": name.split("init=")[1].split(",")[0],
+             "depth": int(name.split("x")[0]), "predicted": pred, "measured": float(v.mean()),
+             "std": float(v.std())} for name, pred, v in accuracy_rows]
+    diagram = theory.phase_diagram("tanh", np.geomspace(0.1, 4, 30), np.linspace(0, 0.2, 10))
+    path = theory_figures.write_figure(tmp_path / "t.svg", diagram, theory.init_points("tanh", 256),
+                                       comparison=rows)
+    text = path.read_text()
+    assert text.lstrip().startswith("<?xml") and "<svg" in text and "27 random MLPs" in text
+    with pytest.raises(GradDoctorError, match="no configurations"):
+        theory_figures.plot_predicted_vs_measured([], None)
+
+
+def test_readme_theory_section_example_runs_as_shown():
+    text = README.read_text()
+    start = text.index("<!-- section:theory -->")
+    section = text[start:text.index("\n## ", start)]
+    block = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    shown = re.findall(r"```text\n(.*?)```", section, re.S)[0]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(block, "README.md:theory", "exec"), {})
+    assert printed.getvalue() == shown

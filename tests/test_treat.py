@@ -1,0 +1,152 @@
+"""treat() end to end on real small runs: it must find, and prove, a fix."""
+import copy
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import graddoctor as gd
+from graddoctor import NetSpec, TrainConfig, data as data_mod
+from graddoctor.cli import main
+from graddoctor.errors import GradDoctorError
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "models.py"
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data_mod.digits(seed=0)
+
+
+@pytest.fixture(scope="module")
+def sigmoid_result(digits):
+    """The issue's case: a 20-layer sigmoid MLP (Glorot init, SGD) on digits."""
+    spec = NetSpec(depth=20, width=64, in_shape=digits.in_shape, out_features=10, activation="sigmoid",
+                   init="xavier_normal")
+    return gd.treat(spec, digits, budget_steps=160, seed=0, config=TrainConfig(lr=0.01), progress_bar=False)
+
+
+def test_treat_finds_a_fix_for_the_deep_sigmoid_mlp(sigmoid_result):
+    r = sigmoid_result
+    assert "vanishing" in r.diagnosis.kinds()
+    assert r.baseline.val_acc < 0.2  # the untreated net stays near chance (10 classes)
+    best = r.best
+    assert best is not None and best.fixed
+    assert best.val_acc >= 0.90
+    assert best.loss < r.baseline.loss / 4
+    assert "vanishing" not in best.after.kinds()
+    assert best.steps == r.budget_steps == r.baseline.steps  # the same budget as the baseline
+    assert best.patient.spec != r.baseline.patient.spec and best.changes
+
+
+def test_the_table_has_one_row_per_candidate_and_measures_each(sigmoid_result):
+    r = sigmoid_result
+    rows = r.table
+    assert rows[0]["remedy"] == "baseline" and len(rows) == len(r.trials) >= 4
+    labels = [row["remedy"] for row in rows]
+    assert labels[1].startswith("swap_activation")  # the top cause is the saturating activation
+    assert len(set(labels)) == len(labels)
+    assert rows[0]["ratio_init"] < 1e-3  # 20 sigmoid layers: the first layer's signal has vanished
+    for row, t in zip(rows, r.trials):
+        assert set(row) >= {"remedy", "status", "healthy_after", "ratio_init", "ratio_after", "loss",
+                            "val_acc", "seconds"}
+        if t.status in ("fixed", "not fixed"):  # finalists: trained the whole budget, re-diagnosed
+            assert t.steps == r.budget_steps and row["healthy_after"] is not None
+        if t.status == "stopped after pilot":
+            assert t.steps == r.pilot_steps < r.budget_steps
+        if t.status == "dropped at init":  # screening: no training at all
+            assert t.steps == 0 and t.at_init.kinds() & {"vanishing", "exploding", "non_finite"}
+    fixed_ratio = [row for row in rows if row["status"] == "fixed"][0]
+    assert fixed_ratio["ratio_init"] > 1e-2  # the fix restores the first layer's signal at init
+    assert sum(t.seconds for t in r.trials) <= r.seconds + 1e-6
+
+
+def test_printed_result_names_the_winner_and_its_changes(sigmoid_result):
+    text = str(sigmoid_result)
+    best = sigmoid_result.best
+    assert text.splitlines()[0].startswith("treating: ") and "vanishing" in text.splitlines()[0]
+    assert f"best: {best.label}" in text and str(best.changes[0]) in text
+    assert "total time" in text
+
+
+class FunctionalSigmoidNet(nn.Module):
+    """A user model whose sigmoid is applied with torch.sigmoid: cannot be swapped."""
+
+    def __init__(self, depth: int = 12) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(64, 64) for _ in range(depth))
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = torch.sigmoid(layer(x))
+        return self.head(x)
+
+
+def test_user_model_is_never_modified_and_functional_activations_are_reported(digits):
+    torch.manual_seed(0)
+    model = FunctionalSigmoidNet()
+    state, text = copy.deepcopy(model.state_dict()), repr(model)
+    r = gd.treat(model, digits, nn.CrossEntropyLoss(), budget_steps=40, seed=0, progress_bar=False)
+    assert repr(model) == text and all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    swaps = [t for t in r.trials if t.label.startswith("swap_activation")]
+    assert swaps and all(t.status == "not applicable" and "functional" in t.note for t in swaps)
+    # re-initialising cannot help a sigmoid it cannot see: screening drops it before any training
+    reinits = [t for t in r.trials if t.label.startswith("reinit")]
+    assert reinits and all(t.status == "dropped at init" and t.steps == 0 for t in reinits)
+
+
+def test_healthy_model_gets_zero_changes(digits):
+    spec = NetSpec(depth=4, width=32, in_shape=digits.in_shape, activation="relu", init="he_normal")
+    r = gd.treat(spec, digits, budget_steps=20, progress_bar=False)
+    assert r.diagnosis.healthy and len(r.trials) == 1 and r.best is None
+    assert str(r).startswith("HEALTHY: nothing to treat")
+    given = gd.treat(spec, digits, diagnosis=r.diagnosis, budget_steps=20, progress_bar=False)
+    assert given.trials[0].steps == 0  # a healthy diagnosis given: nothing is even trained
+    assert 0 < given.seconds < r.seconds and len(given.trials) == 1
+
+
+def test_exploding_learning_rate_is_tuned_down(digits):
+    spec = NetSpec(depth=8, width=32, in_shape=digits.in_shape, activation="relu", init="he_normal")
+    r = gd.treat(spec, digits, budget_steps=40, config=TrainConfig(lr=3.0), progress_bar=False)
+    assert r.diagnosis.kinds() & {"exploding", "non_finite"} and math.isinf(r.baseline.loss)
+    assert r.best is not None and math.isfinite(r.best.loss)
+    assert r.best.loss < r.prior_loss and r.best.val_acc > 0.2  # it learns (chance: 0.1)
+    # lr/10 stops the explosion but leaves a vanishing, dead network: not counted as a fix
+    assert all(not t.fixed for t in r.trials if t.after and t.after.kinds() & {"vanishing", "exploding"})
+    assert any(c.module_path in ("config.lr", "config.clip_norm") for c in r.best.changes)
+
+
+def test_bad_arguments_fail_with_one_clear_error(digits):
+    spec = NetSpec(depth=3, width=8, in_shape=digits.in_shape)
+    with pytest.raises(GradDoctorError, match="loss_fn='cross_entropy' or 'mse'"):
+        gd.treat(spec, digits, loss_fn=lambda out, y: out.sum(), progress_bar=False)
+    with pytest.raises(GradDoctorError, match="budget_steps must be at least 2"):
+        gd.treat(spec, digits, budget_steps=1, progress_bar=False)
+    with pytest.raises(GradDoctorError, match="must be a NetSpec, an nn.Module or a function"):
+        gd.treat(lambda: "not a model", digits, progress_bar=False)
+
+
+def test_cli_treat_prints_the_table_and_the_flags_to_rerun(capsys):
+    code = main(["treat", "--depth", "12", "--width", "32", "--activation", "sigmoid", "--init",
+                 "xavier_normal", "--budget-steps", "40", "--no-pairs"])
+    out = capsys.readouterr().out
+    assert code == 0 and "baseline" in out and "re-run the winner: graddoctor train --kind mlp" in out
+
+
+def test_cli_treat_user_factory_saves_the_winner(tmp_path, capsys):
+    path = tmp_path / "best.pt"
+    code = main(["treat", f"{EXAMPLES}:deep_sigmoid", "--budget-steps", "40", "--no-pairs", "--save", str(path)])
+    out = capsys.readouterr().out
+    assert code == 0 and "best: " in out and path.exists()
+    state = torch.load(path)
+    assert any(k.endswith("weight") for k in state)
+
+
+def test_cli_treat_bad_input_is_one_line_and_exit_2(capsys):
+    assert main(["treat", "--budget-steps", "0"]) == 2
+    assert main(["treat", "nofile.py:f"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("graddoctor: error: ") for line in err)
