@@ -65,6 +65,15 @@ def _x(decades: float) -> str:
     return f"{10 ** decades:.2g}x"
 
 
+def _where_weights(w: np.ndarray, kept: np.ndarray, names: list[str], limit: float, verb: str) -> str:
+    """'the weights shrink the signal at every layer', or name the one layer that does most of it."""
+    bad = w[w < limit] if verb == "shrink" else w[w > limit]
+    j = int(np.argmin(w) if verb == "shrink" else np.argmax(w))
+    if abs(w[j]) > 0.5 * abs(float(np.sum(bad))):
+        return f"the weights of '{names[kept[j] + 1]}' alone {verb} it {_x(w[j])}"
+    return f"the weights {verb} the signal at every layer"
+
+
 def gradient_causes(direction: str, idx: np.ndarray, log_gain: np.ndarray, log_act: np.ndarray,
                     log_weight: np.ndarray, activations: list[str | None], saturated: np.ndarray,
                     dead: np.ndarray, input_scale: Cause | None, in_training: Cause | None,
@@ -78,7 +87,7 @@ def gradient_causes(direction: str, idx: np.ndarray, log_gain: np.ndarray, log_a
     a0 = np.array([expected_log_act(activations[i + 1] if i + 1 < len(activations) else None) for i in idx])
     a, w = a - a0, w + a0  # the structural part of the activation factor belongs to the init
     ok = np.isfinite(g) & np.isfinite(a) & np.isfinite(w)
-    g, a, w = g[ok], a[ok], w[ok]
+    g, a, w, kept = g[ok], a[ok], w[ok], np.asarray(idx)[ok]
     n = len(g)
     total = float(np.sum(g)) if n else 0.0
     span = f"'{names[idx[0]]}' .. '{names[idx[-1]]}'" if len(idx) else "-"
@@ -96,13 +105,14 @@ def gradient_causes(direction: str, idx: np.ndarray, log_gain: np.ndarray, log_a
                "sigmoid' is at most 0.25" if "sigmoid" in acts else "tanh' < 1 away from 0")
         out.append(Cause("saturating_activation", f"{split} ({why})",
                          {**ev, "saturated": sat}, -float(np.sum(a))))
-    if direction == "vanishing" and mw < np.log10(T.FACTOR_LOW):
-        out.append(Cause("init_too_small", f"{split}: the weights shrink the signal at every layer",
-                         ev, -float(np.sum(w))))
-    if mw > np.log10(T.FACTOR_HIGH):
+    lo, hi = np.log10(T.FACTOR_LOW), np.log10(T.FACTOR_HIGH)
+    if direction == "vanishing" and n and (mw < lo or w.min() < np.log10(T.FACTOR_ONE_LAYER_LOW)):
+        out.append(Cause("init_too_small", f"{split}: {_where_weights(w, kept, names, lo, 'shrink')}",
+                         ev, -float(np.sum(w[w < lo]))))
+    if n and (mw > hi or w.max() > np.log10(T.FACTOR_ONE_LAYER_HIGH)):
         if direction == "exploding":
-            out.append(Cause("init_too_large", f"{split}: the weights amplify it at every layer",
-                             ev, float(np.sum(w))))
+            out.append(Cause("init_too_large", f"{split}: {_where_weights(w, kept, names, hi, 'amplify')}",
+                             ev, float(np.sum(w[w > hi]))))
         elif sat > T.SATURATED_FRACTION:
             out.append(Cause("init_too_large", f"{split}; large weights drive {sat:.0%} of the units "
                              "into saturation", {**ev, "saturated": sat}, sat * -float(np.sum(a))))

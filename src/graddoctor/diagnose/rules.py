@@ -59,26 +59,34 @@ def input_scale_cause(s: Signals) -> Cause | None:
 
 
 def _lr_cause(s: Signals, judged: np.ndarray, onset: bool = False) -> Cause | None:
-    """Learning rate too high: the gradient grew during training, or the steps are huge.
+    """Learning rate too high: the gradient or the weights grew while training, or the steps are huge.
 
     With `onset` (the symptom was absent at the first recorded step and appeared while
     training), training itself is the prime suspect and the cause ranks first.
     """
     gn = s.step["global_grad_norm"]
     finite = np.isfinite(gn) & (gn > 0)
+    if finite.sum() < 2:
+        return None
+    growth = float(np.log10(gn[finite][-1]) - np.log10(gn[finite][0]))
     ur = s.layer["update_ratio"]
-    big = float(np.nanmedian(ur)) if np.isfinite(ur).any() else float("nan")
-    if finite.sum() >= 2:
-        first, last = np.log10(gn[finite][0]), np.log10(gn[finite][-1])
-        growth = last - first
-        if growth > T.GROWTH_DECADES or big > T.UPDATE_RATIO_HIGH:
-            when = "appeared during training; " if onset else ""
-            return Cause("learning_rate_too_high",
-                         f"{when}the gradient norm changed {10 ** growth:.3g}x while training; median "
-                         f"update/weight ratio {big:.2g} (healthy ~1e-3)",
-                         {"growth_decades": float(growth), "update_ratio": big, "onset": onset},
-                         (T.ONSET_SCORE if onset else 2.0) + max(growth, 0))
-    return None
+    ur = ur[np.isfinite(ur)]
+    big = float(np.percentile(ur, 90)) if len(ur) else float("nan")
+    w = s.layer["weight_rms"]
+    rows = np.where(np.isfinite(w).any(axis=1))[0]
+    w_growth = 0.0
+    if len(rows) >= 2:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.log10(w[rows[-1]] / w[rows[0]])
+        w_growth = float(np.median(r[np.isfinite(r)])) if np.isfinite(r).any() else 0.0
+    if not (growth > T.GROWTH_DECADES or big > T.UPDATE_RATIO_HIGH or w_growth > T.WEIGHT_GROWTH_DECADES):
+        return None
+    when = "appeared during training; " if onset else ""
+    return Cause("learning_rate_too_high",
+                 f"{when}the gradient norm changed {10 ** growth:.3g}x and the weights {10 ** w_growth:.3g}x "
+                 f"while training; 90th-percentile update/weight ratio {big:.2g} (healthy ~1e-3)",
+                 {"growth_decades": growth, "weight_growth_decades": w_growth, "update_ratio_p90": big,
+                  "onset": onset}, (T.ONSET_SCORE if onset else 2.0) + max(growth, 0))
 
 
 def vanishing_exploding(s: Signals) -> list[Finding]:
@@ -218,8 +226,10 @@ def stalled_layers(s: Signals) -> list[Finding]:
     if len(idx) == 0:
         return []
     all_stall = len(idx) == trainable.sum()
+    why = ("every layer's steps are tiny" if all_stall else
+           "the error signal reaching them is too small (the product of the layers above)")
     causes = [Cause("learning_rate_too_low" if all_stall else "chain_product_depth",
-                    f"median update/weight ratio {np.nanmedian(ur[idx]):.2g} (healthy ~1e-3)",
+                    f"{why}: median update/weight ratio {np.nanmedian(ur[idx]):.2g} (healthy ~1e-3)",
                     {"update_ratio": float(np.nanmedian(ur[idx]))}, 1.0)]
     summary = f"{len(idx)} layers barely change: update/weight ratio {np.nanmedian(ur[idx]):.2g}"
     return [_finding("stalled_layers", "warning", idx, s, summary,

@@ -26,6 +26,10 @@ AFFECTED_DECADES = 1.0
 # Per-layer gain factors (activation and weight parts) this far from 1 are named as causes.
 FACTOR_LOW = 0.7
 FACTOR_HIGH = 1.4
+# One layer whose weights alone cut the signal 10x (or multiply it 10x) names the init as a
+# cause even when the average layer is fine (a bottleneck layer with 1e-3 x its He scale).
+FACTOR_ONE_LAYER_LOW = 0.1
+FACTOR_ONE_LAYER_HIGH = 10.0
 # chain_product_depth: the share of the total decay credited to depth itself; a specific
 # factor that explains more than this share ranks above it.
 DEPTH_SHARE = 0.4
@@ -42,9 +46,13 @@ MIN_STEPS = 3
 # The global gradient norm growing by this many decades from the first recorded steps to the
 # last is an explosion in time (typical of a too-high learning rate).
 GROWTH_DECADES = 2.0
-# Median update/weight RMS ratio above this: steps far too large (Karpathy's rule of thumb is
-# ~1e-3 for a healthy SGD step; 1e-1 rewrites a tenth of the weight each step).
+# 90th-percentile update/weight RMS ratio above this: steps far too large (Karpathy's rule of
+# thumb is ~1e-3 for a healthy SGD step; 1e-1 rewrites a tenth of the weight each step).
 UPDATE_RATIO_HIGH = 0.1
+# Weights (median layer RMS) growing by this many decades during the recorded steps: the steps
+# inflate them (tanh with SGD lr 20 grows them ~20x in 50 steps; healthy runs change them by
+# well under 2x).
+WEIGHT_GROWTH_DECADES = 0.5
 
 # Cause ranking: a symptom absent at the first recorded step that appeared while training is
 # blamed on the training (learning rate) first, whatever the network was built with.

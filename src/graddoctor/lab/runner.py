@@ -41,7 +41,8 @@ class Result:
 
 
 @lru_cache(maxsize=4)
-def _data(name: str, seed: int) -> data_mod.Dataset:
+def dataset(name: str, seed: int) -> data_mod.Dataset:
+    """A data set by name, loaded once per process."""
     return data_mod.load(name, seed=seed)
 
 
@@ -49,7 +50,7 @@ def execute(job: Job) -> tuple[Trace, History, Diagnosis | None]:
     """Build, train under the probe and diagnose one Job (no I/O; runs in any process)."""
     from ..probe.probe import watch
 
-    data = _data(job.data, job.config.seed)
+    data = dataset(job.data, job.config.seed)
     if tuple(data.in_shape) != tuple(job.spec.in_shape) or data.n_classes != job.spec.out_features:
         raise GradDoctorError(f"{job.label}: the network takes {job.spec.in_shape} -> {job.spec.out_features} "
                               f"but {data.name} is {data.in_shape} -> {data.n_classes} classes")

@@ -41,8 +41,8 @@ class RunSummary:
     profile_init: np.ndarray = field(repr=False)  # weight-gradient RMS per hidden layer + head, step 0
     profile_trained: np.ndarray = field(repr=False)  # the same, median over the judged steps
     steps: np.ndarray = field(repr=False)  # recorded steps
-    top_mean: np.ndarray = field(repr=False)  # per step: mean activation of the last hidden layer
-    top_saturated: np.ndarray = field(repr=False)  # per step: its saturated fraction
+    act_means: np.ndarray = field(repr=False)  # (steps, depth): mean output of each hidden layer
+    loss_curve: np.ndarray = field(repr=False)  # training loss of every step
     extra: dict = field(default_factory=dict)  # per-experiment numbers (e.g. the theory's prediction)
 
     @property
@@ -96,7 +96,7 @@ def summarise(trace: Trace, history: History, diagnosis: Diagnosis | None, label
         trained = float(np.median(ratio[judged])) if len(judged) else math.nan
     cols = hidden + [len(trace.layers) - 1]  # + the head (the output layer)
     grad = trace["grad_rms"][:, cols]
-    top = len(trace.layers) - 1  # the head's input is the last hidden layer's activation
+    fed = hidden[1:] + [len(trace.layers) - 1]  # a layer's input is the hidden layer before it
     losses = [v for v in history.step_loss if math.isfinite(v)]
     final = history.train_loss[-1] if history.train_loss and history.diverged_at is None else math.inf
     return RunSummary(
@@ -106,4 +106,4 @@ def summarise(trace: Trace, history: History, diagnosis: Diagnosis | None, label
         first_loss=losses[0] if losses else math.nan, final_loss=final, diverged_at=history.diverged_at,
         seconds=history.seconds, profile_init=grad[0],
         profile_trained=median(grad, judged) if len(judged) else np.full(len(cols), np.nan),
-        steps=trace.steps, top_mean=trace["act_mean"][:, top], top_saturated=trace["saturated"][:, top])
+        steps=trace.steps, act_means=trace["act_mean"][:, fed], loss_curve=np.asarray(history.step_loss, float))

@@ -1,0 +1,53 @@
+"""run_experiment(name): the grid through the runner, the numbers, the conclusion."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..store import RunStore
+from . import experiments
+from .conclude import CONCLUDERS, Conclusion
+from .experiments import Experiment
+from .runner import Result, dataset, run_jobs
+from .summary import RunSummary, summarise
+
+
+@dataclass
+class LabResult:
+    """One experiment's runs, their numbers and its conclusion."""
+
+    experiment: Experiment
+    quick: bool
+    results: list[Result]
+    summaries: list[RunSummary]
+    conclusion: Conclusion
+
+
+def input_variance(data_name: str = "digits", seed: int = 0) -> float:
+    """Mean squared input feature of a data set's training part (the theory's input_var)."""
+    return float(dataset(data_name, seed).x_train.double().square().mean())
+
+
+def summaries(results: list[Result], theory: bool = False) -> list[RunSummary]:
+    """The lab's numbers for each result (with the theory's prediction when asked)."""
+    from ..theory import predict
+
+    var = input_variance(results[0].job.data, results[0].job.config.seed) if theory and results else 1.0
+    out = []
+    for r in results:
+        s = summarise(r.trace, r.history, r.diagnosis, r.job.label, dict(r.job.coords), r.run_id)
+        s.extra.update(lr=r.job.config.lr, momentum=r.job.config.momentum)
+        if theory:
+            p = predict(r.job.spec, input_var=var)
+            s.extra["predicted"] = p.log10_ratio / 2 if p.applicable else float("nan")  # ||.||^2 -> ||.||
+        out.append(s)
+    return out
+
+
+def run_experiment(name: str, store: RunStore | str | Path, quick: bool = False, workers: int = 1,
+                   resume: bool = False, seed: int = 0, progress_bar: bool = True) -> LabResult:
+    """Run (or, with resume, read back) one experiment's grid and conclude from the measurements."""
+    exp = experiments.get(name)
+    results = run_jobs(exp.jobs(quick, seed), store, workers, resume, progress_bar, f"lab {name}")
+    sums = summaries(results, theory="theory" in exp.figures)
+    return LabResult(exp, quick, results, sums, CONCLUDERS[name](sums))

@@ -1,0 +1,23 @@
+"""`graddoctor demo` end to end: measure, diagnose, treat, retrain, report (a short version)."""
+from __future__ import annotations
+
+from graddoctor.cli import main
+from graddoctor.store import RunStore
+
+
+def test_demo_tells_the_whole_story(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--epochs", "3", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "verdict:" in text and "VANISHING" in text and "saturating_activation" in text
+    assert "best:" in text and "retrain the winner" in text
+    html = (out / "report.html").read_text()
+    assert "vanishing" in html and html.count("data:image/png;base64") >= 5
+    assert len(list((out / "figures").glob("*.png"))) == 5
+    with RunStore(out / "runs.db", create=False) as store:
+        runs = store.runs()
+        assert [r.status for r in runs] == ["done", "done"]
+        first, fixed = sorted(runs, key=lambda r: r.id)
+        assert "vanishing" in first.verdict and fixed.verdict == "healthy"
+        assert fixed.final_acc > first.final_acc + 0.3  # the treated network learns, the sigmoid one does not
+        assert store.treatments(first.id)
