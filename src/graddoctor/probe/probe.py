@@ -31,9 +31,12 @@ _WATCHED: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # modules under an ope
 
 
 def watch(model: nn.Module, *, every: int = 1, stats: str = "full",
-          optimizer: torch.optim.Optimizer | None = None) -> Probe:
-    """Start recording `model` (a context manager: hooks are removed on exit). See Probe."""
-    return Probe(model, every=every, stats=stats, optimizer=optimizer)
+          optimizer: torch.optim.Optimizer | None = None, tensorboard: str | None = None) -> Probe:
+    """Start recording `model` (a context manager: hooks are removed on exit). See Probe.
+
+    `tensorboard=DIR` also streams the statistics to TensorBoard event files in DIR.
+    """
+    return Probe(model, every=every, stats=stats, optimizer=optimizer, tensorboard=tensorboard)
 
 
 def _first_tensor(obj: object) -> Tensor | None:
@@ -54,7 +57,7 @@ class Probe:
     """
 
     def __init__(self, model: nn.Module, *, every: int = 1, stats: str = "full",
-                 optimizer: torch.optim.Optimizer | None = None) -> None:
+                 optimizer: torch.optim.Optimizer | None = None, tensorboard: str | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise GradDoctorError(f"watch() needs a torch.nn.Module, got {type(model).__name__}")
         if stats not in STATS:
@@ -75,6 +78,11 @@ class Probe:
         self.model, self.every, self.stats = model, every, stats
         self._trace = Trace(meta={"every": every, "stats": stats, "model": type(model).__name__})
         self._trace.attach_source(self._pool_now)  # readers of probe.trace always see every step
+        self._tb = None
+        if tensorboard is not None:
+            from ..report.tensorboard import TraceWriter
+
+            self._tb = TraceWriter(tensorboard)  # fails at once, with the install hint, if missing
         self._pending: list[tuple[int, RawStep]] = []  # recorded, not yet pooled into the Trace
         self._n_recorded = 0
         self._layout = Layout(model)
@@ -143,6 +151,8 @@ class Probe:
         self._record, self._snapshot, self._update = None, None, None
         _WATCHED.difference_update(m for m, _ in self._modes)
         self._pool()
+        if self._tb is not None:
+            self._tb.close()
 
     def __enter__(self) -> Probe:
         return self
@@ -241,6 +251,8 @@ class Probe:
         for (step, _), lv, sv in zip(self._pending, values, step_values):
             self._trace.append(step, lv, sv)
         self._pending = []
+        if self._tb is not None:
+            self._tb.write_new(self._trace)
 
     def _sync_hooks(self) -> None:
         """Module hooks exist only while needed: recorded steps (full), the first step (norms)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import GradDoctorError
+from .series import Series
 
 # Per step, per layer. A layer is a leaf module that owns parameters, in forward order.
 LAYER_METRICS: tuple[str, ...] = (
@@ -61,6 +62,7 @@ class Trace:
         self._source = None  # the recorder that buffers rows (a Probe): flushed before any read
         self._syncing = False
         self.meta: dict = dict(meta or {})
+        self.series = Series()  # per-layer arrays beside the metrics (e.g. per time step, recurrent.py)
         self._n = 0
         self._steps = np.zeros(16, dtype=np.int64)
         self._layer = np.full((16, len(self._layers), len(LAYER_METRICS)), np.nan)
@@ -158,6 +160,7 @@ class Trace:
         lv, sv, st = self._layer[: self._n][index], self._step[: self._n][index], self.steps[index]
         for i in range(len(st)):
             out.append(int(st[i]), lv[i], sv[i])
+        out.series = self.series.select(st)
         return out
 
     def to_dataframe(self):
@@ -179,9 +182,10 @@ class Trace:
         path = Path(path)
         header = {"format": FORMAT_VERSION, "layers": [asdict(x) for x in self.layers], "meta": self.meta,
                   "layer_metrics": list(LAYER_METRICS), "step_metrics": list(STEP_METRICS)}
+        header["series"], series = self.series.to_npz()  # older readers ignore both
         with open(path, "wb") as f:
             np.savez_compressed(f, header=np.array(json.dumps(header)), steps=self.steps,
-                                layer=self._layer[: self._n], step=self._step[: self._n])
+                                layer=self._layer[: self._n], step=self._step[: self._n], **series)
         return path
 
     @classmethod
@@ -194,6 +198,7 @@ class Trace:
             with np.load(path, allow_pickle=False) as z:
                 header = json.loads(str(z["header"]))
                 steps, layer, step = z["steps"], z["layer"], z["step"]
+                series = Series.from_npz(header.get("series", []), z)  # absent in older files
         except (OSError, ValueError, KeyError) as exc:
             raise GradDoctorError(f"{path} is not a graddoctor trace file ({exc})") from None
         if header.get("format", 0) > FORMAT_VERSION:
@@ -210,6 +215,7 @@ class Trace:
                 if name in STEP_METRICS:
                     sv[STEP_METRICS.index(name)] = step[i, j]
             out.append(int(steps[i]), lv, sv)
+        out.series = series
         return out
 
     def __repr__(self) -> str:

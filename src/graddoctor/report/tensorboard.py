@@ -52,18 +52,33 @@ def summary_writer(log_dir: str | Path):
 
 def write_trace(trace: Trace, log_dir: str | Path) -> int:
     """Write a Trace's statistics as TensorBoard event files in log_dir; returns the event count."""
-    writer = summary_writer(log_dir)
-    n = 0
+    out = TraceWriter(log_dir)
     try:
-        for kind, tag, value, step in events(trace):
-            if kind == "scalar":
-                writer.add_scalar(tag, value, step)
-            else:
-                writer.add_histogram(tag, value, step)
-            n += 1
+        out.write_new(trace)
     finally:
-        writer.close()
-    return n
+        out.close()
+    return sum(1 for _ in events(trace))
+
+
+class TraceWriter:
+    """Streams a growing Trace to TensorBoard: each call writes the rows added since the last."""
+
+    def __init__(self, log_dir: str | Path) -> None:
+        self.writer = summary_writer(log_dir)
+        self.rows = 0
+
+    def write_new(self, trace: Trace) -> None:
+        """Write the trace's rows not written yet."""
+        n = len(trace)
+        if n > self.rows:
+            for kind, tag, value, step in events(trace.select(slice(self.rows, n))):
+                (self.writer.add_scalar if kind == "scalar" else self.writer.add_histogram)(tag, value, step)
+            self.writer.flush()
+            self.rows = n
+
+    def close(self) -> None:
+        """Flush and close the event file."""
+        self.writer.close()
 
 
 def export_tensorboard(store: RunStore, run_id: int, log_dir: str | Path) -> Path:
