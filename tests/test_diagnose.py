@@ -156,3 +156,16 @@ def test_bad_input_gives_clear_errors():
         gd.checkup(nn.Linear(3, 2), torch.randn(4, 5), torch.zeros(4, dtype=torch.long))
     with pytest.raises(gd.GradDoctorError, match="no recorded steps"):
         gd.diagnose(Trace([LayerInfo("a", "Linear", 1)]))
+
+
+def test_checkup_puts_the_theory_beside_the_measurement():
+    """For graddoctor's own MLPs at init the mean-field prediction is extra evidence (issue 7)."""
+    spec = gd.NetSpec(depth=20, width=256, in_shape=(256,), activation="sigmoid", init="xavier_normal",
+                      dtype="float64")
+    x, y = torch.randn(256, 256, dtype=torch.float64), torch.randint(0, 10, (256,))
+    d = gd.checkup(gd.build(spec, seed=0), x, y)
+    t = d.context["theory"]
+    assert t["predicted_log10_sq_ratio"] < -20  # ~ -24: each sigmoid layer keeps ~6% of ||delta||^2
+    assert abs(t["predicted_log10_sq_ratio"] - t["measured_log10_sq_ratio"]) < 0.5
+    plain = nn.Sequential(nn.Linear(256, 10))
+    assert "theory" not in gd.checkup(plain, x.float(), y).context  # only NetSpec MLPs have one

@@ -43,6 +43,25 @@ def diagnose(trace: Trace) -> Diagnosis:
     return Diagnosis(findings, s.names, ctx)
 
 
+def theory_evidence(model: nn.Module, diagnosis: Diagnosis, input_var: float) -> dict | None:
+    """Mean-field prediction next to the measurement, for graddoctor's own MLPs at initialisation."""
+    from ..nets import NetSpec
+    from ..theory import predict
+
+    spec = getattr(model, "spec", None)
+    if not isinstance(spec, NetSpec):
+        return None
+    pred = predict(spec, input_var=input_var)
+    rows = {r["name"]: r["signal_decades"] for r in diagnosis.context.get("table", [])}
+    first, last = rows.get("body.0.linear"), rows.get(f"body.{spec.depth - 1}.linear")
+    if not pred.applicable or first is None or last is None:
+        return None
+    # the table holds log10 per-sample norms relative to a reference: the squared ratio is 2x
+    return {"predicted_log10_sq_ratio": pred.log10_ratio, "measured_log10_sq_ratio": 2 * (first - last),
+            "quantity": "log10 ||delta_1||^2 / ||delta_L||^2 (first vs last hidden layer)",
+            "source": pred.reason}
+
+
 def _default_loss(out: Tensor, y: Tensor) -> Tensor:
     if not y.is_floating_point() and out.dim() >= 2:
         return F.cross_entropy(out.flatten(0, -2) if out.dim() > 2 else out, y.flatten())
@@ -88,7 +107,12 @@ def checkup(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: Callable
                 if steps > 0 and torch.isfinite(loss):
                     opt.step()
                 probe.step(loss)
-        return diagnose(probe.trace)
+        diagnosis = diagnose(probe.trace)
+        if steps == 0 and inputs.is_floating_point():
+            theory = theory_evidence(model, diagnosis, float(inputs.detach().double().pow(2).mean()))
+            if theory:
+                diagnosis.context["theory"] = theory
+        return diagnosis
     finally:
         with torch.no_grad():
             model.load_state_dict(saved)

@@ -112,7 +112,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
         (_nets("tanh", "relu"),
          axis("lr", "lr", (1e-4, 1e-3, 1e-2, 1e-1, 1.0), lambda v: f"lr {v:g}"),
          axis("momentum", "momentum", (0.0, 0.9), lambda v: f"momentum {v:g}")),
-        Size(1500, 128), Size(300, 64, keep={"lr": ("lr 0.0001", "lr 0.01", "lr 1")}), ("grid",)),
+        Size(1500, 128), Size(600, 64, keep={"lr": ("lr 0.0001", "lr 0.01", "lr 1")}), ("grid",)),
     Experiment(
         "he2015", "A 30-layer ReLU MLP stalls with Xavier initialisation and converges with He.",
         "He et al. 2015, figure 3",

@@ -61,8 +61,21 @@ def verdict(diagnosis: Diagnosis) -> Panel:
     return Panel(Group(*body), title=f"verdict: {kinds.upper()}", border_style="red")
 
 
+def theory_line(diagnosis: Diagnosis) -> Text | None:
+    """'theory predicts 10^-24.0 ... measured 10^-23.9', when the checkup had a prediction."""
+    t = diagnosis.context.get("theory")
+    if not t:
+        return None
+    return Text(f"mean-field theory (Poole et al. 2016) predicts ||δ_1||²/||δ_L||² = "
+                f"10^{t['predicted_log10_sq_ratio']:.1f} for this network at initialisation; "
+                f"measured 10^{t['measured_log10_sq_ratio']:.1f}", style="dim")
+
+
 def print_diagnosis(diagnosis: Diagnosis, console: Console | None = None) -> None:
     """Print the per-layer table and the verdict."""
     console = console or Console()
     console.print(layer_table(diagnosis))
     console.print(verdict(diagnosis))
+    line = theory_line(diagnosis)
+    if line is not None:
+        console.print(line)
