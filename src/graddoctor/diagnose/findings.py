@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-KINDS = ("vanishing", "exploding", "saturation", "dead_units", "non_finite", "stalled_layers")
+KINDS = ("vanishing", "exploding", "saturation", "dead_units", "non_finite", "stalled_layers",
+         "vanishing_through_time", "exploding_through_time")
 SEVERITIES = ("info", "warning", "critical")
 CAUSES = (
     "saturating_activation", "chain_product_depth", "init_too_small", "init_too_large",
     "learning_rate_too_high", "learning_rate_too_low", "dead_relu", "input_scale",
+    "recurrent_chain",  # an RNN's gradient over T steps is a product of T Jacobians
 )
 
 

@@ -14,6 +14,7 @@ from . import thresholds as T
 from .causes import gradient_causes, rank, remedies_for
 from .findings import Cause, Finding
 from .signals import Signals, median, persistent, window
+from .through_time import through_time
 
 Rule = Callable[[Signals], list[Finding]]
 
@@ -237,4 +238,4 @@ def stalled_layers(s: Signals) -> list[Finding]:
 
 
 RULES: tuple[Rule, ...] = (non_finite, vanishing_exploding, exploding_in_time, saturation, dead_units,
-                           stalled_layers)
+                           stalled_layers, through_time)

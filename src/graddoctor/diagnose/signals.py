@@ -10,7 +10,7 @@ size changes nothing.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -60,6 +60,7 @@ class Signals:
     ref: int  # index of the reference layer
     layer: dict  # other layer metrics by name, (S, L)
     step: dict  # step metrics by name, (S,)
+    time: dict = field(default_factory=dict)  # recurrent layer -> (steps, ||dL/dx_t|| (k, T), type): through_time.py
 
     @property
     def n_steps(self) -> int:
@@ -95,7 +96,14 @@ def signals(trace: Trace) -> Signals:
                                    "nonfinite_act", "out_rms")}
     step = {m: trace[m] for m in ("loss", "global_grad_norm", "nonfinite_loss")}
     return Signals([x.name for x in layers], [x.type for x in layers], [x.activation for x in layers],
-                   trace.steps, log_signal, rel, log_gain, log_act, log_weight, body, ref, layer, step)
+                   trace.steps, log_signal, rel, log_gain, log_act, log_weight, body, ref, layer, step,
+                   _time_profiles(trace))
+
+
+def _time_profiles(trace: Trace) -> dict:
+    from .through_time import time_profiles  # imports this module
+
+    return time_profiles(trace)
 
 
 def median(a: np.ndarray, steps: slice) -> np.ndarray:

@@ -49,5 +49,5 @@ def run_experiment(name: str, store: RunStore | str | Path, quick: bool = False,
     """Run (or, with resume, read back) one experiment's grid and conclude from the measurements."""
     exp = experiments.get(name)
     results = run_jobs(exp.jobs(quick, seed), store, workers, resume, progress_bar, f"lab {name}")
-    sums = summaries(results, theory="theory" in exp.figures)
+    sums = summaries(results, theory=exp.theory)
     return LabResult(exp, quick, results, sums, CONCLUDERS[name](sums))

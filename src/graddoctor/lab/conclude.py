@@ -34,6 +34,9 @@ TOP_LOW = 0.25
 RECOVER = 0.05
 # he2015: steps to halve the training loss, smoothed over this many steps.
 SMOOTH = 25
+# The diagnosis floors an exactly-zero signal at 1e-300 (diagnose.signals): a ratio below this
+# many decades means the first layer's error signal is 0 (e.g. tanh saturated in float64).
+ZERO_DECADES = -250.0
 VANISH = T.VANISH_DECADES  # the diagnosis's threshold: more than 2 decades is vanishing/exploding
 
 
@@ -47,8 +50,10 @@ class Conclusion:
 
 
 def dec(v: float) -> str:
-    """Decades with a sign: '+1.4', '-12.0', 'n/a'."""
-    return f"{v:+.1f}" if math.isfinite(v) else "n/a"
+    """Decades with a sign: '+1.4', '-12.0', 'zero' (the first layer's signal is exactly 0), 'n/a'."""
+    if not math.isfinite(v):
+        return "n/a"
+    return "zero" if v < ZERO_DECADES else f"{v:+.1f}"
 
 
 def acc(v: float) -> str:
@@ -91,7 +96,7 @@ def activations_(runs: list[RunSummary]) -> Conclusion:
             + f"{len(kept)} of {len(rest)} non-saturating nets kept the signal within {VANISH:g} decades and trained "
             f"(accuracy {min((r.val_acc for r in rest), default=math.nan):.2f}-{max((r.val_acc for r in rest), default=math.nan):.2f}). "
             + (f"Saturating is not enough by itself: {', '.join(f'{r.label} ({dec(r.decades_init)}, accuracy {acc(r.val_acc)})' for r in sat_kept)} "
-               "kept its gradient with Xavier init, whose inputs stay in tanh's linear range. " if sat_kept else ""))
+               "kept its gradient with Xavier init, whose inputs stay in tanh's linear range." if sat_kept else "")).strip()
     return Conclusion(holds, _said(holds, text))
 
 
@@ -196,10 +201,9 @@ def optimizer(runs: list[RunSummary]) -> Conclusion:
         got = [outcome(r) for r in rs]
         ok = got[0] == "stalls" and "trains" in got and got[-1] in ("explodes", "vanishes")
         holds &= ok
-        trains = [key[id(r)] for r, o in zip(rs, got) if o == "trains"]
-        span = f"trains for lr/(1-momentum) {min(trains):g} to {max(trains):g}" if trains else "never trains"
-        parts.append(f"{net}: {span}; " + ", ".join(f"{r.label.split(', ', 1)[1]} {o}" for r, o in zip(rs, got)))
-    text = "Ordered by the effective step lr/(1-momentum). " + ". ".join(parts) + ". " + (
+        seen = {o: sorted({key[id(r)] for r, g in zip(rs, got) if g == o}) for o in dict.fromkeys(got)}
+        parts.append(f"{net}: " + "; ".join(f"{o} at {', '.join(f'{v:g}' for v in steps)}" for o, steps in seen.items()))
+    text = "By the effective step lr/(1-momentum): " + ". ".join(parts) + ". " + (
         "The same healthy net stalls, trains or fails as the step grows: the step size decides." if holds else
         "Against the claim: some net does not stall at the smallest step, never trains, or survives the largest.")
     return Conclusion(holds, _said(holds, text), {"outcome": [outcome(r) for r in runs]})

@@ -47,6 +47,7 @@ class Experiment:
     quick: Size
     figures: tuple[str, ...]  # panels render.py draws (see render.PANELS)
     records: int = RECORDS  # probed steps per run
+    theory: bool = False  # add the mean-field prediction of each run (plain MLPs only)
 
     def jobs(self, quick: bool = False, seed: int = 0) -> list[Job]:
         """The grid at the chosen size, every run seeded with `seed` (weights and data order)."""
@@ -71,13 +72,13 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
         "activations", "Saturating activations make gradients vanish; ReLU and its variants do not.",
         "Glorot & Bengio 2010; Nair & Hinton 2010; Klambauer et al. 2017 (SELU)",
         {"depth": 20}, SGD, (_nets(*PROPER_INIT),),
-        Size(3000, 128), Size(800, 64), ("profiles", "loss")),
+        Size(1500, 128), Size(800, 64), ("profiles", "loss")),
     Experiment(
         "depth", "The chain rule's product makes the gradient shrink exponentially with depth "
         "for a saturating activation, and not for ReLU with He initialisation.",
         "Hochreiter 1991; Bengio et al. 1994; Glorot & Bengio 2010",
         {}, SGD, (_nets("sigmoid", "relu"), axis("depth", "depth", (3, 5, 10, 20, 50))),
-        Size(3000, 128, "float64"), Size(300, 64, "float64"), ("by_depth",)),
+        Size(1500, 128, "float64"), Size(300, 64, "float64"), ("by_depth",)),
     Experiment(
         "init", "Too small or too large initial weights make gradients vanish or explode; Xavier "
         "(tanh) and He (ReLU) keep them, as the mean-field theory predicts.",
@@ -85,13 +86,13 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
         {"depth": 20}, SGD,
         (axis("activation", "activation", ("tanh", "relu")),
          axis("init", "init", ("small", "large", "xavier_normal", "he_normal", "orthogonal"))),
-        Size(3000, 128, "float64"), Size(300, 64, "float64"), ("theory", "profiles")),
+        Size(1500, 128, "float64"), Size(300, 64, "float64"), ("theory", "profiles"), theory=True),
     Experiment(
         "batchnorm", "Batch normalisation lets a deep sigmoid network train.",
         "Ioffe & Szegedy 2015; Yang et al. 2019 (BatchNorm's gradient growth)",
         {"depth": 20}, SGD,
         (_nets("sigmoid", "relu"), ("bn", [("plain", {"batchnorm": "none"}), ("BN", {"batchnorm": BN})])),
-        Size(3000, 128), Size(800, 64), ("profiles", "loss")),
+        Size(1500, 128), Size(800, 64), ("profiles", "loss")),
     Experiment(
         "residual", "Deeper plain networks train worse; residual ones do not, and the plain net's "
         "degradation with BatchNorm is not a vanishing gradient.",
@@ -101,7 +102,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
                    ("residual+BN", {"batchnorm": BN, "residual": 2}),
                    ("residual, 1/sqrt(blocks)", {"residual": 2, "residual_scale": _blocks_scale})]),
          axis("depth", "depth", (10, 30, 50))),
-        Size(3000, 128),
+        Size(1500, 128),
         Size(400, 32, keep={"arch": ("plain+BN", "residual+BN", "residual, 1/sqrt(blocks)")}),
         ("by_depth",)),
     Experiment(
@@ -118,7 +119,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
         "He et al. 2015, figure 3",
         {"depth": 30, "activation": "relu"}, SGD,
         (axis("init", "init", ("xavier_normal", "he_normal")),),
-        Size(3000, 128), Size(800, 64), ("loss", "profiles")),
+        Size(1500, 128), Size(800, 64), ("loss", "profiles")),
     Experiment(
         "glorot2010", "With the standard initialisation a sigmoid network's top hidden layer is "
         "driven towards zero early in training and recovers slowly; tanh, and tanh with the "
@@ -128,7 +129,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
         (("net", [("sigmoid", {"activation": "sigmoid", "init": "torch_default"}),
                   ("tanh", {"activation": "tanh", "init": "torch_default"}),
                   ("tanh, normalised init", {"activation": "tanh", "init": "xavier_uniform"})]),),
-        Size(20000, 256), Size(3000, 128), ("top_layer", "loss"), records=60),
+        Size(20000, 128), Size(3000, 128), ("top_layer", "loss"), records=60),
 ]}
 
 

@@ -70,7 +70,7 @@ def probe_every(config: TrainConfig, n_train: int, records: int) -> int:
 
 
 def _resolve(point: dict) -> dict:
-    """Evaluate callable values on the point's plain values (in field order, repeatedly)."""
+    """Evaluate callable values on the point's plain (non-callable) values."""
     plain = {k: v for k, v in point.items() if not callable(v)}
     for k, v in point.items():
         if callable(v):
@@ -87,8 +87,8 @@ def expand(spec: dict, config: dict, axes: Sequence[Axis], data: str = "digits",
         for _, over in points:
             bad = set(over) - SPEC_FIELDS - CONFIG_FIELDS
             if bad:
-                raise GradDoctorError(f"axis {name!r} sets unknown field(s) {', '.join(sorted(bad))}; "
-                                      f"choose NetSpec or TrainConfig fields")
+                raise GradDoctorError(f"axis {name!r} sets unknown field(s) {', '.join(map(repr, sorted(bad)))}; "
+                                      f"choose NetSpec or TrainConfig fields: {', '.join(sorted(SPEC_FIELDS | CONFIG_FIELDS))}")
     jobs = []
     for combo in itertools.product(*(points for _, points in axes)):
         point = {"in_shape": in_shape, "out_features": out_features, **spec, **config}

@@ -14,11 +14,15 @@ from ..errors import require
 from ..report import figdata as fd
 from ..report.figures import plot_curves, plot_depth_profile
 from .api import LabResult
-from .conclude import acc, dec, outcome
+from .conclude import VANISH, ZERO_DECADES, acc, dec, outcome
 from .summary import RunSummary
 
-DPI = 100  # one PNG per experiment, 50-120 kB
+DPI = 100  # one PNG per experiment, 30-60 kB
+PNG_COLOURS = 256  # palette PNG
 PANEL_SIZE = (4.6, 3.6)  # inches per panel
+COLOURS = 10  # matplotlib's default colour cycle
+SMOOTH = 25  # steps in the running mean of the loss curves
+CURVE_POINTS = 200  # points drawn per curve (keeps the PNG near 100 kB)
 OUTCOME_COLOURS = {"trains": "tab:green", "stalls": "0.7", "vanishes": "tab:blue", "explodes": "tab:red"}
 
 
@@ -31,14 +35,27 @@ def plot_profiles(runs: list[RunSummary], axes) -> None:
     """Weight-gradient RMS by depth, at init and after training, every run overlaid."""
     for ax, trained in zip(axes, (False, True)):
         plot_depth_profile(_profiles(runs, trained), ax)
+        for i, line in enumerate(ax.get_lines()):  # past the 10 cycle colours: dashed
+            line.set_linestyle("-" if (i // COLOURS) % 2 == 0 else "--")
         ax.set_title("after training (median of the judged steps)" if trained else "at initialisation")
         ax.set_xlabel("layer (1 = first hidden; last = output layer)")
-        ax.legend(fontsize=6.5)
+        ax.get_legend().remove()
+    axes[-1].legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1))
+
+
+def smooth(series: fd.Series, window: int = SMOOTH, points: int = CURVE_POINTS) -> fd.Series:
+    """Running mean over `window` steps, thinned to at most `points` points."""
+    k = max(1, min(window, len(series.y)))
+    y = np.convolve(series.y, np.ones(k) / k, mode="valid") if len(series.y) else series.y
+    x = series.x[k - 1:] if len(series.x) else series.x
+    step = max(1, len(y) // points)
+    return fd.Series(series.label, x[::step], y[::step])
 
 
 def plot_loss(lab: LabResult, ax) -> None:
-    """Training loss per step of every run."""
-    plot_curves(fd.loss_curves({r.job.label: r.history for r in lab.results}), ax, "training loss", "Loss per step")
+    """Training loss per step of every run (running mean)."""
+    curves = [smooth(s) for s in fd.loss_curves({r.job.label: r.history for r in lab.results})]
+    plot_curves(curves, ax, "training loss", f"Loss per step (mean of {SMOOTH})")
     ax.set_xlabel("step")
 
 
@@ -50,15 +67,22 @@ def _series(runs: list[RunSummary], across: str) -> dict[str, list[RunSummary]]:
     return out
 
 
+def _shown(v: float) -> float:
+    """nan for a ratio that only says 'the signal is exactly zero' (it would flatten the axis)."""
+    return v if v >= ZERO_DECADES else math.nan
+
+
 def plot_by_depth(runs: list[RunSummary], axes) -> None:
-    """Gradient ratio at init and final accuracy against depth, one line per series."""
-    for label, rs in _series(runs, "depth").items():
+    """Gradient ratio (at init: solid, trained: dashed) and final accuracy against depth, per series."""
+    for k, (label, rs) in enumerate(_series(runs, "depth").items()):
         rs = sorted(rs, key=lambda r: r.depth)
         d = [r.depth for r in rs]
-        axes[0].plot(d, [r.decades_init for r in rs], marker="o", label=label)
-        axes[1].plot(d, [r.val_acc for r in rs], marker="o", label=label)
-    axes[0].axhspan(-2, 2, color="tab:green", alpha=0.08, lw=0, label="within 2 decades")
-    axes[0].set_ylabel("log10 ‖δ₁‖ / ‖δ_L‖ at init (decades)")
+        axes[0].plot(d, [_shown(r.decades_init) for r in rs], marker="o", color=f"C{k}", label=f"{label}, at init")
+        axes[0].plot(d, [_shown(r.decades_trained) for r in rs], marker="x", ls="--", color=f"C{k}",
+                     label=f"{label}, trained")
+        axes[1].plot(d, [r.val_acc for r in rs], marker="o", color=f"C{k}", label=label)
+    axes[0].axhspan(-VANISH, VANISH, color="tab:green", alpha=0.08, lw=0, label=f"within {VANISH:g} decades")
+    axes[0].set_ylabel("log10 ‖δ₁‖ / ‖δ_L‖ (decades)")
     axes[0].set_title("Gradient ratio, first / last hidden layer")
     axes[1].set_ylabel("final validation accuracy")
     axes[1].set_ylim(0, 1)
@@ -72,7 +96,7 @@ def plot_by_depth(runs: list[RunSummary], axes) -> None:
 def plot_theory(runs: list[RunSummary], ax) -> None:
     """Measured gradient ratio at init against the mean-field prediction."""
     x = np.array([r.extra.get("predicted", math.nan) for r in runs])
-    y = np.array([r.decades_init for r in runs])
+    y = np.array([_shown(r.decades_init) for r in runs])
     ok = np.isfinite(x) & np.isfinite(y)
     lim = (min(x[ok].min(), y[ok].min()) - 2, max(x[ok].max(), y[ok].max()) + 2) if ok.any() else (-1, 1)
     ax.plot(lim, lim, color="0.6", lw=1, ls="--", label="measured = predicted")
@@ -119,10 +143,16 @@ def _by_coord(runs: list[RunSummary], axis: str) -> dict[str, list[RunSummary]]:
 
 def plot_top_layer(runs: list[RunSummary], axes) -> None:
     """Mean output of every hidden layer over training, one panel per run (Glorot & Bengio's fig. 2)."""
+    from matplotlib.ticker import MaxNLocator
+
+    lo = min(float(np.nanmin(r.act_means)) for r in runs)
+    hi = max(float(np.nanmax(r.act_means)) for r in runs)
     for ax, r in zip(axes, runs):
+        ax.set_ylim(lo - 0.05, hi + 0.05)  # one scale: the panels compare
         for j in range(r.act_means.shape[1]):
             ax.plot(r.steps, r.act_means[:, j], lw=1.2, label=f"layer {j + 1}" + (" (top)" if j == r.act_means.shape[1] - 1 else ""))
-        ax.set_title(f"{r.label}: mean activation per layer")
+        ax.set_title(f"{r.label}: mean output per layer", fontsize=10)
+        ax.xaxis.set_major_locator(MaxNLocator(5))
         ax.set_xlabel("step")
         ax.set_ylabel("mean output")
         ax.grid(True, alpha=0.3)
@@ -148,8 +178,8 @@ def build_figure(lab: LabResult):
     figure = require("matplotlib.figure", "report")
     counts = [_n_axes(PANELS[p], lab) for p in lab.experiment.figures]
     total = sum(counts)
-    cols = min(total, 3)
-    rows = math.ceil(total / cols)
+    rows = math.ceil(total / 3)  # at most 3 panels per row, rows filled evenly
+    cols = math.ceil(total / rows)
     fig = figure.Figure(figsize=(PANEL_SIZE[0] * cols, PANEL_SIZE[1] * rows), dpi=DPI, layout="constrained")
     axes = list(np.atleast_1d(fig.subplots(rows, cols)).ravel())
     for ax in axes[total:]:
@@ -190,11 +220,32 @@ def markdown(lab: LabResult, figure: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def save_png(fig, path: Path) -> Path:
+    """Write a figure as a 256-colour PNG (line plots lose nothing visible; a third of the bytes)."""
+    import io
+
+    image = require("PIL.Image", "report")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    image.open(buf).convert("RGB").quantize(PNG_COLOURS).save(path, format="png", optimize=True)
+    return path
+
+
+def write_profiles(runs: list[RunSummary], out_dir: str | Path, name: str = "sweep") -> Path:
+    """Save OUT/NAME.png: the per-layer gradients of every run, at init and after training."""
+    figure = require("matplotlib.figure", "report")
+    fig = figure.Figure(figsize=(2 * PANEL_SIZE[0] + 1, PANEL_SIZE[1] + 0.4), dpi=DPI, layout="constrained")
+    plot_profiles(runs, fig.subplots(1, 2))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return save_png(fig, out / f"{name}.png")
+
+
 def write(lab: LabResult, out_dir: str | Path) -> list[Path]:
     """Save OUT/NAME.png and OUT/NAME.md; returns both paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     png, md = out / f"{lab.experiment.name}.png", out / f"{lab.experiment.name}.md"
-    build_figure(lab).savefig(png, format="png")
+    save_png(build_figure(lab), png)
     md.write_text(markdown(lab, png.name))
     return [png, md]

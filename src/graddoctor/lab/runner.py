@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing
-import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -41,16 +40,16 @@ class Result:
 
 
 @lru_cache(maxsize=4)
-def dataset(name: str, seed: int) -> data_mod.Dataset:
-    """A data set by name, loaded once per process."""
-    return data_mod.load(name, seed=seed)
+def dataset(name: str, seed: int, image: bool = False) -> data_mod.Dataset:
+    """A data set by name, loaded once per process (image-shaped for CNNs)."""
+    return data_mod.load(name, seed=seed, image=image)
 
 
 def execute(job: Job) -> tuple[Trace, History, Diagnosis | None]:
     """Build, train under the probe and diagnose one Job (no I/O; runs in any process)."""
     from ..probe.probe import watch
 
-    data = dataset(job.data, job.config.seed)
+    data = dataset(job.data, job.config.seed, image=job.spec.kind == "cnn")
     if tuple(data.in_shape) != tuple(job.spec.in_shape) or data.n_classes != job.spec.out_features:
         raise GradDoctorError(f"{job.label}: the network takes {job.spec.in_shape} -> {job.spec.out_features} "
                               f"but {data.name} is {data.in_shape} -> {data.n_classes} classes")
@@ -65,12 +64,6 @@ def execute(job: Job) -> tuple[Trace, History, Diagnosis | None]:
     except GradDoctorError:  # e.g. no finite error signal was recorded at all
         diagnosis = None
     return trace, history, diagnosis
-
-
-def _work(job: Job) -> tuple[Trace, History, Diagnosis | None, float]:
-    t0 = time.perf_counter()
-    trace, history, diagnosis = execute(job)
-    return trace, history, diagnosis, time.perf_counter() - t0
 
 
 def _init_worker() -> None:
@@ -131,12 +124,12 @@ def _run(jobs: list[Job], store: RunStore, workers: int, resume: bool, progress_
         else:
             ctx = multiprocessing.get_context("spawn")
             with cf.ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx, initializer=_init_worker) as pool:
-                futures = {pool.submit(_work, jobs[i]): i for i in todo}
+                futures = {pool.submit(execute, jobs[i]): i for i in todo}
                 try:
                     for fut in cf.as_completed(futures):
                         i = futures[fut]
                         try:
-                            trace, history, diagnosis, _ = fut.result()
+                            trace, history, diagnosis = fut.result()
                         except GradDoctorError as exc:
                             raise GradDoctorError(f"run {jobs[i].label!r} failed: {exc}") from None
                         out[i] = Result(jobs[i], _save(store, jobs[i], trace, history, diagnosis),

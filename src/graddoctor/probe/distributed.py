@@ -51,7 +51,7 @@ def world_of(group: object | None) -> tuple[int, int]:
     return dist.get_world_size(group), dist.get_rank(group)
 
 
-def is_main(group: object | None = None) -> bool:
+def is_main() -> bool:
     """True on the process that writes stores and reports: global rank 0, or no torch.distributed."""
     import torch.distributed as dist
 
@@ -122,55 +122,53 @@ class Reducer:
         gathered = [torch.empty_like(local) for _ in range(self.world)]
         dist.all_gather(gathered, local, group=self.group)  # the one collective of the step
         bufs = [g.cpu().numpy() for g in gathered]
-        out = self._combine(raw, table, calls, act, units, keys, bufs, len(floats))
+        lengths = [len(series[k][0]) for k in keys]
+        out = self._combine(raw, table, calls, act, units, keys, lengths, bufs, len(floats))
         self.seconds += time.perf_counter() - t0
         self.calls += 1
         return out
 
     def _combine(self, raw: RawStep, table: np.ndarray, calls: np.ndarray, act: np.ndarray,
-                 units: list[tuple[int, int]], keys: list, bufs: list[np.ndarray], n_floats: int):
+                 units: list[tuple[int, int]], keys: list, lengths: list[int], bufs: list[np.ndarray],
+                 n_floats: int) -> tuple[RawStep, dict]:
+        """Union of the ranks' activation rows and calls, this rank's parameter rows, OR-ed masks."""
         n, w, n_act, n_calls = len(raw.values), self.world, int(act.sum()), len(calls)
-        n_series = (n_floats - _HEAD - n - n_act - n_calls) // 2
         parts = [b[: n_floats * 8].view(np.float64) for b in bufs]
-        if any(p[0] != parts[0][0] or p[1] != n for p in parts):
+        if any(len(b) != len(bufs[0]) or p[0] != parts[0][0] for b, p in zip(bufs, parts)):
             raise GradDoctorError("the ranks recorded different layers in this step (different modules ran, "
                                   "or sequences of different lengths); graddoctor's DDP reduction needs every "
                                   "rank to run the same layers: pad sequences to one length per step")
+        acts = table[act]
+        sig = acts[np.isin(acts[:, 0], SIGNAL_SLOTS), 3]
+        sig = sig[sig != ZERO]
         values, rows, new_calls = [], [table[~act & (table[:, 0] != DEAD)]], []
-        signal = np.isin(table[act, 0], SIGNAL_SLOTS)
-        for r, p in enumerate(parts):
-            v, off = p[_HEAD: _HEAD + n].copy(), r * n
-            sig_idx = table[act][signal, 3]
-            v[sig_idx[sig_idx != ZERO]] /= w
+        for r, p in enumerate(parts):  # rank r's values sit at offset r * n
+            v = p[_HEAD: _HEAD + n].copy()
+            v[sig] /= w
             values.append(v)
-            block = table[act].copy()
+            block = acts.copy()
             block[:, 2] = p[_HEAD + n: _HEAD + n + n_act]
-            block[:, 3] = np.where(block[:, 3] == ZERO, ZERO, block[:, 3] + off)
+            block[:, 3] = np.where(block[:, 3] == ZERO, ZERO, block[:, 3] + r * n)
             rows.append(block)
             c = calls.copy()
             c[:, 1] = p[_HEAD + n + n_act: _HEAD + n + n_act + n_calls]
-            c[:, 2:] += off
+            c[:, 2:] += r * n
             new_calls.append(c)
-        bits = sum(units_n for _, units_n in units)
+        bits = sum(u for _, u in units)
         fired = np.zeros(bits, bool)
         for b in bufs:
             fired |= np.unpackbits(b[n_floats * 8:], count=bits).astype(bool)
-        start, dead = w * n, []
-        for k, (layer, u) in enumerate(units):  # one DEAD row per call: the units silent on every rank
-            lo = sum(x for _, x in units[:k])
-            dead.append(u - fired[lo: lo + u].sum())
-            rows.append(np.array([[DEAD, layer, u, start + k]], np.int64))
-        s0 = _HEAD + n + n_act + n_calls
-        sums = sum(p[s0: s0 + n_series] for p in parts) / (w * w)
-        counts = sum(p[s0 + n_series: s0 + 2 * n_series] for p in parts)
-        series, pos = {}, 0
-        for key in keys:
-            length = len(raw_series_len := range(0))  # placeholder, replaced below
-            del raw_series_len
-            series[key] = None
-            pos += length
-        series = _split(keys, self._lengths(parts, keys), sums, counts)
-        loss = float(np.mean([p[6] for p in parts]))
-        out = RawStep(np.concatenate(values + [np.array(dead, float)]), [], rows, np.concatenate(new_calls),
-                      None if np.isnan(parts[0][6]) and raw.loss is None else loss)
+        bounds = np.cumsum([0] + [u for _, u in units])
+        dead = [u - int(fired[bounds[k]: bounds[k + 1]].sum()) for k, (_, u) in enumerate(units)]
+        rows.append(np.array([[DEAD, layer, u, w * n + k] for k, (layer, u) in enumerate(units)],
+                             np.int64).reshape(-1, 4))  # one row per call: units silent on every rank
+        s0, m = _HEAD + n + n_act + n_calls, sum(lengths)
+        sums = sum(p[s0: s0 + m] for p in parts) / (w * w)
+        counts = sum(p[s0 + m: s0 + 2 * m] for p in parts)
+        cut = np.cumsum([0] + lengths)
+        series = {k: (sums[cut[i]: cut[i + 1]], counts[cut[i]: cut[i + 1]]) for i, k in enumerate(keys)}
+        losses = [p[6] for p in parts]
+        loss = None if raw.loss is None else float(np.mean(losses))
+        out = RawStep(np.concatenate(values + [np.array(dead, float)]), [], rows,
+                      np.concatenate(new_calls).reshape(-1), loss)
         return out, series

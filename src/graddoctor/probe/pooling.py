@@ -19,12 +19,13 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 # What a filed value measures. Norm slots are squared before pooling (sums of squares add).
+# deriv_sq (a sum of phi'^2) and deriv (|phi'|, a norm) are two forms of one quantity, pooled together.
 SLOTS = ("grad_w", "grad_b", "weight", "change", "before", "delta", "input_grad", "out",
-         "out_nonfinite", "dead", "saturated", "deriv_sq", "grad_nonfinite")
+         "out_nonfinite", "dead", "saturated", "deriv_sq", "grad_nonfinite", "deriv")
 (GRAD_W, GRAD_B, WEIGHT, CHANGE, BEFORE, DELTA, INPUT_GRAD, OUT, OUT_NONFINITE, DEAD, SATURATED,
- DERIV_SQ, GRAD_NONFINITE) = range(len(SLOTS))
+ DERIV_SQ, GRAD_NONFINITE, DERIV) = range(len(SLOTS))
 ZERO = -1  # value index meaning "the number 0" (e.g. the saturated count of a ReLU input)
-SQUARED = np.isin(np.arange(len(SLOTS)), [GRAD_W, GRAD_B, WEIGHT, CHANGE, BEFORE, DELTA, INPUT_GRAD, OUT])
+SQUARED = np.isin(np.arange(len(SLOTS)), [GRAD_W, GRAD_B, WEIGHT, CHANGE, BEFORE, DELTA, INPUT_GRAD, OUT, DERIV])
 _S, _N, _ONE = 0, len(SLOTS), 2 * len(SLOTS)  # offsets into [sums; element counts; ones]
 # metric -> (numerator: a sum, denominator, take the square root?, present where this slot was filed)
 FORMULAS: dict[str, tuple[int, int, bool, int]] = {
@@ -79,6 +80,8 @@ def pool_steps(raws: list[RawStep], n_layers: int) -> tuple[np.ndarray, np.ndarr
     s = np.bincount(flat, val, size).reshape(n_steps, len(SLOTS), width)
     n = np.bincount(flat, numel.astype(float), size).reshape(n_steps, len(SLOTS), width)
     seen = np.bincount(flat, None, size).reshape(n_steps, len(SLOTS), width) > 0
+    for a in (s, n, seen):  # |phi'|^2 rows join the sum-of-phi'^2 rows
+        a[:, DERIV_SQ] += a[:, DERIV]
     rows = _metrics(s[..., :n_layers], n[..., :n_layers], seen[..., :n_layers],
                     _moments(np.concatenate(calls), values, n_steps, n_layers))
     out = np.full((n_steps, len(STEP_METRICS)), np.nan)

@@ -18,9 +18,12 @@ from torch import Tensor, nn
 from ..errors import GradDoctorError, unknown
 from . import stats
 from .collect import StepRecord
+from .extras import Extras
 from .layout import Layout
 from .pooling import RawStep, pool_steps
 from .trace import Trace
+from .update import WeightSample
+from .wrappers import resolve
 
 # Presets, cheapest first. norms: parameter gradient/weight norms, update ratios, loss (no
 # module hooks). full: + error signals dL/d(output), dL/d(input), activation statistics.
@@ -31,12 +34,16 @@ _WATCHED: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # modules under an ope
 
 
 def watch(model: nn.Module, *, every: int = 1, stats: str = "full",
-          optimizer: torch.optim.Optimizer | None = None, tensorboard: str | None = None) -> Probe:
+          optimizer: torch.optim.Optimizer | None = None, tensorboard: str | None = None,
+          scaler: object | None = None, process_group: object | None = None) -> Probe:
     """Start recording `model` (a context manager: hooks are removed on exit). See Probe.
 
     `tensorboard=DIR` also streams the statistics to TensorBoard event files in DIR.
+    `scaler=` the torch.amp.GradScaler in use: error signals are recorded unscaled (extras.py).
+    `process_group=` reduce over these ranks (default: the group of a DDP-wrapped model).
     """
-    return Probe(model, every=every, stats=stats, optimizer=optimizer, tensorboard=tensorboard)
+    return Probe(model, every=every, stats=stats, optimizer=optimizer, tensorboard=tensorboard,
+                 scaler=scaler, process_group=process_group)
 
 
 def _first_tensor(obj: object) -> Tensor | None:
@@ -57,11 +64,13 @@ class Probe:
     """
 
     def __init__(self, model: nn.Module, *, every: int = 1, stats: str = "full",
-                 optimizer: torch.optim.Optimizer | None = None, tensorboard: str | None = None) -> None:
+                 optimizer: torch.optim.Optimizer | None = None, tensorboard: str | None = None,
+                 scaler: object | None = None, process_group: object | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise GradDoctorError(f"watch() needs a torch.nn.Module, got {type(model).__name__}")
         if stats not in STATS:
             raise unknown("stats preset", stats, STATS)
+        model, group, compiled = resolve(model, stats, process_group)  # torch.compile, DDP wrappers
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise GradDoctorError(f"every must be a whole number >= 1 (record every k-th step), "
                                   f"got {every!r}")
@@ -85,11 +94,13 @@ class Probe:
             self._tb = TraceWriter(tensorboard)  # fails at once, with the install hint, if missing
         self._pending: list[tuple[int, RawStep]] = []  # recorded, not yet pooled into the Trace
         self._n_recorded = 0
+        self._last_recorded = -1  # index of the latest recorded step (its loss may come in step())
         self._layout = Layout(model)
+        self._extras = Extras(self._layout, self._trace, stats, scaler, group, compiled)
         self._modes = [(m, m.training) for m in modules]
         self._module_hooks: list = []
         self._opt_hooks: list = []
-        self._snapshot: tuple[tuple, list[Tensor]] | None = None  # (parameter ids, weight copies)
+        self._snapshot: WeightSample | None = None  # sampled weight copies, for update ratios (update.py)
         self._update: tuple | None = None  # (layers, trainable weights, indices of their norms before)
         self._step = 0
         self._record: StepRecord | None = StepRecord()
@@ -118,12 +129,15 @@ class Probe:
             self._finish(loss)
             return
         self._loss_open = False
+        if self._extras.holding(self._step - 1):  # DDP: that step's reduction waited for its loss
+            self._pending.extend(self._extras.release(loss))
+            return
         if loss is None:
             return
         value, last = loss.detach() if isinstance(loss, Tensor) else float(loss), self._step - 1
         if self._pending and self._pending[-1][0] == last:  # that step was recorded: add its loss
             self._pending[-1] = (last, self._pending[-1][1]._replace(loss=value))  # read when pooled
-        elif len(self._trace) and self._trace.steps[-1] == last:
+        elif last == self._last_recorded and len(self._trace) and self._trace.steps[-1] == last:  # else: no flush
             self._trace.set_step_metric("loss", float(value))
             self._trace.set_step_metric("nonfinite_loss", float(not np.isfinite(float(value))))
 
@@ -135,6 +149,16 @@ class Probe:
         self._opt_hooks = [optimizer.register_step_pre_hook(self._before_update),
                            optimizer.register_step_post_hook(self._after_update)]
         self._trace.meta["optimizer"] = type(optimizer).__name__
+
+    def before_update(self, optimizer: torch.optim.Optimizer) -> None:
+        """Gradients are final and `optimizer` is about to step (for loops that own the step, e.g. Lightning)."""
+        self._check_open()
+        self._before_update(optimizer, (), {})
+
+    def after_update(self, optimizer: torch.optim.Optimizer) -> None:
+        """`optimizer` has stepped: measure the update and end the step (pairs with before_update)."""
+        self._check_open()
+        self._after_update(optimizer, (), {})
 
     def close(self) -> None:
         """Remove every hook, restore train/eval modes, drop buffers (idempotent)."""
@@ -150,6 +174,7 @@ class Probe:
             self._record.closed = True
         self._record, self._snapshot, self._update = None, None, None
         _WATCHED.difference_update(m for m, _ in self._modes)
+        self._pending.extend(self._extras.close())
         self._pool()
         if self._tb is not None:
             self._tb.close()
@@ -158,6 +183,8 @@ class Probe:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if exc[0] is not None:
+            self._extras.close(clean=False)  # no collective while other ranks may be elsewhere
         self.close()
 
     def __repr__(self) -> str:
@@ -177,6 +204,7 @@ class Probe:
         if rec is None or self.stats != "full" or not torch.is_grad_enabled():
             return  # evaluation passes under no_grad are not training steps
         rec.forward(layer, x, src, y)
+        self._extras.forward(layer, x)
 
     def _before_update(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         self._loss_open = False
@@ -187,26 +215,21 @@ class Probe:
         plan = self._layout.plan()
         train = np.array([p.requires_grad for p in plan.weights], dtype=bool)
         params = [p for p, t in zip(plan.weights, train) if t]
-        key = tuple(map(id, params))
         with torch.no_grad():
-            if self._snapshot is None or self._snapshot[0] != key:
-                self._snapshot = (key, [torch.empty_like(p) for p in params])
-            copies = self._snapshot[1]
+            if self._snapshot is None or not self._snapshot.fits(params):
+                self._snapshot = WeightSample(params)
             if params:
-                torch._foreach_copy_(copies, params)
-            it = iter(copies)  # weight norms read from the copies while they are in cache
-            norms = torch._foreach_norm([next(it) if t else p for p, t in zip(plan.weights, train)])
+                self._snapshot.take(params)
+            norms = torch._foreach_norm(plan.weights) if plan.weights else []
         start = rec.params(plan, norms)
         self._update = (plan.w_layer[train], params, start + np.flatnonzero(train))
 
     def _after_update(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         rec = self._record
         if rec is not None and self._update is not None and self._update[1]:
-            layer, params, before = self._update
-            copies = self._snapshot[1]
+            layer, _, before = self._update
             with torch.no_grad():
-                torch._foreach_sub_(copies, params)  # before - after, in place
-                rec.update(layer, torch._foreach_norm(copies), before)
+                rec.update(layer, self._snapshot.change_norms(), before)
         self._update = None
         self._finish(None)
         self._loss_open = True
@@ -219,14 +242,18 @@ class Probe:
     def _finish(self, loss: Tensor | float | None) -> None:
         """End the current step: record it if it is a recorded one, then move on."""
         rec = self._record
+        self._pending.extend(self._extras.release())  # DDP: a step still waiting for its loss
         if rec is not None and not rec.backward_open:  # a backward that raised records nothing
+            skipped = bool(self._opt_hooks) and not rec.params_done  # a bound optimizer did not step
             if not rec.params_done:
                 self._layout.adopt_orphans(first=self._n_recorded == 0)
                 rec.params(self._layout.plan())
             if loss is not None:
                 rec.set_loss(loss)
-            self._pending.append((self._step, rec.finish()))
+            token = self._extras.file(rec, skipped)
+            self._pending.extend(self._extras.finish(self._step, rec.finish(), token))
             self._n_recorded += 1
+            self._last_recorded = self._step
             if len(self._pending) >= POOL_EVERY:
                 self._pool()
         if rec is not None:
@@ -234,7 +261,7 @@ class Probe:
         self._step += 1
         self._record = StepRecord() if self._step % self.every == 0 else None
         if self.every > 1:
-            self._snapshot = None  # a weight-sized buffer: kept only while consecutive steps need it
+            self._snapshot = None  # sampled weight copies: kept only while consecutive steps need them
         self._sync_hooks()
 
     def _pool(self) -> None:
@@ -257,6 +284,8 @@ class Probe:
     def _sync_hooks(self) -> None:
         """Module hooks exist only while needed: recorded steps (full), the first step (norms)."""
         want = self._record is not None and (self.stats == "full" or self._n_recorded == 0)
+        want = want and self._extras.module_hooks
+        self._extras.sync(self._record is not None and self.stats == "full")
         if want and not self._module_hooks:
             self._module_hooks = [m.register_forward_hook(self._on_forward)
                                   for m in self._layout.candidates()]

@@ -14,7 +14,8 @@ per recurrent layer and recorded step, each a per-sample norm at every time step
 
 When the layer's input needs no gradient (raw data), a forward pre-hook hands the layer a
 detached copy that requires one, on recorded steps only: same values, same parameter
-gradients, plus one (B, T, input) gradient the backward computes. PackedSequence inputs
+gradients, plus one (B, T, input) gradient the backward computes; the probe's own
+input_grad_rms of that layer stays nan, as for any raw input. PackedSequence inputs
 and outputs are skipped (their time axis is packed away).
 """
 from __future__ import annotations
@@ -88,6 +89,7 @@ class TimeRecorder:
         self.modules = [m for m in modules if is_recurrent(m)]
         self._handles: list = []
         self._pending: list[tuple[str, str, int, Tensor]] = []  # (kind, layer, batch, (T,) device)
+        self.substituted: set[nn.Module] = set()  # layers handed a grad-requiring copy of their input
         self.closed = False
 
     def attach(self) -> None:
@@ -107,6 +109,7 @@ class TimeRecorder:
             return None
         x = args[0]
         if isinstance(x, Tensor) and x.is_floating_point() and not x.requires_grad:
+            self.substituted.add(module)
             return (x.detach().requires_grad_(), *args[1:])  # same values; its gradient is dL/dx_t
         return None
 
@@ -131,3 +134,4 @@ class TimeRecorder:
     def reset(self) -> None:
         """Forget what a step that will not be recorded left behind (e.g. a backward that raised)."""
         self._pending = []
+        self.substituted = set()

@@ -5,12 +5,14 @@ copies everything it collected to the host once per recorded step (see collect.p
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from .. import activations
+from .scratch import Scratch
 
 # grad_fn class of an activation's output -> graddoctor.activations registry name. Reading the
 # grad_fn recognises activations applied as modules and functionally (F.relu, torch.sigmoid)
@@ -31,6 +33,14 @@ SHAPE_OPS = frozenset({
     "AliasBackward0",
 })
 MAX_LOOKBACK = 8  # shape ops walked through at most (a flatten is one)
+NONNEGATIVE = frozenset({"relu", "sigmoid"})  # outputs >= 0: |x| == x, so dead units need no abs()
+# -phi'(y) written into `out`, rounding exactly as the registry's deriv_from_output (1 - y*y,
+# y*(1 - y); tests/test_probe_cost.py checks bit-equality): two kernels into reused memory
+# instead of two fresh activation-sized temporaries. Other activations use the registry's.
+NEG_DERIV_INTO: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "tanh": lambda y, out: torch.mul(y, y, out=out).sub_(1),  # y*y - 1
+    "sigmoid": lambda y, out: torch.sub(y, 1, out=out).mul_(y),  # (y - 1)*y
+}
 
 
 class Source(NamedTuple):
@@ -72,15 +82,22 @@ def per_sample(t: Tensor | None) -> int:
     return t.numel() // t.shape[0] if t.dim() and t.shape[0] else 1
 
 
-def relu_deriv_sq_sum(y: Tensor, slope: float | Tensor) -> Tensor:
+def relu_deriv_sq_sum(y: Tensor, slope: float | Tensor, scratch: Scratch | None = None) -> Tensor:
     """Sum of phi'^2 over the outputs y of a ReLU-family unit: n(y > 0) + slope^2 n(y <= 0).
 
     RMS(phi') = sqrt(frac(y > 0) + slope^2 frac(y <= 0)); the sum form lets calls be pooled.
     Float ops throughout: ~2x faster than (y > 0).sum() on this torch's CPU kernels.
     """
+    tmp = _temp(y, scratch)
     nonneg = isinstance(slope, float) and slope == 0.0  # ReLU: y >= 0, so sign(y) is 0 or 1
-    pos = (y.sign() if nonneg else y.clamp(min=0).sign_()).sum(dtype=_count_dtype(y))
+    pos = (torch.sign(y, out=tmp) if nonneg else torch.clamp(y, min=0, out=tmp).sign_()).sum(
+        dtype=_count_dtype(y))
     return pos + (y.numel() - pos) * (slope * slope)
+
+
+def _temp(t: Tensor, scratch: Scratch | None) -> Tensor | None:
+    """`out=` for a temporary shaped like t: scratch memory, or None (the kernel allocates)."""
+    return scratch.like(t) if scratch is not None else None
 
 
 def _count_dtype(t: Tensor) -> torch.dtype:
@@ -88,53 +105,73 @@ def _count_dtype(t: Tensor) -> torch.dtype:
     return torch.float32 if t.numel() <= 2**24 else torch.float64
 
 
-def _sq_sum(t: Tensor) -> Tensor:
-    return torch.linalg.vector_norm(t.float() if t.element_size() < 4 else t).square()
+def _norm(t: Tensor) -> Tensor:
+    return torch.linalg.vector_norm(t.float() if t.element_size() < 4 else t)
 
 
-def input_stats(x: Tensor, source: Source | None) -> tuple[Tensor, Tensor, Tensor, Tensor | int | None,
-                                                           Tensor | None]:
-    """What a layer receives: (mean, centred norm, dead units, saturated count, sum of phi'^2).
+class InputStats(NamedTuple):
+    """What a layer receives, reduced: 0-d tensors (None: not measurable; 0: known to be 0)."""
+
+    mean: Tensor
+    centred: Tensor  # |x - mean(x)|: pooled with the mean into the std (Chan et al.)
+    dead: Tensor  # units that are exactly 0 for every sample
+    saturated: Tensor | int | None  # elements with phi' < SATURATION_FRACTION * max phi'
+    deriv_norm: Tensor | None  # |phi'| over the elements (sigmoid, tanh, GELU, SiLU, ELU)
+    deriv_sq: Tensor | None  # sum of phi'^2 over the elements (ReLU family: counted, no phi' tensor)
+
+
+def input_stats(x: Tensor, source: Source | None, scratch: Scratch | None = None) -> InputStats:
+    """What a layer receives: moments, dead units, saturation and phi' of its producing activation.
 
     Units are all dimensions but the first (the batch); a unit is dead when it is exactly 0 for
     every sample. Saturation is the registry's test (Activation.saturated); the count is 0 for
     known non-saturating activations and None (unknown) when no activation was recognised, as
-    is the phi' sum when phi' cannot be had from the output or from autograd's saved input.
+    is phi' when it cannot be had from the output or from autograd's saved input. Temporaries
+    come from `scratch` when given (see scratch.py).
     """
     x = x.float() if x.element_size() < 4 else x  # half/bfloat16: reduce in float32
-    flat = x.reshape(x.shape[0], -1) if x.dim() else x.reshape(1, 1)
+    flat = x if x.dim() == 2 else x.reshape(x.shape[0], -1) if x.dim() else x.reshape(1, 1)
     mean = flat.mean()
     centred = torch.dist(flat, mean)  # two-pass (no cancellation when std << |mean|), no temporary
-    nonneg = source is not None and source.name == "relu"  # outputs >= 0: no abs() pass needed
-    dead = (flat if nonneg else flat.abs()).amax(0).eq_(0).sum()
+    nonneg = source is not None and source.name in NONNEGATIVE  # no abs() pass needed
+    dead = (flat if nonneg else torch.abs(flat, out=_temp(flat, scratch))).amax(0).eq_(0).sum()
     if source is None:
-        return mean, centred, dead, None, None
+        return InputStats(mean, centred, dead, None, None, None)
     act = activations.get(source.name)
-    saturated: Tensor | int = 0
-    d_sq = None
     if act.relu_family:
-        d_sq = relu_deriv_sq_sum(x, _slope(source))
-    elif act.deriv_from_output is not None:
-        d = act.deriv_from_output(x)
-        d_sq = _sq_sum(d)
-        # the registry's test, Activation.saturated(x).sum(), with d computed once
-        saturated = below_count(d, activations.SATURATION_FRACTION * act.max_deriv)
-    elif hasattr(source.node, "_saved_self"):  # phi' of the input autograd saved (GELU, SiLU, ELU)
-        d_sq = _sq_sum(act.deriv(source.node._saved_self, 0.0))
-    return mean, centred, dead, saturated, d_sq
+        return InputStats(mean, centred, dead, 0, None, relu_deriv_sq_sum(x, _slope(source), scratch))
+    if act.deriv_from_output is not None:
+        # the registry's test, Activation.saturated(x).sum(), with phi' computed once
+        into = NEG_DERIV_INTO.get(source.name)
+        neg_d = into(x, _temp(x, scratch)) if into is not None else act.deriv_from_output(x).neg_()
+        norm = _norm(neg_d)  # before below_count consumes neg_d
+        saturated = below_count(neg_d, activations.SATURATION_FRACTION * act.max_deriv, act.max_deriv)
+        return InputStats(mean, centred, dead, saturated, norm, None)
+    if hasattr(source.node, "_saved_self"):  # phi' of the input autograd saved (GELU, SiLU, ELU)
+        return InputStats(mean, centred, dead, 0, _norm(act.deriv(source.node._saved_self, 0.0)), None)
+    return InputStats(mean, centred, dead, 0, None, None)
 
 
-def below_count(d: Tensor, threshold: float) -> Tensor:
-    """Number of entries of d below threshold (d is consumed); float ops: ~2x faster than a mask."""
-    return d.sub_(threshold).clamp_(max=0).sign_().sum(dtype=_count_dtype(d)).neg_()
+def below_count(neg_d: Tensor, threshold: float, top: float) -> Tensor:
+    """Number of entries of d below threshold, given neg_d = -d with 0 <= d <= top (consumed).
+
+    ceil(threshold - d) is exactly 1 where d < threshold and 0 elsewhere while threshold - d
+    lies in (-1, 1); a wider range is scaled into it first (a positive factor keeps the sign,
+    which decides). Three in-place float kernels (sub/clamp/sign/sum/neg took five); a boolean
+    mask and its sum is ~3x slower here (this CPU build's bool kernels are not vectorised).
+    """
+    t = neg_d.add_(threshold)
+    if top - threshold >= 1 or threshold >= 1:
+        t.mul_(0.5 / max(top, threshold))
+    return t.ceil_().sum(dtype=_count_dtype(t))
 
 
-def output_stats(y: Tensor) -> tuple[Tensor, Tensor]:
+def output_stats(y: Tensor, scratch: Scratch | None = None) -> tuple[Tensor, Tensor]:
     """(norm, count of NaN/Inf entries) of a layer's output."""
     y = y.float() if y.element_size() < 4 else y
     norm = torch.linalg.vector_norm(y)
-    nonfinite = torch.nan_to_num_(y - y, nan=1.0).sum()  # y - y is 0 where finite, NaN elsewhere
-    return norm, nonfinite
+    y_minus_y = torch.sub(y, y, out=_temp(y, scratch))  # 0 where finite, NaN elsewhere
+    return norm, y_minus_y.nan_to_num_(nan=1.0).sum()
 
 
 def nonfinite_count(t: Tensor) -> Tensor:
