@@ -13,7 +13,8 @@ import pytest
 
 from graddoctor.cli import main
 from graddoctor.lab import EXPERIMENTS, render, run_experiment
-from graddoctor.lab.conclude import CONCLUDERS, halving_step, outcome
+from graddoctor.lab.api import CONCLUDERS
+from graddoctor.lab.dynamics import halving_step, outcome
 from graddoctor.lab.summary import RunSummary
 
 _cache: dict = {}
@@ -199,3 +200,18 @@ def test_halving_step_reads_the_smoothed_curve():
     s.loss_curve = np.full(100, 2.0)
     assert halving_step(s) is None
     assert math.isnan(fake("y", math.nan, 0.5).per_layer_init)
+
+
+def test_readme_lab_section_shows_every_experiment_with_its_committed_figure():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text()
+    section = text[text.index("<!-- section:lab -->"):]
+    section = section[:section.index("\n## ")]
+    assert "### What the lab shows" in section
+    for name in EXPERIMENTS:
+        png = root / "docs" / "lab" / f"{name}.png"
+        assert png.stat().st_size < 200_000, name  # small, committed
+        assert f"](docs/lab/{name}.png)" in section and f'<a id="lab-{name}"></a>' in section, name
+        assert f"(#lab-{name})" in section, name  # linked from the claims table

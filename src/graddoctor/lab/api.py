@@ -1,15 +1,23 @@
 """run_experiment(name): the grid through the runner, the numbers, the conclusion."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..store import RunStore
-from . import experiments
-from .conclude import CONCLUDERS, Conclusion
+from . import conclude, dynamics, experiments
+from .conclude import Conclusion
 from .experiments import Experiment
 from .runner import Result, dataset, run_jobs
 from .summary import RunSummary, summarise
+
+# experiment name -> its conclusion from the runs' numbers (pure functions)
+CONCLUDERS: dict[str, Callable[[list[RunSummary]], Conclusion]] = {
+    "activations": conclude.activations_, "depth": conclude.depth, "init": conclude.init,
+    "batchnorm": conclude.batchnorm, "residual": dynamics.residual, "optimizer": dynamics.optimizer,
+    "he2015": dynamics.he2015, "glorot2010": dynamics.glorot2010,
+}
 
 
 @dataclass
