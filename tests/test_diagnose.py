@@ -169,3 +169,22 @@ def test_checkup_puts_the_theory_beside_the_measurement():
     assert abs(t["predicted_log10_sq_ratio"] - t["measured_log10_sq_ratio"]) < 0.5
     plain = nn.Sequential(nn.Linear(256, 10))
     assert "theory" not in gd.checkup(plain, x.float(), y).context  # only NetSpec MLPs have one
+
+
+def _stalling(loss_end):
+    """A healthy 4-layer trace whose updates are 1e-8 of the weights; the loss ends at `loss_end`."""
+    t = Trace([LayerInfo(f"l{i}", "Linear", 100, "relu", 64, 64) for i in range(4)])
+    for s in range(10):
+        v = np.full((4, len(LAYER_METRICS)), np.nan)
+        v[:, LAYER_METRICS.index("delta_rms")] = 1.0
+        v[:, LAYER_METRICS.index("grad_rms")] = 1e-3
+        v[:, LAYER_METRICS.index("update_ratio")] = 1e-8
+        loss = 2.3 if s < 5 else loss_end
+        t.append(s, v, np.array([loss, 1.0, 0.0]))
+    return t
+
+
+def test_stalled_layers_but_not_a_converged_fit():
+    assert gd.diagnose(_stalling(2.3)).kinds() == {"stalled_layers"}
+    assert gd.diagnose(_stalling(2.3)).findings[0].causes[0].name == "learning_rate_too_low"
+    assert gd.diagnose(_stalling(1e-4)).healthy  # tiny steps at loss 1e-4: converged, not stalled

@@ -215,3 +215,13 @@ def test_readme_lab_section_shows_every_experiment_with_its_committed_figure():
         assert png.stat().st_size < 200_000, name  # small, committed
         assert f"](docs/lab/{name}.png)" in section and f'<a id="lab-{name}"></a>' in section, name
         assert f"(#lab-{name})" in section, name  # linked from the claims table
+
+
+def test_lab_run_rnn_from_the_command_line(tmp_path, capsys):
+    """The adding-problem experiment is part of `graddoctor lab` (quick size)."""
+    from graddoctor.cli import main
+
+    assert main(["lab", "run", "rnn", "--quick", "--out", str(tmp_path), "--store", str(tmp_path / "r.db")]) == 0
+    out = capsys.readouterr().out
+    assert "Supported." in out and "lstm" in out
+    assert (tmp_path / "rnn.md").read_text().startswith("| cell | T |")

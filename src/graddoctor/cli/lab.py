@@ -52,8 +52,32 @@ def run_list(args: argparse.Namespace) -> int:
     t = Table("name", "runs", "claim", "source", box=box.SIMPLE_HEAD, title="graddoctor lab experiments")
     for e in EXPERIMENTS.values():
         t.add_row(e.name, f"{len(e.jobs())} / {len(e.jobs(quick=True))}", escape(e.claim), escape(e.source))
+    t.add_row("rnn", "6 / 4", "a tanh RNN's gradient vanishes through time; an LSTM carries it",
+              "Bengio, Simard & Frasconi 1994; Hochreiter & Schmidhuber 1997")
     console.print(t)
     return 0
+
+
+def run_rnn(args: argparse.Namespace) -> bool:
+    """The `rnn` experiment (the adding problem, not a NetSpec grid); True when the claim holds."""
+    from pathlib import Path
+
+    from ..lab import rnn
+
+    runs, conclusion = rnn.run(args.store, quick=args.quick, seed=args.seed)
+    head, rows = rnn.table(runs)
+    t = Table(*head, box=box.SIMPLE_HEAD, title="rnn: vanishing through time, tanh RNN vs LSTM",
+              title_justify="left")
+    for row in rows:
+        t.add_row(*map(escape, row))
+    console.print(t)
+    console.print(conclusion.text.replace("**", ""), markup=False, highlight=False)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "rnn.md").write_text(rnn.markdown(runs, conclusion))
+    console.print(f"wrote {out / 'rnn.md'}; {len(runs)} runs in {args.store}", markup=False, highlight=False,
+                  soft_wrap=True)
+    return conclusion.holds
 
 
 def print_lab(lab) -> None:
@@ -76,9 +100,14 @@ def run_one(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise GradDoctorError(f"--workers must be at least 1, got {args.workers}")
-    names = list(EXPERIMENTS) if args.name == "all" else [get(args.name).name]
+    names = list(EXPERIMENTS) + ["rnn"] if args.name == "all" else [
+        "rnn" if args.name == "rnn" else get(args.name).name]
     failed = []
     for name in names:
+        if name == "rnn":
+            if not run_rnn(args):
+                failed.append(name)
+            continue
         lab = run_experiment(name, args.store, quick=args.quick, workers=args.workers, resume=args.resume,
                              seed=args.seed)
         print_lab(lab)

@@ -222,6 +222,11 @@ def stalled_layers(s: Signals) -> list[Finding]:
     ur = median(s.layer["update_ratio"], judged) if len(judged) else np.array([])
     if not np.isfinite(ur).any():
         return []
+    loss = s.step["loss"]
+    first = loss[np.isfinite(loss)][:1]
+    now = np.nanmedian(loss[judged]) if np.isfinite(loss[judged]).any() else np.nan
+    if len(first) and np.isfinite(now) and now < T.CONVERGED_LOSS_FRACTION * first[0]:
+        return []  # converged: small steps are what a finished fit takes, not a stall
     trainable = np.isfinite(ur) & np.isfinite(median(s.layer["grad_rms"], judged))  # frozen: nan grads
     idx = np.where(trainable & (ur < T.UPDATE_RATIO_LOW))[0]
     if len(idx) == 0:

@@ -62,6 +62,10 @@ ONSET_SCORE = 100.0
 # Median update/weight ratio below this: the layer is not learning (1e-3 is typical; 1e-6
 # would take a million steps to change the weights by their own size).
 UPDATE_RATIO_LOW = 1e-6
+# ... unless the training loss has fallen below this fraction of its first recorded value: a
+# converged fit takes tiny steps (the lab's PReLU/ELU/orthogonal-ReLU runs at loss ~1e-4 after
+# 1,500 steps were flagged before this check).
+CONVERGED_LOSS_FRACTION = 0.01
 
 # --- activations ----------------------------------------------------------------------------
 # Fraction of a layer's inputs saturated (sigmoid/tanh derivative < 1% of its max; see
