@@ -172,47 +172,50 @@ def non_finite(s: Signals) -> list[Finding]:
                      {"first_nonfinite_step": first_step, "layers_with_nonfinite": len(idx)}, rank(causes))]
 
 
+def _over(s: Signals, metric: str, limit: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(judged steps, per-layer median of a fraction metric, layers above `limit`)."""
+    judged = _judged(s)
+    frac = median(s.layer[metric], judged) if len(judged) else np.array([])
+    return judged, frac, np.where(np.nan_to_num(frac) > limit)[0]
+
+
+def _span(s: Signals, idx: np.ndarray) -> str:
+    """The quoted first layer, or "'first' .. 'last'" for a run of layers."""
+    return _q(s, idx[0]) + (f" .. {_q(s, idx[-1])}" if len(idx) > 1 else "")
+
+
 def saturation(s: Signals) -> list[Finding]:
     """Sigmoid/tanh inputs stuck where the derivative is < 1% of its maximum."""
-    judged = _judged(s)
-    sat = median(s.layer["saturated"], judged) if len(judged) else np.array([])
-    idx = np.where(np.nan_to_num(sat) > T.SATURATED_FRACTION)[0]
+    judged, sat, idx = _over(s, "saturated", T.SATURATED_FRACTION)
     if len(idx) == 0:
         return []
     # the first hidden layer's activations are fed by the inputs: their scale is the first suspect
     causes = [c for c in (input_scale_cause(s),) if c is not None and idx[0] <= 1]
-    std = median(s.layer["act_std"], judged)
     first = np.nan_to_num(s.layer["saturated"][_finite_steps(s)[0]])
-    if s.n_steps > 1 and not (first > T.SATURATED_FRACTION).any():
-        lr = _lr_cause(s, judged, onset=True)
-        causes += [lr] if lr is not None else []
-    causes.append(Cause("saturating_activation",
-                        f"{np.mean(sat[idx]):.0%} of the units feeding {len(idx)} layer(s) sit where "
-                        "the derivative is below 1% of its maximum", {"saturated": float(np.mean(sat[idx]))}, 1.0))
+    if s.n_steps > 1 and not (first > T.SATURATED_FRACTION).any():  # it appeared while training
+        causes += [c for c in (_lr_cause(s, judged, onset=True),) if c is not None]
+    mean = float(np.mean(sat[idx]))
+    causes.append(Cause("saturating_activation", f"{mean:.0%} of the units feeding {len(idx)} layer(s) sit "
+                        "where the derivative is below 1% of its maximum", {"saturated": mean}, 1.0))
+    std = median(s.layer["act_std"], judged)
     causes.append(Cause("init_too_large", "large pre-activations push the units to the flat ends",
                         {"input_std": float(np.nanmean(std[idx]))}, 0.5))
-    summary = f"{np.mean(sat[idx]):.0%} of the activations feeding {_q(s, idx[0])}" + (
-        f" .. {_q(s, idx[-1])}" if len(idx) > 1 else "") + " are saturated"
-    return [_finding("saturation", "warning", idx, s, summary,
+    return [_finding("saturation", "warning", idx, s,
+                     f"{mean:.0%} of the activations feeding {_span(s, idx)} are saturated",
                      {"saturated": {s.names[i]: float(sat[i]) for i in idx}}, rank(causes))]
 
 
 def dead_units(s: Signals) -> list[Finding]:
     """ReLU-family units that output zero for the whole batch."""
-    judged = _judged(s)
-    dead = median(s.layer["dead"], judged) if len(judged) else np.array([])
-    idx = np.where(np.nan_to_num(dead) > T.DEAD_FRACTION)[0]
+    judged, dead, idx = _over(s, "dead", T.DEAD_FRACTION)
     if len(idx) == 0:
         return []
-    causes = [Cause("dead_relu", f"{np.mean(dead[idx]):.0%} of the units feeding these layers never "
-                    "fire: no gradient passes through them", {"dead": float(np.mean(dead[idx]))}, 1.0)]
-    lr = _lr_cause(s, judged) if s.n_steps > 1 else None
-    if lr is not None:
-        causes.append(lr)
-    summary = f"{np.mean(dead[idx]):.0%} of the units feeding {_q(s, idx[0])}" + (
-        f" .. {_q(s, idx[-1])}" if len(idx) > 1 else "") + " are dead (zero for every sample)"
-    sev = "critical" if np.mean(dead[idx]) > 0.9 else "warning"
-    return [_finding("dead_units", sev, idx, s, summary,
+    mean = float(np.mean(dead[idx]))
+    causes = [Cause("dead_relu", f"{mean:.0%} of the units feeding these layers never fire: no gradient "
+                    "passes through them", {"dead": mean}, 1.0)]
+    causes += [c for c in (_lr_cause(s, judged) if s.n_steps > 1 else None,) if c is not None]
+    return [_finding("dead_units", "critical" if mean > 0.9 else "warning", idx, s,
+                     f"{mean:.0%} of the units feeding {_span(s, idx)} are dead (zero for every sample)",
                      {"dead": {s.names[i]: float(dead[i]) for i in idx}}, rank(causes))]
 
 
