@@ -68,16 +68,17 @@ class Signals:
         return len(self.steps)
 
 
-def _norms(rms: np.ndarray, sizes: list[int]) -> np.ndarray:
-    scale = np.sqrt(np.array([s if s > 0 else 1 for s in sizes], float))
-    return rms * scale[None, :]
+def per_sample_norm(trace: Trace, metric: str = "delta_rms", size: str = "out_size") -> np.ndarray:
+    """RMS x sqrt(elements per sample) = per-sample norm, (steps, layers); plain RMS where the size is unknown."""
+    scale = np.sqrt(np.array([max(int(getattr(x, size) or 0), 1) for x in trace.layers], float))
+    return trace[metric] * scale[None, :]
 
 
 def signals(trace: Trace) -> Signals:
     """Compute the Signals of a trace (needs delta_rms, i.e. a stats='full' probe)."""
     layers = trace.layers
-    delta = _norms(trace["delta_rms"], [x.out_size for x in layers])
-    gin = _norms(trace["input_grad_rms"], [x.in_size for x in layers])
+    delta = per_sample_norm(trace)
+    gin = per_sample_norm(trace, "input_grad_rms", "in_size")
     log_signal = _log10(delta)
     n = len(layers)
     log_gain = np.full_like(log_signal, np.nan)

@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import activations
 from ..diagnose.findings import Diagnosis
+from ..diagnose.signals import per_sample_norm
 from ..probe.trace import Trace
 from ..store import RunInfo, RunStore
 from ..training import History
@@ -65,8 +66,7 @@ class Chain:
 def backward_chain(trace: Trace) -> Chain:
     """Per-layer error-signal magnitude and the gain between consecutive layers."""
     sizes = _sizes(trace, "out_size")
-    # RMS x sqrt(elements per sample) = per-sample norm: fair across layers of different widths
-    sig = trace["delta_rms"] * np.sqrt(sizes)[None, :]
+    sig = per_sample_norm(trace)  # fair across layers of different widths (the diagnosis's measure)
     with np.errstate(divide="ignore", invalid="ignore"):
         per_step_gain = sig[:, :-1] / sig[:, 1:]
     return Chain(trace.layer_names, _median(sig), _median(per_step_gain),
