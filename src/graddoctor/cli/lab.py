@@ -7,7 +7,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from ..errors import GradDoctorError
+from ..errors import GradDoctorError, unknown
 from .common import console
 from .runs import add_store_arg
 
@@ -96,12 +96,13 @@ def print_lab(lab) -> None:
 def run_one(args: argparse.Namespace) -> int:
     from ..lab import render
     from ..lab.api import run_experiment
-    from ..lab.experiments import EXPERIMENTS, get
+    from ..lab.experiments import EXPERIMENTS
 
     if args.workers < 1:
         raise GradDoctorError(f"--workers must be at least 1, got {args.workers}")
-    names = list(EXPERIMENTS) + ["rnn"] if args.name == "all" else [
-        "rnn" if args.name == "rnn" else get(args.name).name]
+    if args.name not in (*EXPERIMENTS, "rnn", "all"):
+        raise unknown("experiment", args.name, (*EXPERIMENTS, "rnn", "all"))
+    names = [*EXPERIMENTS, "rnn"] if args.name == "all" else [args.name]
     failed = []
     for name in names:
         if name == "rnn":
