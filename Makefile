@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # OpenMP spin-waiting stalls torch on small shared machines; sleep-waiting does not.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench docs clean
 
 setup: $(STAMP)
 
@@ -22,8 +22,12 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+	@echo "the site is in site/ (open site/index.html)"
+
 bench: setup
 	@for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 clean:
-	rm -rf $(VENV) graddoctor-demo graddoctor-runs .pytest_cache
+	rm -rf $(VENV) graddoctor-demo graddoctor-runs .pytest_cache site

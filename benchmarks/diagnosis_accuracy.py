@@ -17,18 +17,18 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import sys
+import time
+from pathlib import Path
 
-import torch  # noqa: E402
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from corpus import CORPUS  # noqa: E402
+from corpus import CORPUS
 
-import graddoctor as gd  # noqa: E402
-from graddoctor.progress import bar  # noqa: E402
+import graddoctor as gd
+from graddoctor.progress import bar
 
 STEPS = 50
 
@@ -76,7 +76,7 @@ def run(seeds: int) -> None:
         sick = [r for c, r in rs if not c.healthy]
         well = [r for c, r in rs if c.healthy]
         loc = [r["local"] for r in sick if r["local"] is not None]
-        frac = lambda xs: f"{sum(xs)}/{len(xs)} {100 * sum(xs) / max(len(xs), 1):.0f}%"  # noqa: E731
+        frac = lambda xs: f"{sum(xs)}/{len(xs)} {100 * sum(xs) / max(len(xs), 1):.0f}%"
         print(f"{phase:<10}{frac([r['ok'] for r in sick]):>14}{frac([not r['ok'] for r in well]):>16}"
               f"{frac([bool(r['cause']) for r in sick]):>14}{frac(loc):>12}")
     if healed:

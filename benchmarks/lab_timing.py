@@ -11,14 +11,14 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import tempfile
+import time
+from pathlib import Path
 
-import torch  # noqa: E402
+import torch
 
-from graddoctor.lab import EXPERIMENTS, run_experiment  # noqa: E402
+from graddoctor.lab import EXPERIMENTS, run_experiment
 
 
 def main() -> None:

@@ -19,14 +19,14 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported: no spin-waiting
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
+import argparse
+import statistics
+import time
 
-import torch  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
+import torch
+from torch.nn import functional as F
 
-import graddoctor  # noqa: E402
+import graddoctor
 
 STEPS = 10  # steps per timed block: a multiple of 10, so every=10 blocks hold one recorded step
 VARIANTS = {  # name -> watch() kwargs (None: the plain loop); the optimizer is bound unless said
@@ -115,7 +115,8 @@ def profile(name: str, device: str, stats: str = "full", steps: int = 60) -> Non
     """Print where the probe's time goes: ms per step in each phase, next to the plain step."""
     import collections
 
-    from graddoctor.probe import collect, probe as probe_mod
+    from graddoctor.probe import collect
+    from graddoctor.probe import probe as probe_mod
 
     classes = {"Probe": probe_mod.Probe, "StepRecord": collect.StepRecord}
     spent: dict[str, list[float]] = collections.defaultdict(list)

@@ -17,14 +17,14 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse  # noqa: E402
-import time  # noqa: E402
+import argparse
+import time
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from graddoctor import theory, theory_measure  # noqa: E402
-from graddoctor.nets import NetSpec  # noqa: E402
+from graddoctor import theory, theory_measure
+from graddoctor.nets import NetSpec
 
 WIDTH = 256
 DEPTHS = (10, 20, 50)

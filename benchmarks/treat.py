@@ -20,22 +20,22 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from dataclasses import replace  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
 
-import torch  # noqa: E402
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from corpus import HEALTHY, PATHOLOGICAL, _digits  # noqa: E402
+from corpus import HEALTHY, PATHOLOGICAL, _digits
 
-import graddoctor as gd  # noqa: E402
-from graddoctor import data as gd_data  # noqa: E402
-from graddoctor.remedies.arguments import as_dataset  # noqa: E402
-from graddoctor.remedies.treat import BUDGET_STEPS  # noqa: E402
+import graddoctor as gd
+from graddoctor import data as gd_data
+from graddoctor.remedies.arguments import as_dataset
+from graddoctor.remedies.treat import BUDGET_STEPS
 
 FULL_EPOCHS = 10  # the full training run the cost is measured against (see the docstring)
 KINDS = ("vanishing", "exploding")

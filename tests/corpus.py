@@ -97,7 +97,7 @@ def _lm(seed: int):
     torch.manual_seed(seed)
     tokens = torch.randint(0, 50, (32, 21))
     model = LSTMLanguageModel()
-    loss = lambda out, y: nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))  # noqa: E731
+    loss = lambda out, y: nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
     return model, tokens[:, :-1], tokens[:, 1:], loss
 
 

@@ -92,7 +92,7 @@ def test_train_run_as_a_real_process_and_python_dash_m():
 ], ids=lambda v: "_".join(v) if isinstance(v, list) else "")
 def test_bad_input_gives_one_line_and_exit_2(flags, says, capsys):
     assert main(["train", *flags]) == 2
-    out, err = capsys.readouterr()
+    _out, err = capsys.readouterr()
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("graddoctor: error: ") and says in lines[0]
 

@@ -6,13 +6,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from corpus import CORPUS, HEALTHY, PATHOLOGICAL, mlp
 from torch import nn
 
 import graddoctor as gd
 from graddoctor.diagnose.signals import persistent
 from graddoctor.probe.trace import LAYER_METRICS, STEP_METRICS, LayerInfo, Trace
-
-from corpus import CORPUS, HEALTHY, PATHOLOGICAL, mlp
 
 AT_INIT = [c for c in CORPUS if c.at_init]
 

@@ -6,8 +6,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
-from fakeruns import (GAIN, PREACT_STD, planted_diagnosis, planted_history, planted_trace, spec_for,
-                      with_values)
+from fakeruns import GAIN, PREACT_STD, planted_diagnosis, planted_history, planted_trace, spec_for, with_values
 
 from graddoctor.report import figdata as fd
 from graddoctor.report import figures as F

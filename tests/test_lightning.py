@@ -16,10 +16,10 @@ except ImportError:  # pragma: no cover - depends on the environment
     pytest.skip("lightning is not installed (pip install 'graddoctor[lightning]'); CI runs these tests",
                 allow_module_level=True)
 
-from lightning.pytorch.loggers import Logger  # noqa: E402
-from lightning.pytorch.plugins.precision import MixedPrecision  # noqa: E402
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.plugins.precision import MixedPrecision
 
-from graddoctor.integrations.lightning import GradDoctorCallback  # noqa: E402
+from graddoctor.integrations.lightning import GradDoctorCallback
 
 # Lightning's own advice (log intervals, data-loader workers) and its pytree deprecation notice
 pytestmark = pytest.mark.filterwarnings("ignore:.*(LeafSpec|logging interval|num_workers|does not have many workers).*")

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from graddoctor import NetSpec, TrainConfig, build, data as data_mod
+from graddoctor import NetSpec, TrainConfig, build
+from graddoctor import data as data_mod
 from graddoctor.diagnose.findings import Cause, Diagnosis, Finding
 from graddoctor.errors import GradDoctorError
 from graddoctor.nets import ResidualBlock

@@ -44,7 +44,8 @@ def store(tmp_path_factory):
                          True, 0.31, 0.947, 3.2)
         st.add_treatment(rid, "clip_gradients", {}, False, 2.3, 0.11, 3.0)
         h = planted_trace("healthy", depth=DEPTH, steps=10)
-        st.save_run(spec_for("healthy", DEPTH), {}, h, planted_history("healthy", steps=10), planted_diagnosis(h, "healthy"))
+        st.save_run(spec_for("healthy", DEPTH), {}, h, planted_history("healthy", steps=10),
+                    planted_diagnosis(h, "healthy"))
         st.start_run({"depth": 2}, {})  # still 'running' (this process), no steps
     return path
 
@@ -144,7 +145,8 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
 
 def test_every_figure_decodes_with_a_nonzero_size_in_chromium(report, tmp_path):
     page = tmp_path / "probed.html"
-    text = report.read_text().replace("style-src 'unsafe-inline'", "style-src 'unsafe-inline'; script-src 'unsafe-inline'")
+    text = report.read_text().replace("style-src 'unsafe-inline'",
+                                      "style-src 'unsafe-inline'; script-src 'unsafe-inline'")
     page.write_text(text.replace("</body>", PROBE_JS + "</body>"))
     dom, _ = _browse(page, tmp_path, "--window-size=1200,900", "--virtual-time-budget=5000")
     found = re.search(r"<title>IMAGES (.*?)</title>", dom)
@@ -161,7 +163,8 @@ def test_a_real_module_named_like_a_script_tag_is_shown_as_text(tmp_path):
 
     from torch import nn
 
-    from graddoctor import data as data_mod, diagnose, watch
+    from graddoctor import data as data_mod
+    from graddoctor import diagnose, watch
     from graddoctor.training import TrainConfig, train
 
     data = data_mod.digits(seed=0)

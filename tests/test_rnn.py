@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 import graddoctor
-from graddoctor.diagnose.through_time import KINDS, decades, time_profiles
+from graddoctor.diagnose.signals import time_profiles
+from graddoctor.diagnose.through_time import KINDS, decades
 from graddoctor.lab import rnn as lab_rnn
 from graddoctor.probe.trace import Trace
 

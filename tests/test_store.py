@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from fakeruns import planted_diagnosis, planted_history, planted_trace, spec_for
 
-from graddoctor import data as data_mod, nets
+from graddoctor import data as data_mod
+from graddoctor import nets
 from graddoctor.cli import main
 from graddoctor.errors import GradDoctorError
 from graddoctor.probe.trace import LAYER_METRICS, STEP_METRICS
@@ -24,7 +25,8 @@ from graddoctor.training import TrainConfig, train
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.shape == b.shape and np.array_equal(np.isnan(a), np.isnan(b)) and np.allclose(a[~np.isnan(a)], b[~np.isnan(b)])
+    same_nan = a.shape == b.shape and np.array_equal(np.isnan(a), np.isnan(b))
+    return same_nan and np.allclose(a[~np.isnan(a)], b[~np.isnan(b)])
 
 
 def test_round_trip_keeps_every_number(tmp_path):
@@ -189,11 +191,12 @@ def test_cli_runs_and_csv_export(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "vanishing" in out and "sigmoid" in out and "0.100" in out and "done" in out
     assert main(["export", "last", "--store", str(path), "--csv", str(tmp_path / "csv")]) == 0
-    rows = list(csv.DictReader(open(tmp_path / "csv" / "layer_stats.csv")))
+    read = lambda name: list(csv.DictReader((tmp_path / "csv" / name).read_text().splitlines()))
+    rows = read("layer_stats.csv")
     assert len(rows) == 5 * 5 and rows[0]["layer"] == "body.0.linear" and rows[0]["saturated"] == ""
     assert float(rows[6]["delta_rms"]) == pytest.approx(trace["delta_rms"][1, 1])
-    assert list(csv.DictReader(open(tmp_path / "csv" / "treatments.csv")))[0]["remedy"] == "relu"
-    assert len(list(csv.DictReader(open(tmp_path / "csv" / "history.csv")))) == 3
+    assert read("treatments.csv")[0]["remedy"] == "relu"
+    assert len(read("history.csv")) == 3
     assert sorted(p.name for p in export_csv(RunStore(path), rid, tmp_path / "c2")) == sorted(
         p.name for p in (tmp_path / "csv").iterdir())
 

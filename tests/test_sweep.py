@@ -38,7 +38,7 @@ def test_callable_overrides_see_the_other_fields():
 
 
 def test_bad_grids_are_refused_with_the_fix():
-    with pytest.raises(GradDoctorError, match="unknown field.*'colour'.*NetSpec or TrainConfig"):
+    with pytest.raises(GradDoctorError, match=r"unknown field.*'colour'.*NetSpec or TrainConfig"):
         expand({}, {}, [("x", [("a", {"colour": 1})])])
     with pytest.raises(GradDoctorError, match="axis 'depth' has no values"):
         expand({}, {}, [("depth", [])])

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed (pip install tensorboard)")
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import graddoctor as gd  # noqa: E402
-from graddoctor.cli import main  # noqa: E402
-from graddoctor.store import RunStore  # noqa: E402
+import graddoctor as gd
+from graddoctor.cli import main
+from graddoctor.store import RunStore
 
 
 def _scalars(log_dir) -> EventAccumulator:

@@ -16,7 +16,7 @@ from graddoctor import GradDoctorError, activations, nets, theory, theory_measur
 from graddoctor.cli import main
 from graddoctor.nets import NetSpec
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+THEORY_PAGE = Path(__file__).resolve().parents[1] / "docs" / "theory.md"
 WIDTH = 256
 TARGET = 0.2  # decades, issue 7
 
@@ -166,7 +166,7 @@ def test_issue_7_accuracy_target_every_configuration_within_0_2_decades(accuracy
 
 
 def test_fixed_point_form_misses_where_the_layer_resolved_one_does_not(accuracy_rows):
-    name, pred, values = next(r for r in accuracy_rows if r[0].startswith("50x256 tanh")
+    _name, pred, values = next(r for r in accuracy_rows if r[0].startswith("50x256 tanh")
                               and "xavier" in r[0])
     assert abs(values.mean() - 0.0) > 1.0 > 0.2 >= abs(values.mean() - pred)
 
@@ -200,14 +200,14 @@ def test_cli_json_and_not_applicable():
                                   ["--figure", "x.pdf"], ["--input-var", "-1"],
                                   ["--in-features", "0"]])
 def test_cli_bad_input_is_one_line_exit_2(argv):
-    code, out, err = _run(["theory", *argv])
+    code, _out, err = _run(["theory", *argv])
     assert code == 2 and err.count("\n") == 1 and err.startswith("graddoctor: error:")
 
 
 def test_cli_figure_writes_a_png(tmp_path):
     pytest.importorskip("matplotlib")
     path = tmp_path / "phase.png"
-    code, out, _ = _run(["theory", "--activation", "tanh", "--init", "he_normal", "--depth", "10",
+    code, _out, _ = _run(["theory", "--activation", "tanh", "--init", "he_normal", "--depth", "10",
                          "--figure", str(path)])
     assert code == 0 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
 
@@ -228,13 +228,11 @@ def test_two_panel_figure_from_comparison_rows(tmp_path, accuracy_rows):
         theory_figures.plot_predicted_vs_measured([], None)
 
 
-def test_readme_theory_section_example_runs_as_shown():
-    text = README.read_text()
-    start = text.index("<!-- section:theory -->")
-    section = text[start:text.index("\n## ", start)]
+def test_docs_theory_page_example_runs_as_shown():
+    section = THEORY_PAGE.read_text()
     block = re.findall(r"```python\n(.*?)```", section, re.S)[0]
     shown = re.findall(r"```text\n(.*?)```", section, re.S)[0]
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        exec(compile(block, "README.md:theory", "exec"), {})
+        exec(compile(block, "docs/theory.md", "exec"), {})
     assert printed.getvalue() == shown

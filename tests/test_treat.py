@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 import graddoctor as gd
-from graddoctor import NetSpec, TrainConfig, data as data_mod
+from graddoctor import NetSpec, TrainConfig
+from graddoctor import data as data_mod
 from graddoctor.cli import main
 from graddoctor.errors import GradDoctorError
 
@@ -58,7 +59,7 @@ def test_the_table_has_one_row_per_candidate_and_measures_each(sigmoid_result):
             assert t.steps == r.pilot_steps < r.budget_steps
         if t.status == "dropped at init":  # screening: no training at all
             assert t.steps == 0 and t.at_init.kinds() & {"vanishing", "exploding", "non_finite"}
-    fixed_ratio = [row for row in rows if row["status"] == "fixed"][0]
+    fixed_ratio = next(row for row in rows if row["status"] == "fixed")
     assert fixed_ratio["ratio_init"] > 1e-2  # the fix restores the first layer's signal at init
     assert sum(t.seconds for t in r.trials) <= r.seconds + 1e-6
 
@@ -125,7 +126,7 @@ def test_bad_arguments_fail_with_one_clear_error(digits):
         gd.treat(spec, digits, loss_fn=lambda out, y: out.sum(), progress_bar=False)
     with pytest.raises(GradDoctorError, match="budget_steps must be at least 2"):
         gd.treat(spec, digits, budget_steps=1, progress_bar=False)
-    with pytest.raises(GradDoctorError, match="must be a NetSpec, an nn.Module or a function"):
+    with pytest.raises(GradDoctorError, match=r"must be a NetSpec, an nn\.Module or a function"):
         gd.treat(lambda: "not a model", digits, progress_bar=False)
 
 

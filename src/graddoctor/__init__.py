@@ -9,18 +9,18 @@ import sys
 if "torch" not in sys.modules:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .data import Dataset, from_loader, from_tensors  # noqa: E402
-from .diagnose.api import checkup, diagnose  # noqa: E402  (the function shadows the subpackage name)
-from .diagnose.findings import Cause, Diagnosis, Finding  # noqa: E402
-from .errors import GradDoctorError  # noqa: E402
-from .nets import NetSpec, build  # noqa: E402
-from .probe.probe import Probe, watch  # noqa: E402
-from .probe.trace import Trace  # noqa: E402
-from .remedies.treat import treat  # noqa: E402
-from .report import render_all, write_report  # noqa: E402
-from .store import RunStore  # noqa: E402
-from .theory import predict  # noqa: E402
-from .training import History, TrainConfig, train  # noqa: E402
+from .data import Dataset, from_loader, from_tensors
+from .diagnose.api import checkup, diagnose
+from .diagnose.findings import Cause, Diagnosis, Finding
+from .errors import GradDoctorError
+from .nets import NetSpec, build
+from .probe.probe import Probe, watch
+from .probe.trace import Trace
+from .remedies.treat import treat
+from .report import render_all, write_report
+from .store import RunStore
+from .theory import predict
+from .training import History, TrainConfig, train
 
 __version__ = "0.1.0"
 __all__ = [

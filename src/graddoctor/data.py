@@ -35,8 +35,8 @@ class Dataset:
 
     def to(self, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> Dataset:
         """Move/cast the inputs and float targets (class-index targets stay long)."""
-        cast = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
-        cast_y = lambda t: cast(t) if t.is_floating_point() else t.to(device)  # noqa: E731
+        cast = lambda t: t.to(device=device, dtype=dtype)
+        cast_y = lambda t: cast(t) if t.is_floating_point() else t.to(device)
         return Dataset(self.name, cast(self.x_train), cast_y(self.y_train), cast(self.x_val),
                        cast_y(self.y_val), self.n_classes)
 
@@ -60,7 +60,7 @@ def _split(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int, standar
     _check_fraction(val_fraction)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(x))
-    n_val = int(round(len(x) * val_fraction))
+    n_val = round(len(x) * val_fraction)
     val, tr = order[:n_val], order[n_val:]
     x = x.astype(np.float32)
     if standardise:  # statistics from the training part only
@@ -68,7 +68,7 @@ def _split(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int, standar
         x = (x - mu) / np.where(sd > 1e-8, sd, 1.0)
     if image is not None:
         x = x.reshape(len(x), *image)
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))
     return Dataset(name, t(x[tr]), t(y[tr]).long(), t(x[val]), t(y[val]).long(), n_classes)
 
 
@@ -133,7 +133,7 @@ def from_tensors(x: Tensor, y: Tensor, val_fraction: float = 0.2, seed: int = 0,
     x, y = torch.as_tensor(x), torch.as_tensor(y)
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(x), generator=g)
-    n_val = min(len(x) - 1, max(1, int(round(len(x) * val_fraction)))) if val_fraction > 0 else 0
+    n_val = min(len(x) - 1, max(1, round(len(x) * val_fraction))) if val_fraction > 0 else 0
     val, tr = order[:n_val], order[n_val:]
     return Dataset(name, x[tr], y[tr], x[val], y[val], _n_classes(y))
 

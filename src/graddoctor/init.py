@@ -50,7 +50,7 @@ def initialise(layer: nn.Module, name: str, activation: str = "relu",
         layer.reset_parameters()
         return
     w = layer.weight
-    fan_in, fan_out = fans(w)
+    fan_in, _fan_out = fans(w)
     fn: Callable[[], object] = {
         "small": lambda: nn.init.normal_(w, 0.0, SMALL_STD),
         "large": lambda: nn.init.normal_(w, 0.0, LARGE_STD),

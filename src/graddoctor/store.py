@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -38,13 +38,15 @@ CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY AUTOINCREMENT, created T
   diagnosis TEXT, meta TEXT);
 CREATE TABLE IF NOT EXISTS layers (run_id INTEGER NOT NULL, idx INTEGER NOT NULL, name TEXT NOT NULL, type TEXT,
   info TEXT NOT NULL, PRIMARY KEY (run_id, idx));
-CREATE TABLE IF NOT EXISTS steps (run_id INTEGER NOT NULL, step INTEGER NOT NULL, {", ".join(f"{m} REAL" for m in STEP_METRICS)},
+CREATE TABLE IF NOT EXISTS steps (run_id INTEGER NOT NULL, step INTEGER NOT NULL,
+    {", ".join(f"{m} REAL" for m in STEP_METRICS)},
   PRIMARY KEY (run_id, step));
 CREATE TABLE IF NOT EXISTS layer_stats (run_id INTEGER NOT NULL, step INTEGER NOT NULL, layer INTEGER NOT NULL,
   {", ".join(f"{m} REAL" for m in LAYER_METRICS)}, PRIMARY KEY (run_id, step, layer)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS findings (run_id INTEGER NOT NULL, idx INTEGER NOT NULL, kind TEXT, severity TEXT,
   summary TEXT, layers TEXT, detail TEXT NOT NULL, PRIMARY KEY (run_id, idx));
-CREATE TABLE IF NOT EXISTS treatments (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id INTEGER NOT NULL, remedy TEXT NOT NULL,
+CREATE TABLE IF NOT EXISTS treatments (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id INTEGER NOT NULL,
+    remedy TEXT NOT NULL,
   healthy INTEGER, loss REAL, accuracy REAL, seconds REAL, payload TEXT NOT NULL, created TEXT NOT NULL);
 """
 
@@ -66,7 +68,7 @@ class RunInfo:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _start_token(pid: int) -> str:

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import activations, init as init_mod
+from . import activations
+from . import init as init_mod
 from .nets import NetSpec
-from .theory_quad import NODES, Q_MAX, Q_MIN, gauss_expect  # noqa: F401  (gauss_expect: public)
+from .theory_quad import NODES, Q_MAX, Q_MIN, gauss_expect
 
 FP_ITER = 100  # fixed-point iterations before polishing by bisection
 FP_TOL = 1e-14  # relative change that counts as converged
@@ -61,7 +62,7 @@ def fixed_point(activation: str, sigma_w2, sigma_b2=0.0, q0=1.0,
     sw2, sb2, q = (np.array(a, dtype=np.float64).ravel()
                    for a in np.broadcast_arrays(sigma_w2, sigma_b2, q0))
     shape = np.broadcast(sigma_w2, sigma_b2, q0).shape
-    f = lambda x, i: q_map(activation, x, sw2[i], sb2[i], negative_slope)  # noqa: E731
+    f = lambda x, i: q_map(activation, x, sw2[i], sb2[i], negative_slope)
     todo = np.arange(q.size)
     for _ in range(FP_ITER):  # q moves monotonically (F is increasing) towards its limit
         nxt = f(q[todo], todo)

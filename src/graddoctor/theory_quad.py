@@ -21,7 +21,7 @@ Q_MAX = 1e300  # q is capped here (ReLU with large init overflows after ~150 lay
 
 def _nodes() -> tuple[np.ndarray, np.ndarray]:
     x, w = np.polynomial.legendre.leggauss(PANEL_ORDER)
-    n_graded = int(round(-np.log2(GRADE_MIN)))
+    n_graded = round(-np.log2(GRADE_MIN))
     edges = np.concatenate([[0.0], GRADE_MIN * 2.0 ** np.arange(n_graded + 1),
                             np.arange(1.5, Z_MAX + 0.25, 0.5)])
     a, b = edges[:-1, None], edges[1:, None]

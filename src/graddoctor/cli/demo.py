@@ -8,7 +8,8 @@ from pathlib import Path
 
 from rich.table import Table
 
-from .. import data as data_mod, nets
+from .. import data as data_mod
+from .. import nets
 from ..diagnose.api import diagnose
 from ..errors import GradDoctorError
 from ..nets import NetSpec

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     with RunStore(args.store, create=False) as store:
         rows = store.runs(args.kind)
     if args.json:
-        clean = lambda v: None if isinstance(v, float) and not math.isfinite(v) else v  # noqa: E731 - strict JSON
+        clean = lambda v: None if isinstance(v, float) and not math.isfinite(v) else v
         print(json.dumps([{k: clean(v) for k, v in asdict(r).items()} for r in rows], indent=2))
         return 0
     kinds = len({r.kind for r in rows}) > 1  # the kind column only when there is a choice

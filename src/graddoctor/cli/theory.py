@@ -136,7 +136,7 @@ def _sentence(spec: NetSpec, pred: theory.Prediction) -> str:
 
 def _as_dict(spec: NetSpec, pred: theory.Prediction, measured: np.ndarray | None) -> dict:
     mf = pred.mean_field
-    clean = lambda x: None if not math.isfinite(x) else x  # noqa: E731  (JSON has no inf)
+    clean = lambda x: None if not math.isfinite(x) else x
     out = {"spec": spec.to_dict(), "applicable": True, "sigma_w2": mf.sigma_w2, "sigma_b2": mf.sigma_b2,
            "q_star": clean(mf.q_star), "chi1": mf.chi1, "phase": mf.phase,
            "depth_scale_grad": clean(mf.xi_grad), "depth_scale_q": clean(mf.xi_q),

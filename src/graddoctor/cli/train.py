@@ -5,7 +5,8 @@ import argparse
 
 from rich.table import Table
 
-from .. import nets, training as train_mod
+from .. import nets
+from .. import training as train_mod
 from .common import add_net_args, add_train_args, config_from_args, console, load_data, spec_from_args
 
 EXAMPLE = """example:

@@ -8,8 +8,7 @@ import torch
 from ..remedies.treat import BUDGET_STEPS, treat
 from ..report.terminal import print_diagnosis
 from ..training import TrainConfig
-from .common import (add_net_args, add_train_args, config_from_args, console, load_data, spec_flags,
-                     spec_from_args)
+from .common import add_net_args, add_train_args, config_from_args, console, load_data, spec_flags, spec_from_args
 
 EXAMPLE = f"""examples:
   graddoctor treat --depth 20 --activation sigmoid --init xavier_normal --data digits --lr 0.01

@@ -21,7 +21,7 @@ def layer_table(s: Signals) -> list[dict]:
     w = window(s.n_steps)
     rel, gain = median(s.rel, w), median(s.log_gain, w)
     cols = {k: median(s.layer[k], w) for k in ("grad_rms", "saturated", "dead", "update_ratio", "act_std")}
-    f = lambda v: None if not np.isfinite(v) else float(v)  # noqa: E731 - JSON has no nan
+    f = lambda v: None if not np.isfinite(v) else float(v)
     return [{"name": s.names[i], "type": s.types[i], "activation": s.activations[i],
              "signal_decades": f(rel[i]), "gain": f(10 ** gain[i]) if np.isfinite(gain[i]) else None,
              **{k: f(v[i]) for k, v in cols.items()}} for i in range(len(s.names))]

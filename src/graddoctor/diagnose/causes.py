@@ -16,21 +16,10 @@ from ..activations import ACTIVATIONS
 from . import thresholds as T
 from .findings import Cause
 
-# cause -> remedies, most specific first (names of graddoctor.remedies)
-REMEDIES: dict[str, tuple[str, ...]] = {
-    "saturating_activation": ("swap_activation", "add_batchnorm", "reinit"),
-    "chain_product_depth": ("add_residual", "add_batchnorm", "reinit"),
-    "init_too_small": ("reinit", "add_batchnorm"),
-    "init_too_large": ("reinit", "add_batchnorm", "clip_gradients"),
-    "learning_rate_too_high": ("tune_optimizer", "clip_gradients"),
-    "learning_rate_too_low": ("tune_optimizer",),
-    "dead_relu": ("swap_activation", "reinit", "tune_optimizer"),
-    "input_scale": ("normalize_inputs", "add_batchnorm"),
-}
 SATURATING = ("sigmoid", "tanh")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def expected_log_act(activation: str | None) -> float:
     """log10 of the activation factor a well-initialised net expects (and its init compensates).
 
@@ -44,16 +33,6 @@ def expected_log_act(activation: str | None) -> float:
     from ..theory import chi
 
     return 0.5 * float(np.log10(chi(activation, 1.0, 1.0)))
-
-
-def remedies_for(causes: list[Cause]) -> tuple[str, ...]:
-    """Remedy names in the order of the ranked causes, without repeats."""
-    out: list[str] = []
-    for c in causes:
-        for r in REMEDIES.get(c.name, ()):
-            if r not in out:
-                out.append(r)
-    return tuple(out)
 
 
 def rank(causes: list[Cause]) -> list[Cause]:

@@ -11,9 +11,10 @@ from collections.abc import Callable
 import numpy as np
 
 from . import thresholds as T
-from .causes import gradient_causes, rank, remedies_for
+from .causes import gradient_causes, rank
 from .findings import Cause, Finding
 from .signals import Signals, median, persistent, window
+from .table import remedies_for
 from .through_time import through_time
 
 Rule = Callable[[Signals], list[Finding]]
@@ -126,7 +127,7 @@ def vanishing_exploding(s: Signals) -> list[Finding]:
                    f"{'weights' if culprit > worst else 'activation'}")
         evidence = {"decades": sign * extreme, "first_layer": first, "last_layer": last,
                     "worst_gain_layer": s.names[culprit], "worst_gain": float(10 ** gains[worst]),
-                    "reference_layer": s.names[s.ref], "steps_judged": int(len(judged)),
+                    "reference_layer": s.names[s.ref], "steps_judged": len(judged),
                     "signal_decades": {s.names[i]: float(rel_med[i]) for i in s.body}}
         sev = "critical" if extreme > T.CRITICAL_DECADES else "warning"
         out.append(_finding(kind, sev, affected, s, summary, evidence, causes))
@@ -167,7 +168,9 @@ def non_finite(s: Signals) -> list[Finding]:
         causes.append(Cause("init_too_large", "the very first recorded step is already non-finite",
                             {"step": first_step}, 1.0))
     where = f"first in {_q(s, idx[0])}" if len(idx) else "in the loss"
-    summary = f"NaN/Inf values {where}" + (f"; the loss is non-finite from step {first_step}" if first_step is not None else "")
+    summary = f"NaN/Inf values {where}"
+    if first_step is not None:
+        summary += f"; the loss is non-finite from step {first_step}"
     return [_finding("non_finite", "critical", idx, s, summary,
                      {"first_nonfinite_step": first_step, "layers_with_nonfinite": len(idx)}, rank(causes))]
 

@@ -98,13 +98,17 @@ def signals(trace: Trace) -> Signals:
     step = {m: trace[m] for m in ("loss", "global_grad_norm", "nonfinite_loss")}
     return Signals([x.name for x in layers], [x.type for x in layers], [x.activation for x in layers],
                    trace.steps, log_signal, rel, log_gain, log_act, log_weight, body, ref, layer, step,
-                   _time_profiles(trace))
+                   time_profiles(trace))
 
 
-def _time_profiles(trace: Trace) -> dict:
-    from .through_time import time_profiles  # imports this module
+TIME_SERIES = "time_input_grad"  # ||dL/dx_t|| per time step of recurrent layers (probe/recurrent.py)
 
-    return time_profiles(trace)
+
+def time_profiles(trace) -> dict[str, tuple[np.ndarray, np.ndarray, str]]:
+    """Layer -> (steps, ||dL/dx_t|| (steps, T), 'RNN'|'LSTM'|'GRU') of a Trace's unidirectional recurrent layers."""
+    info = trace.meta.get("recurrent", {})
+    return {layer: (*trace.series.get(TIME_SERIES, layer), info.get(layer, {}).get("type", "RNN"))
+            for layer in trace.series.layers(TIME_SERIES) if not info.get(layer, {}).get("bidirectional", False)}
 
 
 def median(a: np.ndarray, steps: slice) -> np.ndarray:

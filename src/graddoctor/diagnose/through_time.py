@@ -18,17 +18,10 @@ import numpy as np
 from . import thresholds as T
 from .findings import Cause, Finding
 from .signals import Signals, persistent, window
+from .table import remedies_for
 
-SERIES = "time_input_grad"
 KINDS = ("vanishing_through_time", "exploding_through_time")
 FLOOR = 1e-45  # smallest positive float32: an error signal that underflowed to 0 counts as this
-
-
-def time_profiles(trace) -> dict[str, tuple[np.ndarray, np.ndarray, str]]:
-    """Layer -> (steps, ||dL/dx_t|| (steps, T), 'RNN'|'LSTM'|'GRU') of a Trace's unidirectional recurrent layers."""
-    info = trace.meta.get("recurrent", {})
-    return {layer: (*trace.series.get(SERIES, layer), info.get(layer, {}).get("type", "RNN"))
-            for layer in trace.series.layers(SERIES) if not info.get(layer, {}).get("bidirectional", False)}
 
 
 def edge(length: int) -> int:
@@ -63,7 +56,7 @@ def _cause(kind: str, d: float, span: int, length: int, rtype: str) -> Cause:
 def through_time(s: Signals) -> list[Finding]:
     """Error signal at the first time steps far below (vanishing) or above (exploding) the last ones."""
     out = []
-    for layer, (steps, values, rtype) in s.time.items():
+    for layer, (_steps, values, rtype) in s.time.items():
         per_step = [decades(row) for row in values]
         d = np.array([x for x, _ in per_step])
         ok = np.flatnonzero(np.isfinite(d))
@@ -80,11 +73,12 @@ def through_time(s: Signals) -> list[Finding]:
             summary = (f"the gradient reaching the first time steps of '{layer}' is {ratio:.3g}x that at the "
                        f"last ones ({abs(med):.1f} decades over {length} steps, ~{10 ** (med / span):.3g}x per step)")
             evidence = {"layer": layer, "decades": med, "ratio_first_to_last": ratio, "time_steps": length,
-                        "per_step_factor": 10 ** (med / span), "steps_judged": int(len(judged)),
+                        "per_step_factor": 10 ** (med / span), "steps_judged": len(judged),
                         "underflow": bool((values[judged] <= FLOOR).any()),
                         "profile": [float(v) for v in np.nanmedian(values[judged], axis=0)[:: max(1, length // 10)]]}
             severity = "critical" if sign * med > T.TIME_CRITICAL_DECADES else "warning"
             cause = _cause(kind, med, span, length, rtype)
-            remedies = ("clip_gradients",) if kind == KINDS[1] else ()
+            # clipping bounds an explosion; it does not bring back a vanished gradient
+            remedies = remedies_for([cause]) if kind == KINDS[1] else ()
             out.append(Finding(kind, severity, (layer,), summary, evidence, (cause,), remedies))
     return out

@@ -9,8 +9,7 @@ import math
 
 import numpy as np
 
-from .conclude import (DEGRADE, RECOVER, SMOOTH, TOP_LOW, VANISH, Conclusion, acc, by, dec, one, said, trains,
-                       values)
+from .conclude import DEGRADE, RECOVER, SMOOTH, TOP_LOW, VANISH, Conclusion, acc, by, dec, one, said, trains, values
 from .summary import RunSummary
 
 
@@ -81,7 +80,7 @@ def he2015(runs: list[RunSummary]) -> Conclusion:
     x, h = one(runs, init="xavier_normal"), one(runs, init="he_normal")
     tx, th = (halving_step(x), halving_step(h)) if x and h else (None, None)
     holds = bool(x and h and th is not None and (tx is None or tx > 2 * th) and h.val_acc > x.val_acc + DEGRADE)
-    when = lambda t, r: f"step {t}" if t is not None else f"not within {len(r.loss_curve)} steps"  # noqa: E731
+    when = lambda t, r: f"step {t}" if t is not None else f"not within {len(r.loss_curve)} steps"
     text = (f"Xavier: {dec(x.decades_init)} decades at init ({x.per_layer_init:.2f}x per layer), loss halved "
             f"{when(tx, x)}, final accuracy {acc(x.val_acc)}. He: {dec(h.decades_init)} decades, loss halved "
             f"{when(th, h)}, final accuracy {acc(h.val_acc)}." if x and h else "")

@@ -88,7 +88,8 @@ def expand(spec: dict, config: dict, axes: Sequence[Axis], data: str = "digits",
             bad = set(over) - SPEC_FIELDS - CONFIG_FIELDS
             if bad:
                 raise GradDoctorError(f"axis {name!r} sets unknown field(s) {', '.join(map(repr, sorted(bad)))}; "
-                                      f"choose NetSpec or TrainConfig fields: {', '.join(sorted(SPEC_FIELDS | CONFIG_FIELDS))}")
+                                      "choose NetSpec or TrainConfig fields: "
+                                      f"{', '.join(sorted(SPEC_FIELDS | CONFIG_FIELDS))}")
     jobs = []
     for combo in itertools.product(*(points for _, points in axes)):
         point = {"in_shape": in_shape, "out_features": out_features, **spec, **config}

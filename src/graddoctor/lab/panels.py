@@ -145,7 +145,8 @@ def plot_top_layer(runs: list[RunSummary], axes) -> None:
     for ax, r in zip(axes, runs):
         ax.set_ylim(lo - 0.05, hi + 0.05)  # one scale: the panels compare
         for j in range(r.act_means.shape[1]):
-            ax.plot(r.steps, r.act_means[:, j], lw=1.2, label=f"layer {j + 1}" + (" (top)" if j == r.act_means.shape[1] - 1 else ""))
+            top = " (top)" if j == r.act_means.shape[1] - 1 else ""
+            ax.plot(r.steps, r.act_means[:, j], lw=1.2, label=f"layer {j + 1}{top}")
         ax.set_title(f"{r.label}: mean output per layer", fontsize=10)
         ax.xaxis.set_major_locator(MaxNLocator(5))
         ax.set_xlabel("step")

@@ -11,6 +11,7 @@ decades between the first and the last steps at init and after training
 """
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -24,7 +25,8 @@ from ..data import from_tensors
 from ..diagnose import thresholds as T
 from ..diagnose.api import diagnose
 from ..diagnose.findings import Diagnosis
-from ..diagnose.through_time import decades, time_profiles
+from ..diagnose.signals import time_profiles
+from ..diagnose.through_time import decades
 from ..errors import GradDoctorError
 from ..probe.trace import Trace
 from ..store import RunStore
@@ -168,7 +170,7 @@ def conclude(runs: list[RnnRun]) -> Conclusion:
     rnn = sorted((r for r in runs if r.cell == "rnn"), key=lambda r: r.length)
     lstm = sorted((r for r in runs if r.cell == "lstm"), key=lambda r: r.length)
     limit = T.TIME_VANISH_DECADES
-    grows = len(rnn) >= 2 and all(b.decades_init < a.decades_init for a, b in zip(rnn, rnn[1:]))
+    grows = len(rnn) >= 2 and all(b.decades_init < a.decades_init for a, b in itertools.pairwise(rnn))
     vanishes = bool(rnn) and rnn[-1].decades_trained < -limit and not rnn[-1].learned
     carries = bool(lstm) and abs(lstm[-1].decades_trained) <= limit and lstm[-1].learned
     holds = grows and vanishes and carries

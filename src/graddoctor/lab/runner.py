@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from .. import data as data_mod, nets, progress, training
+from .. import data as data_mod
+from .. import nets, progress, training
 from ..diagnose.api import diagnose
 from ..diagnose.findings import Diagnosis
 from ..errors import GradDoctorError

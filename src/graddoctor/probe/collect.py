@@ -17,8 +17,24 @@ from torch.autograd.variable import Variable
 from ..errors import GradDoctorError
 from . import stats
 from .layout import ParamPlan
-from .pooling import (BEFORE, CHANGE, DEAD, DELTA, DERIV, DERIV_SQ, GRAD_B, GRAD_NONFINITE, GRAD_W, INPUT_GRAD,
-                      OUT, OUT_NONFINITE, SATURATED, WEIGHT, ZERO, RawStep)
+from .pooling import (
+    BEFORE,
+    CHANGE,
+    DEAD,
+    DELTA,
+    DERIV,
+    DERIV_SQ,
+    GRAD_B,
+    GRAD_NONFINITE,
+    GRAD_W,
+    INPUT_GRAD,
+    OUT,
+    OUT_NONFINITE,
+    SATURATED,
+    WEIGHT,
+    ZERO,
+    RawStep,
+)
 from .scratch import Scratch
 
 

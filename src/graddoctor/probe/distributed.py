@@ -34,8 +34,7 @@ import torch
 from torch import Tensor
 
 from ..errors import GradDoctorError
-from .pooling import (BEFORE, CHANGE, DEAD, DELTA, GRAD_B, GRAD_NONFINITE, GRAD_W, INPUT_GRAD, WEIGHT, ZERO,
-                      RawStep)
+from .pooling import BEFORE, CHANGE, DEAD, DELTA, GRAD_B, GRAD_NONFINITE, GRAD_W, INPUT_GRAD, WEIGHT, ZERO, RawStep
 
 PARAM_SLOTS = (GRAD_W, GRAD_B, WEIGHT, CHANGE, BEFORE, GRAD_NONFINITE)  # identical on every rank
 SIGNAL_SLOTS = (DELTA, INPUT_GRAD)  # per-rank error signals: scaled by 1/W, then summed in squares

@@ -84,7 +84,7 @@ class AddBatchNorm:
         x = sample_input(data)
         ranks = _output_ranks(model, full, x) if x is not None else {}
         changes, by_container = [], {}
-        for (cpath, seq, name), path in zip(points, full):
+        for (_cpath, seq, name), path in zip(points, full):
             layer = seq.get_submodule(name)
             make, rank = NORM_AFTER[type(layer)]
             if ranks.get(path, rank) != rank:

@@ -5,8 +5,9 @@ from itertools import combinations
 
 from ..data import Dataset
 from ..diagnose.findings import Diagnosis
+from ..diagnose.table import TABLE
 from .base import Patient, Remedy
-from .registry import CAUSE_REMEDIES, FAMILIES, expand
+from .registry import FAMILIES, expand
 
 # Pairs known to complement each other (one fixes the forward signal, the other the path the
 # gradient takes), tried first when no single remedy fixes the problem.
@@ -22,7 +23,7 @@ MAX_PAIRS = 4  # pairs tried when no single fixes (screened, then raced like the
 def ranked_labels(diagnosis: Diagnosis) -> list[str]:
     """Remedy labels for the non-info findings: by finding (worst first), then cause, then remedy.
 
-    Each cause contributes the variants CAUSE_REMEDIES lists for it (lr/10 and lr/100 for a
+    Each cause contributes the variants diagnose.table lists for it (lr/10 and lr/100 for a
     rate too high, never lr*10); a family the finding names that no cause covered adds all of
     its variants.
     """
@@ -30,7 +31,7 @@ def ranked_labels(diagnosis: Diagnosis) -> list[str]:
     for f in diagnosis.findings:
         if f.severity == "info":
             continue
-        for name in (r for c in f.causes for r in CAUSE_REMEDIES.get(c.name, ())):
+        for name in (r for c in f.causes if c.name in TABLE for r in TABLE[c.name].remedies):
             out.extend(r.label for r in expand(name))
         covered = {r.name for lab in out for r in expand(lab)}
         for family in f.remedies:
@@ -73,9 +74,10 @@ def pairs(diagnosis: Diagnosis, ranked: list[Remedy], best_first: list[Remedy],
     trained = {r.label: i for i, r in enumerate(best_first)}
     per_cause = []
     for cause in _causes(diagnosis):
-        options = [r for name in CAUSE_REMEDIES.get(cause, ()) for r in expand(name) if r.label in applicable]
+        names = TABLE[cause].remedies if cause in TABLE else ()
+        options = [r for name in names for r in expand(name) if r.label in applicable]
         if options:
-            rank = lambda r: (trained.get(r.label, len(trained)), options.index(r))  # noqa: E731
+            rank = lambda r: (trained.get(r.label, len(trained)), options.index(r))
             per_cause.append(min(options, key=rank))
     order = {f: i for i, f in enumerate(FAMILIES)}
     classic = [(applicable[a], applicable[b]) for a, b in CLASSIC_PAIRS

@@ -1,4 +1,4 @@
-"""Every remedy variant by label, and which remedies answer which cause (ranked)."""
+"""Every remedy variant by label (which remedies answer which cause: graddoctor.diagnose.table)."""
 from __future__ import annotations
 
 from ..errors import unknown
@@ -22,24 +22,6 @@ VARIANTS: tuple[Remedy, ...] = (
 )
 REMEDIES: dict[str, Remedy] = {r.label: r for r in VARIANTS}
 FAMILIES: tuple[str, ...] = tuple(dict.fromkeys(r.name for r in VARIANTS))
-
-# Cause (graddoctor.diagnose.findings.CAUSES) -> remedy labels, most direct first. A family
-# name stands for all its variants in registry order.
-CAUSE_REMEDIES: dict[str, tuple[str, ...]] = {
-    # sigmoid/tanh: phi' <= 1/4 (sigmoid) multiplies the signal down at every layer
-    "saturating_activation": ("swap_activation", "add_batchnorm", "add_residual"),
-    # the product of many per-layer factors: skips and normalisation keep it near 1
-    "chain_product_depth": ("add_residual", "add_batchnorm", "reinit"),
-    "init_too_small": ("reinit", "reinit(orthogonal)", "add_batchnorm"),
-    "init_too_large": ("reinit", "add_batchnorm", "clip_gradients"),
-    "learning_rate_too_high": ("tune_optimizer(lr/10)", "tune_optimizer(lr/100)", "clip_gradients"),
-    "learning_rate_too_low": ("tune_optimizer(lr*10)", "tune_optimizer(momentum)"),
-    # units that never fire: a slope below zero keeps their gradient alive
-    "dead_relu": ("swap_activation(leaky_relu)", "swap_activation(prelu)", "reinit",
-                  "tune_optimizer(lr/10)"),
-    "input_scale": ("normalize_inputs", "add_batchnorm"),
-}
-
 
 def expand(name: str) -> list[Remedy]:
     """The variants a label or family name stands for."""

@@ -128,7 +128,7 @@ class TreatResult:
                  _num(t.loss, ".4f"), _num(t.val_acc, ".3f"), _num(t.seconds, ".1f"))
                 for t, r in zip(self.trials, self.table)]
         widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
-        fmt = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa: E731
+        fmt = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip()
         lines = [head, fmt(cols), fmt(tuple("-" * w for w in widths)), *map(fmt, rows)]
         best = self.best
         if best is None:

@@ -27,7 +27,7 @@ from ..training import TrainConfig
 from . import candidates
 from .arguments import as_dataset, loss_name, patient_from, prior_loss
 from .base import Patient, Remedy
-from .result import Trial, TreatResult
+from .result import TreatResult, Trial
 
 # Optimizer steps per candidate. On digits a 20-layer net that can learn reaches a loss far
 # below the untreated net's in 60 SGD steps (2.6 epochs; a full run is 10 epochs = 230 steps).

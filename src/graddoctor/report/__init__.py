@@ -2,7 +2,7 @@
 
 Everything here draws from a RunStore, so a report is re-rendered without retraining.
 """
-from .figures import render_all  # noqa: F401
-from .html import write_report  # noqa: F401
+from .figures import render_all
+from .html import write_report
 
 __all__ = ["render_all", "write_report"]

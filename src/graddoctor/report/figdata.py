@@ -188,7 +188,7 @@ def layer_rows(trace: Trace) -> list[dict]:
     """Per-layer table from a trace alone (used when the run has no diagnosis)."""
     chain = backward_chain(trace)
     cols = {m: _median(trace[m]) for m in ("grad_rms", "delta_rms", "saturated", "dead")}
-    f = lambda v: float(v) if np.isfinite(v) else None  # noqa: E731 - tables show '—' for None
+    f = lambda v: float(v) if np.isfinite(v) else None
     return [{"name": x.name, "type": x.type, "activation": x.activation,
              **{m: f(v[i]) for m, v in cols.items()},
              "gain": f(chain.gain[i]) if i < len(chain.gain) else None}

@@ -1,18 +1,15 @@
-"""The README's bench section (after `<!-- section:bench -->`): its python blocks run as written,
-and the describe() output it shows is what the code prints."""
+"""The bench page (docs/bench.md): its python blocks run as written, and the describe() output
+it shows is what the code prints."""
 import contextlib
 import io
 import re
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "bench.md"
 
 
 def bench_section() -> str:
-    text = README.read_text()
-    start = text.index("<!-- section:bench -->")
-    end = text.index("\n## ", start)  # the next top-level section
-    return text[start:end]
+    return PAGE.read_text()
 
 
 def test_bench_section_python_blocks_run_and_print_what_the_readme_shows():
@@ -23,8 +20,8 @@ def test_bench_section_python_blocks_run_and_print_what_the_readme_shows():
     namespace: dict = {}
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        exec(compile(blocks[0], "README.md:bench[0]", "exec"), namespace)
+        exec(compile(blocks[0], "docs/bench.md[0]", "exec"), namespace)
     assert printed.getvalue() == shown[0]  # golden: the describe() example
     for i, block in enumerate(blocks[1:], 1):
         with contextlib.redirect_stdout(io.StringIO()):
-            exec(compile(block, f"README.md:bench[{i}]", "exec"), namespace)
+            exec(compile(block, f"docs/bench.md[{i}]", "exec"), namespace)

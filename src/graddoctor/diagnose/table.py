@@ -1,0 +1,61 @@
+"""The one cause -> remedy table: what each cause means and which remedies answer it, ranked.
+
+Read by the rules (`Finding.remedies`), by the through-time rule and by `treat` (which
+expands a family name into its variants). A remedy is named by its label
+("tune_optimizer(lr/10)") or by its family ("reinit": every variant, in registry order);
+tests/test_table.py checks that every cause has an entry and every name is a real remedy.
+This module is pure data: it imports nothing from graddoctor.remedies (no import cycle).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CauseEntry:
+    """One cause: a one-line meaning for people and its remedies, most direct first."""
+
+    meaning: str
+    remedies: tuple[str, ...]
+
+
+TABLE: dict[str, CauseEntry] = {
+    "saturating_activation": CauseEntry(
+        "sigmoid/tanh units sit where their derivative is small, so each layer multiplies the signal down",
+        ("swap_activation", "add_batchnorm", "add_residual")),
+    "chain_product_depth": CauseEntry(
+        "many per-layer factors slightly off 1 multiply to a large change over the depth",
+        ("add_residual", "add_batchnorm", "reinit")),
+    "init_too_small": CauseEntry(
+        "the initial weights are too small for the signal to keep its size through each layer",
+        ("reinit", "reinit(orthogonal)", "add_batchnorm")),
+    "init_too_large": CauseEntry(
+        "the initial weights are too large: the signal grows through each layer",
+        ("reinit", "add_batchnorm", "clip_gradients")),
+    "learning_rate_too_high": CauseEntry(
+        "the optimizer's steps are too large: the weights and gradients grow while training",
+        ("tune_optimizer(lr/10)", "tune_optimizer(lr/100)", "clip_gradients")),
+    "learning_rate_too_low": CauseEntry(
+        "the optimizer's steps are too small for the weights to move",
+        ("tune_optimizer(lr*10)", "tune_optimizer(momentum)")),
+    "dead_relu": CauseEntry(
+        "ReLU units that output 0 for every sample pass no gradient",
+        ("swap_activation(leaky_relu)", "swap_activation(prelu)", "reinit", "tune_optimizer(lr/10)")),
+    "input_scale": CauseEntry(
+        "the inputs are not standardised (std or mean far from 1 and 0)",
+        ("normalize_inputs", "add_batchnorm")),
+    "recurrent_chain": CauseEntry(
+        "through time the gradient is a product of one Jacobian per step",
+        ("clip_gradients",)),
+}
+
+
+def remedies_for(causes) -> tuple[str, ...]:
+    """Remedy names in the order of the ranked causes (objects with a `.name`), without repeats."""
+    out: list[str] = []
+    for c in causes:
+        entry = TABLE.get(c.name)
+        for r in entry.remedies if entry is not None else ():
+            if r not in out:
+                out.append(r)
+    return tuple(out)

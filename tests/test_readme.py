@@ -1,0 +1,28 @@
+"""The README's front page: its example runs as written and finds what it says it finds."""
+import contextlib
+import io
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_stays_a_front_page():
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 200
+
+
+def test_readme_example_runs_and_the_deep_sigmoid_net_vanishes():
+    block = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)[0]
+    assert len(block.strip().splitlines()) <= 12
+    scope: dict = {}
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(block, "README.md", "exec"), scope)
+    out = printed.getvalue()
+    assert out.startswith("UNHEALTHY") and "vanishing" in out
+    assert "vanishing" in {f.kind for f in __import__("graddoctor").diagnose(scope["probe"].trace).findings}
+
+
+def test_readme_links_point_at_existing_pages():
+    for target in re.findall(r"\]\((docs/[^)#]+)", (ROOT / "README.md").read_text()):
+        assert (ROOT / target).exists(), target
