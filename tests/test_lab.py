@@ -79,13 +79,13 @@ def test_activations(lab):
     r = lab("activations")
     # sigmoid+Xavier at depth 20: -12.1 to -11.9 decades, accuracy 0.09
     assert (values(r, "decades_init", net="sigmoid") < -10).all()
-    assert (values(r, "val_acc", net="sigmoid") < 0.3).all()
+    assert (values(r, "val_acc", net="sigmoid") < 0.3).all()  # 0.08-0.09
     # its per-layer factor is its derivative's RMS (0.23-0.24 both; 0.25 at most for sigmoid)
     per_layer, deriv = values(r, "per_layer_init", net="sigmoid"), values(r, "deriv_rms_init", net="sigmoid")
     assert (np.abs(np.log10(per_layer / deriv)) < 0.01).all() and (deriv < 0.25).all()
-    for name in ("relu", "leaky_relu", "prelu", "elu", "selu", "tanh"):  # -0.8 to +0.8 decades
+    for name in ("relu", "leaky_relu", "prelu", "elu", "selu", "tanh"):  # -0.76 to +0.80 decades
         assert (np.abs(values(r, "decades_init", net=name)) < 1.3).all(), name
-        assert (values(r, "val_acc", net=name) > 0.85).all(), name  # ACC_ACTIVATIONS
+        assert (values(r, "val_acc", net=name) > 0.85).all(), name  # 0.905-0.969 in 400 steps
     assert (values(r, "deriv_rms_init", net="tanh") > 0.8).all()  # 0.93: tanh+Xavier is near-linear
     assert supported(r)
 
@@ -106,15 +106,15 @@ def test_depth(lab):
 def test_init_matches_the_theory(lab):
     r = lab("init")
     gaps = np.array([abs(s.decades_init - s.extra["predicted"]) for s in r.summaries])
-    assert gaps.max() <= THEORY_TOL  # GAP_INIT
-    assert np.median(gaps) < 0.15  # 0.08
+    assert gaps.max() <= THEORY_TOL  # 0.21 at most (width 128; width 64 reaches 0.30)
+    assert np.median(gaps) < 0.15  # 0.05
     for a in ("tanh", "relu"):
-        assert (values(r, "decades_init", activation=a, init="small") < -15).all()  # -24.0 to -20.8
-        assert (values(r, "decades_init", activation=a, init="large") > 4).all()  # +6.0 to +14.6
+        assert (values(r, "decades_init", activation=a, init="small") < -15).all()  # -20.9 to -18.0
+        assert (values(r, "decades_init", activation=a, init="large") > 4).all()  # +7.6 to +17.4
     assert all("vanishing" in s.verdict_init for s in at(r, activation="relu", init="small"))
     assert all("exploding" in s.verdict_init for s in at(r, activation="relu", init="large"))
     assert all(s.verdict_init == "healthy" for s in at(r, activation="relu", init="he_normal"))
-    assert (values(r, "val_acc", activation="tanh", init="xavier_normal") > 0.85).all()  # ACC_INIT
+    assert (values(r, "val_acc", activation="tanh", init="xavier_normal") > 0.85).all()  # 0.94-0.97
     assert supported(r)
     head, rows = render.table(r)  # the theory column, one cell per grid point
     assert head[-1] == "theory (decades)" and len(rows) == 10
@@ -124,10 +124,10 @@ def test_init_matches_the_theory(lab):
 def test_batchnorm_lets_deep_sigmoid_train(lab):
     r = lab("batchnorm")
     assert (values(r, "val_acc", net="sigmoid", bn="plain") < 0.3).all()  # 0.09
-    assert (values(r, "val_acc", net="sigmoid", bn="BN") > 0.9).all()  # ACC_BN
+    assert (values(r, "val_acc", net="sigmoid", bn="BN") > 0.88).all()  # 0.94-0.96 in 400 steps
     assert (np.abs(values(r, "decades_init", net="sigmoid", bn="BN")) < 1).all()  # -0.4 to -0.3
     per_layer = values(r, "per_layer_init", net="relu", bn="BN")
-    assert (np.abs(per_layer - YANG_RELU_BN) < 0.04).all()  # 1.19x on every seed; Yang et al.: 1.21x
+    assert (np.abs(per_layer - YANG_RELU_BN) < 0.04).all()  # 1.188-1.194x; Yang et al.: 1.211x
     assert supported(r)
 
 
@@ -135,11 +135,11 @@ def test_residual(lab):
     r = lab("residual")
     shallow, deep = "10", "50"
     drop = values(r, "val_acc", arch="plain+BN", depth=shallow) - values(r, "val_acc", arch="plain+BN", depth=deep)
-    assert (drop > 0.4).all()  # DROP_PLAIN_BN
+    assert (drop > 0.4).all()  # 0.66-0.70: 0.85 at depth 10, 0.16-0.19 at 50 (200 steps)
     for arch in ("residual+BN", "residual, 1/sqrt(blocks)"):
-        assert (values(r, "val_acc", arch=arch, depth=deep) > 0.85).all(), arch  # ACC_RESIDUAL
+        assert (values(r, "val_acc", arch=arch, depth=deep) > 0.85).all(), arch  # 0.92-0.96
     assert (values(r, "decades_init", arch="plain+BN", depth=deep) > 3).all()  # +3.9 to +4.0: explodes at init
-    assert (values(r, "decades_trained", arch="plain+BN", depth=deep) > -1.5).all()  # -0.7 to -0.2: not vanishing
+    assert (values(r, "decades_trained", arch="plain+BN", depth=deep) > -1.5).all()  # -0.43 to -0.14: not vanishing
     assert supported(r)
     assert "not explained by a vanishing gradient" in r.conclusion.text  # chosen by the two numbers above
 
@@ -159,11 +159,11 @@ def test_optimizer_maps_the_step_size(lab):
 
 def test_he2015(lab):
     r = lab("he2015")
-    assert (values(r, "decades_init", init="xavier_normal") < -4).all()  # -4.7 to -4.5: 0.70x per layer
+    assert (values(r, "decades_init", init="xavier_normal") < -4).all()  # -4.66 to -4.46: 0.70x per layer
     assert all(halving_step(s) is None for s in at(r, init="xavier_normal"))
     assert all(halving_step(s) < 250 for s in at(r, init="he_normal"))  # steps 117-137
     gap = values(r, "val_acc", init="he_normal") - values(r, "val_acc", init="xavier_normal")
-    assert (gap > 0.3).all()  # GAP_HE
+    assert (gap > 0.3).all()  # 0.73-0.78: He 0.83-0.86, Xavier 0.08-0.09 after 400 steps
     assert supported(r)
 
 
@@ -171,11 +171,11 @@ def test_glorot2010(lab):
     r = lab("glorot2010")
     for sig in at(r, net="sigmoid"):
         top, below = sig.act_means[:, -1], sig.act_means[:, :-1]
-        assert top[0] > 0.45 and top.min() < 0.15  # TOP_SIGMOID
-        assert below.min() > 0.35  # the lower layers stay near 0.5
+        assert top[0] > 0.45 and top.min() < 0.15  # 0.50 -> 0.09 within 3000 steps
+        assert below.min() > 0.35  # the lower layers stay at 0.49-0.64
     for s in r.summaries:
         if s.coords["net"] != "sigmoid":
-            assert np.abs(s.act_means[:, -1]).max() < 0.15 and s.val_acc > 0.9  # TANH_GLOROT
+            assert np.abs(s.act_means[:, -1]).max() < 0.15 and s.val_acc > 0.9  # within 0.06 of 0; 0.96-0.98
     assert supported(r)
 
 
