@@ -341,7 +341,7 @@ def test_docs_lab_page_includes_every_generated_table_and_figure():
     page = (ROOT / "docs" / "lab.md").read_text()
     for name in [*EXPERIMENTS, "rnn"]:
         md = (ROOT / "docs" / "lab" / f"{name}.md").read_text()
-        assert f'--8<-- "docs/lab/{name}.md:{name}"' in page, name  # included, never pasted
+        assert f'--8<-- "lab/{name}.md:{name}"' in page, name  # included, never pasted
         assert f"<!-- --8<-- [start:{name}] -->" in md and f"<!-- --8<-- [end:{name}] -->" in md, name
         assert re.search(r"grid points × 3 seeds \(0, 1, 2\)", md), name
         table = [line for line in md.splitlines() if line.startswith("| ")]

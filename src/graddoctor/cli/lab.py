@@ -138,8 +138,10 @@ def run_one(args: argparse.Namespace) -> int:
         done.append((name, claim, conclusion.holds, conclusion.held_on, conclusion.seeds, n, reused,
                      time.perf_counter() - t0))
     if args.name == "all":
+        from ..lab.claims import thresholds
+
         path = Path(args.out) / "summary.md"
-        path.write_text(summary_page(done, args.quick))
+        path.write_text(summary_page(done, args.quick, thresholds()))
         console.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
     failed = [d[0] for d in done if not d[2]]
     if failed:
