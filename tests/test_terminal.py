@@ -136,3 +136,14 @@ def test_check_at_80_columns_in_a_pipe_keeps_every_exponent(monkeypatch, capsys)
     assert main(["check", f"{EXAMPLES}:deep_sigmoid", "--input-shape", "64", "--wide"]) == 0
     wide = capsys.readouterr().out
     assert "update ratio" in _table(wide)[0] and "left out" not in wide
+
+
+def test_the_width_fit_computes_is_the_width_rich_draws():
+    """fit() adds up column widths itself (fast); rich's own measurement of the table agrees."""
+    from rich.measure import Measurement
+
+    console = Console(width=1000, file=io.StringIO())
+    for width in (40, 64, 80, 100, 160, None):
+        for wide in (False, True):
+            f = fit(ROWS, width, wide)
+            assert Measurement.get(console, console.options, f.table).maximum == f.width, (width, wide)
