@@ -123,7 +123,7 @@ def judge(m: ZooModel, seed: int = 0, steps: int = 50, every: int = 1) -> Verdic
                 probe.step(loss)
                 v.losses.append(float(loss.detach()))
         v.trained = gd.diagnose(probe.trace)
-    except Exception as exc:
+    except Exception as exc:  # reported and counted by the benchmark, never raised
         v.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         v.error += " | " + traceback.extract_tb(exc.__traceback__)[-1].filename.rsplit("/", 2)[-1]
     v.hooks_clean = hooks_of(model) == before and (opt_before is None or hooks_of(model, opt) == opt_before)
