@@ -42,6 +42,7 @@ def hf(model_cls: str, config_cls: str, **config) -> Callable[[int], nn.Module]:
         torch.manual_seed(seed)
         return getattr(T, model_cls)(getattr(T, config_cls)(**config)).train()
     make.__qualname__ = f"hf({model_cls})"
+    make.hf = (model_cls, config_cls, config)  # read by zoo_planted to rebuild with config changes
     return make
 
 
@@ -85,6 +86,7 @@ def torch_model(cls: type, **kw) -> Callable[[int], nn.Module]:
     def make(seed: int) -> nn.Module:
         torch.manual_seed(seed)
         return cls(**kw)
+    make.torch = (cls, kw)
     return make
 
 
