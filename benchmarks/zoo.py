@@ -32,6 +32,7 @@ import sys
 from pathlib import Path
 
 import torch
+import transformers
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -91,11 +92,15 @@ def summarise(rows: list[dict]) -> dict:
     for half in zoo.HALVES:
         rs = [r for r in rows if r["half"] == half]
         healthy = [r for r in rs if r["kind"] == "zoo" and r["expected"] == "healthy"]
+        harmless = [r for r in rs if r["kind"] == "harmless"]
         planted = [s for r in rs if r["kind"] == "planted" for s in r["scores"].values()]
         frac = lambda xs: [sum(xs), len(xs)]
+        alarm = lambda r, ph: not (r[ph] or {"healthy": False})["healthy"]
         out[half] = {
-            "false_alarms_init": frac([not (r["init"] or {"healthy": False})["healthy"] for r in healthy]),
-            "false_alarms_trained": frac([not (r["trained"] or {"healthy": False})["healthy"] for r in healthy]),
+            "false_alarms_init": frac([alarm(r, "init") for r in healthy]),
+            "false_alarms_trained": frac([alarm(r, "trained") for r in healthy]),
+            "harmless_alarms_init": frac([alarm(r, "init") for r in harmless]),
+            "harmless_alarms_trained": frac([alarm(r, "trained") for r in harmless]),
             "detection": frac([s["detected"] for s in planted]),
             "cause_top2": frac([s["cause"] for s in planted]),
             "localised": frac([s["localised"] for s in planted if s["localised"] is not None]),
@@ -106,17 +111,18 @@ def summarise(rows: list[dict]) -> dict:
 
 
 # -- running ------------------------------------------------------------------------------------
-def run_one(m: zoo.ZooModel, seed: int, steps: int, every: int, planted: zoo.Planted | None) -> dict:
+def run_one(kind: str, m: zoo.ZooModel, seed: int, steps: int, every: int, planted: zoo.Planted | None) -> dict:
     """Judge one recipe and score it."""
     v = zoo.judge(m, seed=seed, steps=steps, every=every)
     init, trained = verdict(v.init), verdict(v.trained)
-    row = {"name": m.name, "kind": "planted" if planted else "zoo", "family": m.family, "half": m.half,
-           "seed": seed, "expected": m.expected if planted is None else "+".join(sorted(planted.kinds)),
-           "when": planted.when if planted else None, "init": init, "trained": trained,
+    expected = {"zoo": m.expected, "harmless": "healthy", "unscored": "(not scored)"}.get(kind)
+    row = {"name": m.name, "kind": kind, "family": m.family, "half": m.half, "seed": seed,
+           "expected": expected or "+".join(sorted(planted.kinds)), "fault": planted.fault if planted else None,
+           "when": planted.when if kind == "planted" else None, "init": init, "trained": trained,
            "seconds": round(v.seconds, 2), "loss_first": v.losses[0] if v.losses else None,
            "loss_last": statistics.fmean(v.losses[-5:]) if v.losses else None,
            "error": v.error, "hooks_clean": v.hooks_clean}
-    if planted is not None:
+    if kind == "planted":
         row["scores"] = {ph: score_planted(planted, init if ph == "init" else trained) for ph in phases(planted.when)}
     return row
 
@@ -125,17 +131,29 @@ def fmt(x: float | None) -> str:
     return "-" if x is None or not math.isfinite(x) else f"{x:.2f}"
 
 
+TITLES = {"zoo": "The zoo (unmodified, library init)", "planted": "Planted pathologies (scored)",
+          "harmless": "Harmless plantings (expected healthy)", "unscored": "Unscored plantings (harm without a "
+          "gradient signature, or mild; shown, not counted)"}
+
+
 def table(rows: list[dict]) -> str:
-    """The per-model markdown table."""
-    lines = ["| model | half | expected | at init | after training | loss | s |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        exp = r["expected"] + (f" ({r['when']})" if r["when"] else "")
-        err = f" **error:** {r['error']}" if r["error"] else ""
-        hooks = "" if r["hooks_clean"] else " **hooks left**"
-        lines.append(f"| {r['name']} (seed {r['seed']}) | {r['half']} | {exp} | {show(r['init'])} | "
-                     f"{show(r['trained'])}{err}{hooks} | {fmt(r['loss_first'])} → {fmt(r['loss_last'])} | "
-                     f"{r['seconds']:.1f} |")
-    return "\n".join(lines)
+    """The per-model markdown tables, one per row kind."""
+    out = []
+    for kind in KINDS:
+        rs = [r for r in rows if r["kind"] == kind]
+        if not rs:
+            continue
+        out += [f"\n**{TITLES[kind]}**\n", "| model | half | fault | expected | at init | after training | loss | s |",
+                "|---|---|---|---|---|---|---|---|"]
+        for r in rs:
+            exp = r["expected"] + (f" ({r['when']})" if r["when"] else "")
+            err = f" **error:** {r['error']}" if r["error"] else ""
+            hooks = "" if r["hooks_clean"] else " **hooks left**"
+            seed = f" (seed {r['seed']})" if r["seed"] else ""
+            out.append(f"| {r['name']}{seed} | {r['half']} | {r['fault'] or '-'} | {exp} | {show(r['init'])} | "
+                       f"{show(r['trained'])}{err}{hooks} | {fmt(r['loss_first'])} → {fmt(r['loss_last'])} | "
+                       f"{r['seconds']:.1f} |")
+    return "\n".join(out)
 
 
 def summary_lines(s: dict) -> list[str]:
@@ -143,10 +161,11 @@ def summary_lines(s: dict) -> list[str]:
     pct = lambda a: f"{a[0]}/{a[1]}" + (f" ({100 * a[0] / a[1]:.0f}%)" if a[1] else "")
     out = []
     for half, v in s.items():
-        out.append(f"{half}: false alarms at init {pct(v['false_alarms_init'])}, after training "
-                   f"{pct(v['false_alarms_trained'])}; planted detection {pct(v['detection'])}, cause in top two "
-                   f"{pct(v['cause_top2'])}, localised {pct(v['localised'])}; exceptions {pct(v['exceptions'])}, "
-                   f"hooks left {pct(v['hooks_left'])}")
+        out.append(f"{half}: false alarms on the healthy zoo at init {pct(v['false_alarms_init'])}, after "
+                   f"training {pct(v['false_alarms_trained'])}; on harmless plantings at init "
+                   f"{pct(v['harmless_alarms_init'])}, after training {pct(v['harmless_alarms_trained'])}; planted "
+                   f"detection {pct(v['detection'])}, cause in top two {pct(v['cause_top2'])}, localised "
+                   f"{pct(v['localised'])}; exceptions {pct(v['exceptions'])}, hooks left {pct(v['hooks_left'])}")
     return out
 
 
@@ -154,7 +173,7 @@ def wrong(rows: list[dict]) -> list[str]:
     """The names of the models (and planted cases) that got a wrong verdict, per phase."""
     out = []
     for r in rows:
-        if r["kind"] == "zoo" and r["expected"] == "healthy":
+        if r["expected"] == "healthy":
             ph = [p for p in ("init", "trained") if not (r[p] or {"healthy": False})["healthy"]]
         elif r["kind"] == "planted":
             ph = [p for p, s in r["scores"].items() if not s["detected"]]
@@ -165,16 +184,21 @@ def wrong(rows: list[dict]) -> list[str]:
     return out
 
 
-def select(only: str | None) -> list[tuple[zoo.ZooModel, zoo.Planted | None]]:
-    """The recipes to judge: the healthy zoo, then the planted cases (or the named subset)."""
-    items = [(m, None) for m in zoo.ZOO if m.expected == "healthy"] + [(p.model, p) for p in zoo.PLANTED]
+KINDS = ("zoo", "planted", "harmless", "unscored")  # row kinds, in table order
+
+
+def select(only: str | None) -> list[tuple[str, zoo.ZooModel, zoo.Planted | None]]:
+    """The recipes to judge: the healthy zoo, planted, harmless and unscored plantings (or the named subset)."""
+    items = [("zoo", m, None) for m in zoo.ZOO]
+    items += [(p.extra["category"], p.model, p) for p in zoo_planted.ALL]
+    items.sort(key=lambda it: KINDS.index(it[0]))
     if only:
         names = set(only.split(","))
-        unknown = names - {m.name for m, _ in items}
+        unknown = names - {m.name for _, m, _ in items}
         if unknown:
             sys.exit(f"zoo: error: unknown name(s) {', '.join(sorted(unknown))}; choose from: "
-                     f"{', '.join(m.name for m, _ in items)}")
-        items = [(m, p) for m, p in items if m.name in names]
+                     f"{', '.join(m.name for _, m, _ in items)}")
+        items = [it for it in items if it[1].name in names]
     return items
 
 
@@ -184,13 +208,14 @@ def bench(args: argparse.Namespace) -> None:
     rows = []
     with bar(len(items) * args.seeds, "judging the zoo") as b:
         for seed in range(args.seeds):
-            for m, p in items:
-                rows.append(run_one(m, seed, args.steps, args.every, p))
+            for kind, m, p in items:
+                rows.append(run_one(kind, m, seed, args.steps, args.every, p))
                 b.update(1, model=m.name)
     s = summarise(rows)
-    head = (f"{len(items)} recipes ({sum(p is None for _, p in items)} healthy, "
-            f"{sum(p is not None for _, p in items)} planted), seeds 0..{args.seeds - 1}, {args.steps} steps, "
-            f"every={args.every}; torch {torch.__version__}, one CPU thread")
+    n = {k: sum(it[0] == k for it in items) for k in KINDS}
+    head = (f"{len(items)} recipes ({n['zoo']} zoo models, {n['planted']} planted pathologies, {n['harmless']} "
+            f"harmless and {n['unscored']} unscored plantings), seeds 0..{args.seeds - 1}, {args.steps} steps, "
+            f"every={args.every}; torch {torch.__version__}, transformers {transformers.__version__}, one CPU thread")
     lines = summary_lines(s)
     wr = wrong(rows)
     md = "\n".join([f"{head}\n", "**Summary**\n", *[f"- {x}" for x in lines], "",
@@ -208,24 +233,38 @@ def bench(args: argparse.Namespace) -> None:
 
 
 def oracle(args: argparse.Namespace) -> None:
-    """Re-measure each planted truth by plain autograd and say whether it holds."""
+    """Re-measure each planting by plain autograd: does its claim hold, and which category is it?"""
     torch.set_num_threads(1)
-    pool = zoo_planted.CANDIDATES if args.candidates else zoo.PLANTED + zoo_planted.HARMLESS
-    cases = [p for p in pool if not args.only or p.name in args.only.split(",")]
+    cases = [p for p in zoo_planted.ALL if not args.only or p.name in args.only.split(",")]
     seeds = tuple(range(args.seeds or 3))
-    for p in cases:
-        base = zoo.get(p.base)
-        m = zoo_oracle.measure(p, base, seeds=seeds, steps=args.steps)
-        ok, why = m.holds(p.kinds, p.causes, p.when)
-        label = "harmless" if p in zoo_planted.HARMLESS else ("HOLDS" if ok else "DOES NOT HOLD")
-        print(f"{p.name}: {label} — {why}\n    {m.summary()}", flush=True)
+    found = {}
+    with bar(len(cases), "measuring plantings") as b:
+        for p in cases:
+            m = zoo_oracle.measure(p, zoo.get(p.base), seeds=seeds, steps=args.steps)
+            why = m.holds(p)[1]
+            cat = m.category(p)
+            text = f"{m.summary()}. {why}"
+            if "precision_underflow" in p.causes and p.extra["truth"] == "cost":
+                u = zoo_oracle.optimizer_underflow(p.model)
+                text += (f". After one {u['dtype']} step: {100 * u['second_moment_zero']:.0f}% of the AdamW second-"
+                         f"moment entries with a non-zero gradient are 0 (g*g underflows), eps rounds to 0: "
+                         f"{u['eps_is_zero']}, {u['nonfinite_params']}/{u['params']} parameter tensors non-finite")
+            found[p.name] = {"category": cat, "claimed": p.extra["category"], "text": text, "seeds": len(seeds),
+                             "steps": args.steps}
+            flag = "" if cat == p.extra["category"] else f"  (claimed {p.extra['category']})"
+            print(f"{p.name}: {cat}{flag}\n    {text}", flush=True)
+            b.update(1, case=p.name)
+    if args.write:
+        old = json.loads(zoo_planted.EVIDENCE_FILE.read_text()) if zoo_planted.EVIDENCE_FILE.exists() else {}
+        zoo_planted.EVIDENCE_FILE.write_text(json.dumps(old | found, indent=1, sort_keys=True) + "\n")
+        print(f"wrote {zoo_planted.EVIDENCE_FILE}")
 
 
 def lr_sweep(args: argparse.Namespace) -> None:
     """Loss drop over `steps` at a few learning rates, per healthy zoo model (seed 0)."""
     torch.set_num_threads(1)
     lrs = (1e-4, 3e-4, 1e-3, 3e-3)
-    for m, _ in select(args.only):
+    for _, m, _ in select(args.only):
         base_lr = m.make_optimizer([torch.nn.Parameter(torch.zeros(1))]).param_groups[0]["lr"]
         cells = []
         for lr in lrs:
@@ -243,7 +282,7 @@ def main() -> None:
     ap.add_argument("--json", help="also write the results JSON here (default with a full run: docs/results/zoo.json)")
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--oracle", action="store_true", help="print the autograd measurements behind each truth")
-    ap.add_argument("--candidates", action="store_true", help="--oracle: measure every candidate planting")
+    ap.add_argument("--write", action="store_true", help="--oracle: record the measurements in tests/zoo_evidence.json")
     mode.add_argument("--lr-sweep", action="store_true", help="loss drop per learning rate, per healthy model")
     args = ap.parse_args()
     if not args.oracle:

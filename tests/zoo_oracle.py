@@ -23,8 +23,10 @@ from zoo_base import Planted, ZooModel
 N_BATCHES = 4  # the same fixed batches judge() uses
 DECADES = 2.0  # vanishing / exploding: the input-to-output gradient ratio, or the blocks' parameter
 #                gradients themselves, move >= 2 decades against the healthy base
-HARM = 0.5  # ... and the fault costs training: after `steps` the loss is above the healthy model's by at
-#             least HARM x the healthy model's own drop (or it went non-finite)
+HARM = 0.5  # a training fault (lr, optimizer) costs training: after `steps` the loss is above the healthy
+#             model's by at least HARM x the healthy model's own drop, or it went non-finite
+HARMLESS = 0.1  # harmless: the final loss is within HARMLESS x the healthy drop of the healthy final loss,
+#                 or better; a gradient fault (vanishing, exploding, underflow) must not be harmless
 UNDERFLOW = 0.5  # precision underflow: >= half of a block's gradient elements are exactly zero
 
 
@@ -200,22 +202,33 @@ class Measured:
     steps: int
 
     @property
+    def harmless(self) -> bool:
+        """The planting costs nothing: the final loss within HARMLESS x the healthy drop of healthy, or better."""
+        return self.first_nonfinite is None and self.final - self.base_final <= HARMLESS * self.base_drop
+
+    @property
     def harm(self) -> bool:
         """The fault costs training: a worse final loss by HARM x the healthy drop, or divergence."""
         return self.first_nonfinite is not None or self.final - self.base_final >= HARM * self.base_drop
 
-    def holds(self, kinds: frozenset[str], causes: tuple[str, ...], when: str) -> tuple[bool, str]:
-        """Whether the planted truth holds by these numbers, and the reason."""
-        harm = f"harm {self.harm} (final loss {self.final:.2f} vs healthy {self.base_final:.2f})"
-        if "exploding" in kinds and self.first_nonfinite is not None:
-            return True, f"the loss went non-finite at step {self.first_nonfinite}"
-        if when == "trained" and not kinds & {"vanishing", "exploding"} and "precision_underflow" not in causes:
-            return self.harm, harm  # a training fault (divergence, no progress): its cost is the truth
-        phases = [(w, ph) for w, ph in (("init", self.init), ("trained", self.trained)) if when in (w, "both")]
-        ok = all(ph is not None and phase_holds(ph, kinds, causes) for _, ph in phases) and self.harm
+    def holds(self, p: Planted) -> tuple[bool, str]:
+        """Whether `p`'s claim holds by these numbers, and the reason."""
+        harm = (f"harm {self.harm}, harmless {self.harmless} (final loss {self.final:.2f} vs healthy "
+                f"{self.base_final:.2f}, healthy drop {self.base_drop:.2f})")
+        if p.extra.get("truth") == "cost":  # divergence or no progress: its cost is the truth
+            return self.harm, harm
+        phases = [(w, ph) for w, ph in (("init", self.init), ("trained", self.trained)) if p.when in (w, "both")]
+        ok = bool(p.kinds) and all(ph is not None and phase_holds(ph, p.kinds, p.causes) for _, ph in phases)
         moved = "; ".join(f"{w}: ratio {ph.delta:+.1f}, parameters {ph.param_shift:+.1f} decades, zero fraction "
-                          f"+{ph.zero_rise:.2f}" for w, ph in phases if ph is not None)
-        return ok, f"{moved}; {harm}"
+                          f"+{ph.zero_rise:.2f}" for w, ph in (("init", self.init), ("trained", self.trained))
+                          if ph is not None)
+        return ok and not self.harmless, f"{moved}; {harm}"
+
+    def category(self, p: Planted) -> str:
+        """"planted" (the claim holds), "harmless" (expected healthy) or "unscored" (harm without the claim)."""
+        if self.holds(p)[0]:
+            return "planted"
+        return "harmless" if self.harmless else "unscored"
 
     def summary(self) -> str:
         """One line with every number, for Planted.evidence and `benchmarks/zoo.py --oracle`."""
@@ -241,3 +254,31 @@ def measure(p: Planted, base: ZooModel, seeds: tuple[int, ...] = (0, 1, 2), step
                     base_final=med([final(r) for _, r in bruns]),
                     first_nonfinite=min((i for i in nonfinite if i is not None), default=None),
                     seeds=len(seeds), steps=steps)
+
+
+def optimizer_underflow(m: ZooModel, seed: int = 0) -> dict:
+    """One step of `m`'s recipe: where its optimizer's state underflows (for 16-bit parameters).
+
+    Returns the fraction of Adam second-moment entries that are exactly zero although their
+    gradient is not (g*g below the dtype's smallest subnormal), whether `eps` rounds to zero in
+    the parameters' dtype, and how many parameter tensors hold non-finite values after the step.
+    """
+    model = m.make(seed)
+    batch = m.batches(seed, N_BATCHES)[0]
+    opt = m.make_optimizer(model.parameters())
+    torch.manual_seed(seed)
+    m.train_step(model, batch).backward()
+    opt.step()
+    lost = total = 0
+    for p in model.parameters():
+        state = opt.state.get(p, {})
+        if p.grad is None or "exp_avg_sq" not in state:
+            continue
+        live = p.grad != 0
+        lost += int((live & (state["exp_avg_sq"] == 0)).sum())
+        total += int(live.sum())
+    dtype = next(model.parameters()).dtype
+    eps = opt.param_groups[0].get("eps", 0.0)
+    return {"second_moment_zero": lost / max(total, 1), "eps_is_zero": float(torch.tensor(eps, dtype=dtype)) == 0.0,
+            "nonfinite_params": sum(not bool(torch.isfinite(p).all()) for p in model.parameters()),
+            "params": sum(1 for _ in model.parameters()), "dtype": str(dtype)}
