@@ -131,7 +131,8 @@ def fmt(x: float | None) -> str:
     return "-" if x is None or not math.isfinite(x) else f"{x:.2f}"
 
 
-TITLES = {"zoo": "The zoo (unmodified, library init)", "planted": "Planted pathologies (scored)",
+TITLES = {"zoo": "The zoo (unmodified; a model expected unhealthy is scored as a planted case)",
+          "planted": "Planted pathologies (scored)",
           "harmless": "Harmless plantings (expected healthy)", "unscored": "Unscored plantings (harm without a "
           "gradient signature, or mild; shown, not counted)"}
 

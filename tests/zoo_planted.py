@@ -220,8 +220,8 @@ ALL: tuple[Planted, ...] = (
     case(fp16_autocast(BASE["convnext"], "convnext-fp16"), "convnext", "fp16 autocast, no GradScaler",
          frozenset({"vanishing", "stalled_layers"}), ("precision_underflow",), ("convnext.encoder",), "init", **U),
     # -- held-out families ------------------------------------------------------------------------
-    case(derive(BASE["efficientnet"], "efficientnet-library-init", make=BASE["efficientnet"].make.library),
-         "efficientnet", "none: the library's own init, BatchNorm weights ~ N(0, 0.02)", V, ("init_too_small",),
+    case(derive(BASE["efficientnet"], "efficientnet-library-init"), "efficientnet-bn1",
+         "none: the library's own init, BatchNorm weights ~ N(0, 0.02)", V, ("init_too_small",),
          ("efficientnet.encoder",)),
     case(_scaled("bert", 10), "bert", "weights x10", E, ("init_too_large",), ("bert.encoder",), "init"),
     case(_scaled("gpt2", 0.01), "gpt2", "weights x0.01", V, ("init_too_small",), ("transformer.h",), "init"),
