@@ -97,7 +97,7 @@ def run_rnn(args: argparse.Namespace):
     reused = sum(r.reused for r in runs)
     console.print(f"wrote {out / 'rnn.md'}; {len(runs)} runs in {args.store}"
                   + (f" ({reused} reused)" if reused else ""), markup=False, highlight=False, soft_wrap=True)
-    return conclusion, len(runs), reused, rnn.CLAIM
+    return conclusion, len(runs), reused, rnn.CLAIM, sum(r.seconds for r in runs)
 
 
 def print_lab(lab) -> None:
@@ -108,7 +108,6 @@ def print_lab(lab) -> None:
 
 
 def run_one(args: argparse.Namespace) -> int:
-    import time
     from pathlib import Path
 
     from ..lab import render
@@ -121,11 +120,10 @@ def run_one(args: argparse.Namespace) -> int:
     if args.name not in (*EXPERIMENTS, "rnn", "all"):
         raise unknown("experiment", args.name, (*EXPERIMENTS, "rnn", "all"))
     names = [*EXPERIMENTS, "rnn"] if args.name == "all" else [args.name]
-    done = []  # (name, claim, holds, held on, seeds, runs, reused, seconds)
+    done = []  # (name, claim, holds, held on, seeds, runs, reused, training seconds of its runs)
     for name in names:
-        t0 = time.perf_counter()
         if name == "rnn":
-            conclusion, n, reused, claim = run_rnn(args)
+            conclusion, n, reused, claim, seconds = run_rnn(args)
         else:
             lab = run_experiment(name, args.store, quick=args.quick, workers=args.workers, resume=args.resume,
                                  seeds=args.seeds)
@@ -133,16 +131,19 @@ def run_one(args: argparse.Namespace) -> int:
             paths = render.write(lab, args.out)
             conclusion, n, claim = lab.conclusion, len(lab.results), lab.experiment.claim
             reused = sum(r.reused for r in lab.results)
+            seconds = sum(s.seconds for s in lab.summaries)
             console.print(f"wrote {', '.join(str(p) for p in paths)}; {n} runs in {args.store}"
                           + (f" ({reused} reused)" if reused else ""), markup=False, highlight=False, soft_wrap=True)
-        done.append((name, claim, conclusion.holds, conclusion.held_on, conclusion.seeds, n, reused,
-                     time.perf_counter() - t0))
-    if args.name == "all":
+        done.append((name, claim, conclusion.holds, conclusion.held_on, conclusion.seeds, n, reused, seconds))
+    if args.name == "all":  # the overview, and the thresholds every conclusion used
         from ..lab.claims import thresholds
+        from ..lab.points import bullets
 
-        path = Path(args.out) / "summary.md"
-        path.write_text(summary_page(done, args.quick, thresholds()))
-        console.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
+        out = Path(args.out)
+        (out / "summary.md").write_text(summary_page(done, args.quick))
+        (out / "thresholds.md").write_text(bullets(thresholds()))
+        console.print(f"wrote {out / 'summary.md'}, {out / 'thresholds.md'}", markup=False, highlight=False,
+                      soft_wrap=True)
     failed = [d[0] for d in done if not d[2]]
     if failed:
         console.print(f"not supported by these measurements: {', '.join(failed)}", markup=False, highlight=False)
