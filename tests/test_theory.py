@@ -160,13 +160,24 @@ def accuracy_rows():
 
 
 def test_issue_7_accuracy_target_every_configuration_within_0_2_decades(accuracy_rows):
-    # 27 configurations x seeds 0..4 (~10 s). benchmarks/theory.py --seed-sets 10 shows how
-    # other seed sets fare: ReLU at depth 50 has a per-seed spread of ~0.25 decades (finite
-    # width: ~sqrt(depth/width)), so some 5-seed sets miss 0.2 there; see the README.
+    # 27 configurations x seeds 0..4 (~10 s). Other seed sets: see the next test.
     errors = {name: values.mean() - pred for name, pred, values in accuracy_rows}
     bad = {k: round(v, 3) for k, v in errors.items() if abs(v) > TARGET}
     assert not bad, bad
     assert len(errors) == 27
+
+
+def test_relu_depth_50_within_0_3_decades_on_every_seed_set(accuracy_rows):
+    # ReLU at depth 50 has a per-seed spread of ~0.25 decades (finite width), so some sets of 5
+    # seeds miss issue 7's 0.2 there (benchmarks/theory.py --seed-sets); 0.3 is the bound the
+    # seed sets support. Seeds 5-19 here: 3 more sets per configuration.
+    errors = []
+    for name, pred, first in accuracy_rows:
+        if name.startswith("50x256 relu"):
+            spec = NetSpec(depth=50, width=WIDTH, in_shape=(WIDTH,), init=name.split("init=")[1].split(",")[0])
+            rest = np.array([theory_measure.log10_ratio_one(spec, s) for s in range(5, 20)])
+            errors += list(np.concatenate([first, rest]).reshape(4, 5).mean(axis=1) - pred)
+    assert len(errors) == 12 and max(abs(e) for e in errors) <= 0.3, np.round(errors, 3)
 
 
 def test_fixed_point_form_misses_where_the_layer_resolved_one_does_not(accuracy_rows):
@@ -230,6 +241,16 @@ def test_two_panel_figure_from_comparison_rows(tmp_path, accuracy_rows):
     assert text.lstrip().startswith("<?xml") and "<svg" in text and "27 random MLPs" in text
     with pytest.raises(GradDoctorError, match="no configurations"):
         theory_figures.plot_predicted_vs_measured([], None)
+
+
+def test_docs_page_shows_the_latest_results_file():
+    page, results = THEORY_PAGE.read_text(), (THEORY_PAGE.parent / "results" / "theory.md").read_text()
+    block = page.split("<!-- results:theory -->\n")[1].split("<!-- /results:theory -->")[0]
+    assert block == results
+    rows = json.loads((THEORY_PAGE.parent / "results" / "theory.json").read_text())["rows"]
+    for fam in ("mlp", "residual", "batchnorm", "cnn"):
+        worst = max(abs(r["measured"] - r["predicted"]) for r in rows if r["family"] == fam)
+        assert f"Worst |error| for {fam}: **{worst:.3f}** decades" in block
 
 
 def test_docs_theory_page_example_runs_as_shown():

@@ -142,6 +142,8 @@ def plot_residual_picture(data: dict, ax) -> None:
     """Predicted log10 ||delta_1||^2/||delta_L||^2 against depth, one line per branch scale."""
     for i, (label, values) in enumerate(data["curves"].items()):
         ax.plot(data["depths"], values, color=f"C{i}", lw=1.5, label=label)
+        ax.plot(data["depths"], data["wide"][label], color=f"C{i}", lw=1, ls=":")
+    ax.plot([], [], color="grey", lw=1, ls=":", label="wide-network limit")
     ax.axhspan(-1, 1, color="grey", alpha=0.2, label="within 10x")
     d, r = data["this"]
     ax.plot([d], [r], marker="*", ms=14, color="gold", mec="black", zorder=5, label="this net")

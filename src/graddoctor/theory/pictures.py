@@ -17,16 +17,18 @@ BN_MC_VALUES = 2**19  # a quarter of the prediction's Monte Carlo: the curves, n
 
 
 def residual_picture(spec: NetSpec, input_var: float = 1.0) -> dict:
-    """Predicted log10 ||delta_1||^2/||delta_L||^2 against depth for several branch scales."""
-    curves = {}
+    """Predicted log10 ||delta_1||^2/||delta_L||^2 against depth for several branch scales.
+
+    'wide' holds the wide-network limit (no mean mode) for contrast; NaN for CNNs (no contrast).
+    """
+    curves, wide = {}, {}
     for label in [f"a = {a:g}" for a in RESIDUAL_SCALES] + ["a = 1/sqrt(blocks)"]:
-        values = []
-        for d in RESIDUAL_DEPTHS:
-            a = (1 / math.sqrt(math.ceil(d / spec.residual)) if "sqrt" in label
-                 else float(label.split("= ")[1]))
-            values.append(predict(spec.with_(depth=d, residual_scale=a), input_var).log10_ratio)
-        curves[label] = np.array(values)
-    return {"spec": spec.summary(), "depths": np.array(RESIDUAL_DEPTHS), "curves": curves,
+        preds = [predict(spec.with_(depth=d, residual_scale=(
+            1 / math.sqrt(math.ceil(d / spec.residual)) if "sqrt" in label else float(label.split("= ")[1]))),
+            input_var) for d in RESIDUAL_DEPTHS]
+        curves[label] = np.array([p.log10_ratio for p in preds])
+        wide[label] = np.array([p.contrast.get("wide limit", np.nan) for p in preds])
+    return {"spec": spec.summary(), "depths": np.array(RESIDUAL_DEPTHS), "curves": curves, "wide": wide,
             "this": (spec.depth, predict(spec, input_var).log10_ratio)}
 
 
