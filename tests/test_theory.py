@@ -211,6 +211,35 @@ def test_cli_json_and_not_applicable():
     assert code == 0 and "does not apply" in out
 
 
+@pytest.mark.parametrize("argv,words", [
+    (["--residual", "2", "--init", "he_normal"], ["Yang & Schoenholz", "wide limit"]),
+    (["--batchnorm", "before_activation", "--init", "he_normal", "--batch-size", "16"],
+     ["Yang et al. 2019", "gain per layer deep in the stack (batch 16)"]),
+    (["--kind", "cnn", "--image-size", "6", "--width", "16", "--batch-size", "8"],
+     ["Xiao et al. 2018", "fully connected form (no borders)"])], ids=["residual", "batchnorm", "cnn"])
+def test_cli_predicts_and_measures_every_family(argv, words):
+    code, out, _ = _run(["theory", "--depth", "6", "--measure", "--seeds", "2", "--json", *argv])
+    d = json.loads(out)
+    assert code == 0 and d["applicable"] and len(d["profile"]) == 6 and d["profile"][-1] == 0
+    measured = np.mean(d["measured_log10_ratio"])
+    assert abs(measured - d["predicted_log10_ratio"]) < 0.5  # 2 seeds of a small net: loose
+    code, out, _ = _run(["theory", "--depth", "6", "--measure", "--seeds", "2", *argv])
+    for text in [*words, "measured (2 seeds", "predicted log10"]:
+        assert text in out, text
+
+
+@pytest.mark.parametrize("argv", [["--residual", "1", "--depth", "8", "--width", "32"],
+                                  ["--batchnorm", "after_activation", "--depth", "8", "--batch-size", "32"]],
+                         ids=["residual", "batchnorm"])
+def test_cli_figure_draws_the_residual_and_batchnorm_pictures(tmp_path, argv):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "picture.svg"
+    code, _out, _ = _run(["theory", "--init", "he_normal", *argv, "--figure", str(path)])
+    text = path.read_text()
+    assert code == 0 and "<svg" in text
+    assert ("branch scale" in text) if "--residual" in argv else ("batch size" in text)
+
+
 @pytest.mark.parametrize("argv", [["--activation", "tanhh"], ["--init", "he"], ["--seeds", "0"],
                                   ["--figure", "x.pdf"], ["--input-var", "-1"],
                                   ["--in-features", "0"]])

@@ -13,7 +13,7 @@ from .predict import predict
 RESIDUAL_DEPTHS = tuple(range(2, 61, 2))
 RESIDUAL_SCALES = (1.0, 0.5, 0.2)  # fixed branch scales; 1/sqrt(blocks) is added per depth
 BN_BATCHES = (8, 16, 32, 64, 128, 256, 1024)
-BN_MC_VALUES = 2**19  # a quarter of the prediction's Monte Carlo: the curves, not the tables
+BN_MC_VALUES = 2**18  # an eighth of the prediction's Monte Carlo: the curves, not the tables
 
 
 def residual_picture(spec: NetSpec, input_var: float = 1.0) -> dict:
