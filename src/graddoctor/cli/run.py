@@ -18,6 +18,7 @@ import torch
 from rich.console import Console
 
 from ..errors import GradDoctorError
+from ..integrations.recording import LiveRun
 from ..probe.distributed import is_main
 from ..probe.probe import STATS
 from ..store import DEFAULT_PATH, RunStore
@@ -32,7 +33,6 @@ The script's output and exit status are its own; graddoctor prints to stderr at 
 per model the diagnosis, the run id in --store and the report's path. Also after an
 exception in the script or Ctrl-C (the run is stored as failed / interrupted).
 """
-FLUSH_EVERY = 50  # optimizer steps between writes to the store (one host sync for their losses)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,48 +54,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 class _Recording:
-    """Writes each watched model's run into the store while the script trains."""
+    """Each watched model's LiveRun in the store, started at its first optimizer step."""
 
-    def __init__(self, store: RunStore, command: str, every: int, stats: str) -> None:
-        self.store, self.command, self.every, self.stats = store, command, every, stats
-        self.runs: dict[int, tuple[int, object]] = {}  # id(Watched) -> (run id, Recorder)
-        self.losses: dict[int, list] = {}  # id(Watched) -> [(step, loss tensor or None)] not yet written
+    def __init__(self, store: RunStore, command: str, every: int) -> None:
+        self.store, self.command, self.every = store, command, every
+        self.runs: dict[int, LiveRun] = {}  # id(Watched) -> its run
 
     def start(self, w) -> None:
-        """Start the model's run (kind 'run') and its recorder."""
+        """Start the model's run (kind 'run')."""
         from ..nets import count_parameters
 
         spec = {"model": type(w.probe.model).__name__, "name": w.name, "parameters": count_parameters(w.model),
                 "optimizer": type(w.optimizer).__name__}
-        config = {"command": self.command, "every": self.every, "stats": w.probe.stats,
-                  "first_step": w.first_step}
-        run_id = self.store.start_run(spec, config, kind="run")
-        self.runs[id(w)] = (run_id, self.store.recorder(run_id, w.probe.trace, commit_every=10**9))
-        self.losses[id(w)] = []
+        config = {"command": self.command, "every": self.every, "stats": w.probe.stats, "first_step": w.first_step}
+        self.runs[id(w)] = LiveRun(self.store, spec, config, w.probe.trace, kind="run")
 
     def step(self, w, loss: torch.Tensor | None) -> None:
-        """Buffer the step's loss; every FLUSH_EVERY steps, write them and the new trace rows."""
-        buf = self.losses[id(w)]
-        buf.append((w.steps - 1, loss))
-        if len(buf) >= FLUSH_EVERY:
-            self.flush(w)
-
-    def flush(self, w) -> None:
-        """Write the buffered losses (one host copy) and, through the recorder, the new trace rows."""
-        buf, (_, rec) = self.losses[id(w)], self.runs[id(w)]
-        known = [(s, t) for s, t in buf if t is not None]
-        values = torch.stack([t.float().cpu() for _, t in known]).tolist() if known else []
-        for (s, _), v in zip(known, values):
-            rec(s, v)
-        self.losses[id(w)] = []
-        rec.flush()
-
-    def finish(self, w, status: str, diagnosis) -> int:
-        """Write what is left, the final status and the diagnosis; the run id."""
-        self.flush(w)
-        run_id = self.runs[id(w)][0]
-        self.store.finish_run(run_id, status, diagnosis=diagnosis)
-        return run_id
+        """The model's step `w.steps - 1` ended with `loss`."""
+        self.runs[id(w)].step(w.steps - 1, loss)
 
 
 def _report_path(args: argparse.Namespace, store: Path, run_id: int, name: str, several: bool) -> Path:
@@ -105,7 +81,7 @@ def _report_path(args: argparse.Namespace, store: Path, run_id: int, name: str, 
     return out.with_name(f"{out.stem}-{name.replace('#', '-')}{out.suffix or '.html'}") if several else out
 
 
-def _conclude(watcher, recording: _Recording | None, outcome, args, store_path: Path, console: Console) -> None:
+def _conclude(watcher, recording: _Recording, outcome, args, store_path: Path, console: Console) -> None:
     """Per watched model: diagnose, finish its stored run, print, write the report."""
     from ..diagnose.api import diagnose
     from ..report.terminal import print_diagnosis
@@ -127,17 +103,16 @@ def _conclude(watcher, recording: _Recording | None, outcome, args, store_path: 
             diagnosis, why = diagnose(trace), None
         except GradDoctorError as exc:
             diagnosis, why = None, str(exc)
-        run_id = recording.finish(w, outcome.status, diagnosis)
+        live = recording.runs[id(w)]
+        run_id = live.finish(outcome.status, diagnosis)
         if diagnosis is None:
             console.print(f"no diagnosis: {why}", highlight=False, markup=False, soft_wrap=True)
         else:
             print_diagnosis(diagnosis, console)
         where = f"run {run_id} in {store_path}"
         if not args.no_report and len(trace):
-            from ..report.html import write_report
-
             try:
-                out = write_report(recording.store, run_id, _report_path(args, store_path, run_id, w.name, several))
+                out = live.report(_report_path(args, store_path, run_id, w.name, several))
                 where += f"; report: {out}"
             except GradDoctorError as exc:  # e.g. matplotlib missing: the run is stored all the same
                 where += f"; no report ({exc})"
@@ -157,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     command = shlex.join([cmd.interpreter or "python", *(["-m"] if cmd.module else []), cmd.target, *cmd.args])
     if cmd.interpreter and Path(sys.executable).name != cmd.interpreter and "/" in cmd.interpreter:
         console.print(f"graddoctor: running it with {sys.executable}", highlight=False, markup=False)
-    recording = _Recording(store, command, args.every, args.stats)
+    recording = _Recording(store, command, args.every)
     watcher = AutoWatch(every=args.every, stats=args.stats, on_start=recording.start, on_step=recording.step)
     with store:
         watcher.__enter__()
