@@ -11,6 +11,7 @@ from ..errors import GradDoctorError
 from ..report.terminal import print_diagnosis
 from .common import console
 from .factory import UserSetup, load_setup, parse_shape
+from .runs import add_wide_arg
 
 EXAMPLE = """examples:
   graddoctor check examples/models.py:deep_sigmoid --input-shape 64 --classes 10
@@ -42,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the diagnosis as JSON")
     p.add_argument("--strict", action="store_true", help="exit with code 1 when the verdict is not healthy")
+    add_wide_arg(p)
     p.set_defaults(run=run)
 
 
@@ -106,5 +108,5 @@ def run(args: argparse.Namespace) -> int:
         if args.steps > 0:
             console.print(f"checked {setup.describe()}; {args.steps} steps", highlight=False, markup=False,
                           soft_wrap=True)
-        print_diagnosis(diagnosis, console)
+        print_diagnosis(diagnosis, console, wide=args.wide)
     return 1 if args.strict and not diagnosis.healthy else 0

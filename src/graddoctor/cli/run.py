@@ -22,6 +22,7 @@ from ..integrations.recording import LiveRun
 from ..probe.distributed import is_main
 from ..probe.probe import STATS
 from ..store import DEFAULT_PATH, RunStore
+from .runs import add_wide_arg
 
 EXAMPLE = """examples:
   graddoctor run -- python examples/train_mlp.py
@@ -49,6 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the HTML report (default: report-RUN.html beside the store; several models: "
                         "FILE-NAME.html)")
     p.add_argument("--no-report", action="store_true", help="do not write the HTML report")
+    add_wide_arg(p)
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- python script.py ARGS... (or python -m module)")
     p.set_defaults(run=run)
 
@@ -108,7 +110,7 @@ def _conclude(watcher, recording: _Recording, outcome, args, store_path: Path, c
         if diagnosis is None:
             console.print(f"no diagnosis: {why}", highlight=False, markup=False, soft_wrap=True)
         else:
-            print_diagnosis(diagnosis, console)
+            print_diagnosis(diagnosis, console, wide=args.wide)
         where = f"run {run_id} in {store_path}"
         if not args.no_report and len(trace):
             try:
