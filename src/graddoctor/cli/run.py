@@ -76,6 +76,14 @@ class _Recording:
         self.runs[id(w)].step(w.steps - 1, loss)
 
 
+def _shown(path: Path, base: Path) -> str:
+    """A path as the user would type it: relative to the directory graddoctor started in, when inside it."""
+    try:
+        return str(Path(path).relative_to(base))
+    except ValueError:
+        return str(path)
+
+
 def _report_path(args: argparse.Namespace, store: Path, run_id: int, name: str, several: bool) -> Path:
     if args.report is None:
         return store.parent / f"report-{run_id}.html"
@@ -111,11 +119,11 @@ def _conclude(watcher, recording: _Recording, outcome, args, store_path: Path, c
             console.print(f"no diagnosis: {why}", highlight=False, markup=False, soft_wrap=True)
         else:
             print_diagnosis(diagnosis, console, wide=args.wide)
-        where = f"run {run_id} in {store_path}"
+        where = f"run {run_id} in {_shown(store_path, args.started_in)}"
         if not args.no_report and len(trace):
             try:
                 out = live.report(_report_path(args, store_path, run_id, w.name, several))
-                where += f"; report: {out}"
+                where += f"; report: {_shown(out, args.started_in)}"
             except GradDoctorError as exc:  # e.g. matplotlib missing: the run is stored all the same
                 where += f"; no report ({exc})"
         console.print(f"graddoctor: {where}", highlight=False, markup=False, soft_wrap=True)
@@ -129,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
     if args.every < 1:
         raise GradDoctorError(f"--every must be at least 1, got {args.every}")
     console = Console(stderr=True)
+    args.started_in = Path.cwd()
     store_path = Path(args.store).absolute()  # before the script may chdir
     store = RunStore(store_path)  # a bad --store fails here, before the script runs
     command = shlex.join([cmd.interpreter or "python", *(["-m"] if cmd.module else []), cmd.target, *cmd.args])

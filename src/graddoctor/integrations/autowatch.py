@@ -13,14 +13,16 @@ Used by `graddoctor run` (the user's script runs unchanged, in this process). Wh
 - The parameters an optimizer holds are mapped to the top-level modules that own them (those no
   module holding them as a child owns): one scan of the garbage collector's objects (`gc`), for
   the modules and optimizers alive. It finds any model however it was built (also deep-copied or
-  unpickled ones, which construction hooks miss), at ~0.3 s per scan with transformers and
-  Lightning imported (~460k objects); scans happen once per new optimizer, at most MAX_SCANS times.
+  unpickled ones, which construction hooks miss). A scan walks every object alive (its cost,
+  with transformers and Lightning imported: benchmarks/run.py), so it happens once per new
+  optimizer, and at most MAX_SCANS times on forward passes.
 Nothing here raises into the user's training: a failure in graddoctor's own hooks stops watching
 (the `notes` say why) and the training goes on.
 """
 from __future__ import annotations
 
 import gc
+import time
 import warnings
 import weakref
 from collections.abc import Callable
@@ -34,7 +36,7 @@ from ..errors import GradDoctorError, unknown
 from ..probe.probe import STATS, Probe, watch
 from .losstap import LossTap
 
-MAX_SCANS = 8  # heap scans started by forward passes (each ~0.1-0.7 s); optimizer steps always scan
+MAX_SCANS = 8  # heap scans started by forward passes (each a fraction of a second); optimizer steps always scan
 
 
 @dataclass(eq=False)
@@ -106,6 +108,7 @@ class AutoWatch:
         self._handles: list = []
         self._forward_handle = None
         self._scans = 0
+        self.scan_seconds = 0.0  # time spent finding models (heap scans): a one-off cost, not per step
         self._broken = False
 
     # -- lifetime ---------------------------------------------------------------------------
@@ -156,7 +159,7 @@ class AutoWatch:
                 self._stop_forward()
                 return
             self._scans += 1
-            modules, optimizers = scan_heap()
+            modules, optimizers = self._scan()
             found = [opt for opt in optimizers if any(id(p) in mine for p in optimizer_params(opt))]
             if found:  # else (e.g. a forward that infers shapes before the optimizer exists): ask again
                 self._seen.update(module.modules())  # its submodules' calls are part of this call
@@ -166,6 +169,13 @@ class AutoWatch:
         except Exception as exc:  # graddoctor's own failure: never the user's training
             self._fail(exc)
 
+    def _scan(self) -> tuple[list[nn.Module], list[Optimizer]]:
+        t = time.perf_counter()
+        try:
+            return scan_heap()
+        finally:
+            self.scan_seconds += time.perf_counter() - t
+
     def _attach(self, opt: Optimizer, modules: list[nn.Module] | None = None) -> None:
         """Watch the top-level modules that `opt` trains (from its next forward pass on)."""
         self._known.add(opt)
@@ -173,7 +183,7 @@ class AutoWatch:
         if isinstance(getattr(opt, "optimizer", None), Optimizer):
             return  # a wrapper (accelerate's AcceleratedOptimizer): the optimizer inside it steps
         if modules is None:
-            modules, _ = scan_heap()
+            modules, _ = self._scan()
         roots = roots_of(optimizer_params(opt), modules)
         kind = type(opt).__name__
         if not roots:
@@ -205,7 +215,8 @@ class AutoWatch:
             return watch(root, every=self.every, stats=self.stats), []
         except GradDoctorError as exc:
             if "already being watched" in str(exc):
-                return None, [f"{name} is already watched by the script's own graddoctor.watch(); left to it"]
+                return None, [f"{name} is already watched by the script's own graddoctor (watch() or a "
+                              "callback); left to it"]
             if "compile" in str(exc) and self.stats == "full":
                 return (watch(root, every=self.every, stats="norms"),
                         [f"{name} is torch.compile'd: recorded with stats='norms' (no error signals)"])

@@ -17,9 +17,11 @@ read `state`, never touch the loop, write only on the world's process zero):
   the Trainer backpropagates them, summed, unscaled). This callback moves itself before the
   reporting callbacks (TensorBoard, W&B, ...) so that they see the scalars it adds.
 - on_step_end: ends the step (with its loss); a step the scaler skipped is left out of the trace.
-  At a recorded step, a few scalars are kept for the next log (`graddoctor/...`: global gradient
-  norm, the spread of the error signal over layers in decades, min/max gradient RMS, median update
-  ratio; per layer too with `log_layers=True`).
+  At a recorded step, a few scalars are kept for the next log (`graddoctor/...`: the spread of
+  the error signal over the layers in decades, min/max gradient RMS, median update ratio; per
+  layer too with `log_layers=True`). With `max_grad_norm > 0` the probe's gradient norms are
+  those after clipping (what the optimizer applies); the error signals are measured during the
+  backward, before it; the Trainer's own `grad_norm` log is the norm before clipping.
 - on_log: adds them to the Trainer's logs (and to `state.log_history`).
 - on_train_end: diagnose; process zero prints it, finishes the stored run, writes the report.
 If `train()` raises, there is no callback event: call `doctor.close()` to remove the hooks.
@@ -49,16 +51,18 @@ def inner_optimizer(optimizer: object) -> torch.optim.Optimizer | None:
 
 
 def step_scalars(trace, log_layers: bool = False) -> dict[str, float]:
-    """The scalars logged for the trace's last step (pure: numbers in, numbers out)."""
+    """The scalars logged for the trace's last step (pure: numbers in, numbers out).
+
+    Not the global gradient norm: the Trainer logs its own (`grad_norm`, before clipping), and
+    the probe reads the gradients the optimizer applies (after clipping).
+    """
     last = trace.select(slice(len(trace) - 1, len(trace)))
     out: dict[str, float] = {}
-    gn = float(last["global_grad_norm"][0])
     delta, grad, upd = last["delta_rms"][0], last["grad_rms"][0], last["update_ratio"][0]
     d = delta[np.isfinite(delta) & (delta > 0)]
     g = grad[np.isfinite(grad) & (grad > 0)]
     u = upd[np.isfinite(upd)]
-    values = {"global_grad_norm": gn,
-              "signal_spread_decades": float(np.log10(d.max() / d.min())) if len(d) > 1 else np.nan,
+    values = {"signal_spread_decades": float(np.log10(d.max() / d.min())) if len(d) > 1 else np.nan,
               "grad_rms_min": float(g.min()) if len(g) else np.nan,
               "grad_rms_max": float(g.max()) if len(g) else np.nan,
               "update_ratio_median": float(np.median(u)) if len(u) else np.nan}
