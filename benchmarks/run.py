@@ -181,7 +181,8 @@ def heap_scan() -> dict:
 def _show(cmd: list[str], cwd: Path = ROOT) -> str:
     """What a command prints at 80 columns (stdout, then stderr: graddoctor flushes the script's first)."""
     path = os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "COLUMNS": "80", "PYTHONPATH": path, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "COLUMNS": "80", "PYTHONPATH": path, "HF_HUB_OFFLINE": "1",
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}  # python: this one
     r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr}")

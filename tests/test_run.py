@@ -322,3 +322,14 @@ def test_help_has_an_example(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     assert "graddoctor run -- python examples/train_mlp.py" in capsys.readouterr().out
+
+
+def test_command_forms(tmp_path):
+    from graddoctor.integrations.script import Command, parse_command
+
+    script = tmp_path / "train.py"
+    script.write_text("")
+    assert parse_command(["--", "python3.11", "-u", str(script), "--lr", "1"]) == Command(
+        str(script), ("--lr", "1"), False, "python3.11", True)
+    assert parse_command([str(script), "-m", "x"]) == Command(str(script), ("-m", "x"))  # the script's own -m
+    assert parse_command(["python", "-B", "-m", "pkg.train", "-v"]) == Command("pkg.train", ("-v",), True, "python")

@@ -10,7 +10,9 @@ exit status is the script's.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -141,10 +143,11 @@ def run(args: argparse.Namespace) -> int:
     store_path = Path(args.store).absolute()  # before the script may chdir
     store = RunStore(store_path)  # a bad --store fails here, before the script runs
     command = shlex.join([cmd.interpreter or "python", *(["-m"] if cmd.module else []), cmd.target, *cmd.args])
-    if cmd.interpreter and Path(sys.executable).name != cmd.interpreter and "/" in cmd.interpreter:
-        console.print(f"graddoctor: running it with {sys.executable}", highlight=False, markup=False)
     recording = _Recording(store, command, args.every)
     watcher = AutoWatch(every=args.every, stats=args.stats, on_start=recording.start, on_step=recording.step)
+    named = shutil.which(cmd.interpreter) if cmd.interpreter else None
+    if named and os.path.realpath(named) != os.path.realpath(sys.executable):  # said at the end, with the rest
+        watcher.note(f"the script ran in graddoctor's Python, {sys.executable}, not in {named}")
     with store:
         watcher.__enter__()
         outcome = None
@@ -154,6 +157,6 @@ def run(args: argparse.Namespace) -> int:
             exc = outcome.exc if outcome is not None else sys.exc_info()[1]
             watcher.__exit__(type(exc) if exc is not None else None, exc, None)
         sys.stdout.flush()
-        if is_main():
+        if is_main() and all(w.rank == 0 for w in watcher.watched):  # one writer: rank 0
             _conclude(watcher, recording, outcome, args, store_path, console)
     return outcome.code

@@ -50,6 +50,7 @@ class Watched:
     first_step: int  # steps of this optimizer before recording began (0: from the first)
     steps: int = 0  # optimizer steps ended while watched
     notes: list[str] = field(default_factory=list)
+    rank: int = 0  # torch.distributed rank when it was found (0: one process)
 
 
 def scan_heap() -> tuple[list[nn.Module], list[Optimizer]]:
@@ -82,6 +83,12 @@ def roots_of(params: list[torch.Tensor], modules: list[nn.Module]) -> list[nn.Mo
     children = {id(c) for m in modules if id(m) in first for c in m._modules.values() if c is not None}
     roots = [m for m in modules if id(m) in first and id(m) not in children]
     return sorted(roots, key=lambda m: first[id(m)])
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 class AutoWatch:
@@ -202,7 +209,7 @@ class AutoWatch:
             name = type(probe.model).__name__
             count = sum(1 for w in self.watched if type(w.probe.model).__name__ == name)
             w = Watched(name if count == 0 else f"{name}#{count + 1}", root, opt, probe,
-                        self._counts.get(opt, 0), notes=notes)
+                        self._counts.get(opt, 0), notes=notes, rank=_rank())
             probe.trace.meta.update({"framework": "run", "name": w.name, "optimizer": kind,
                                      "first_step": w.first_step})
             self.watched.append(w)
