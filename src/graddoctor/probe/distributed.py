@@ -18,6 +18,9 @@ combines across ranks as each slot's `ranks` property says (slots.py):
   "fired" mask per call; the masks are OR-ed across ranks (bit-packed: units / 8 bytes each).
 - the loss: the mean over ranks (the loss whose gradient DDP applies).
 
+Under FSDP2 (fsdp.py: ShardsPart) the "same" slots are sums over each rank's parameter shard
+instead, combined like "add"; everything else is as above.
+
 Everything travels in one `all_gather` of a byte buffer per recorded step (none per layer),
 after the step's one host copy. The ranks must record the same layers in the same order
 (as DDP itself requires), with equal sequence lengths for recurrent series; a fingerprint of
@@ -61,6 +64,7 @@ class RanksPart(Part):
     """Gathers each recorded step's numbers from every rank of `group` and combines them."""
 
     wants_forward = True
+    sharded = False  # True (fsdp.py): parameter slots are per-rank shards that add, not replicas
 
     def __init__(self, group: object, meta: dict) -> None:
         self.group = group
@@ -124,7 +128,7 @@ class RanksPart(Part):
         t0 = time.perf_counter()
         table = raw.table()
         slot = table[:, SLOT]
-        act = ~SAME[slot] & ~UNITS[slot]  # rows every rank files for its own shard
+        act = ~UNITS[slot] if self.sharded else ~SAME[slot] & ~UNITS[slot]  # rows each rank files for its own part
         shape = (table[:, [SLOT, KEY, INDEX, LENGTH]], np.array(units, np.int64).reshape(-1, 2))
         finger = zlib.crc32(b"".join(a.tobytes() for a in shape))
         loss = np.nan if raw.loss is None else float(raw.loss)
