@@ -73,6 +73,7 @@ class RanksPart(Part):
         self._held: tuple[int, RawStep, list, np.ndarray] | None = None  # a step waiting for its loss
         self.seconds = 0.0  # time spent in reduce() (packing, the collective, unpacking)
         self.calls = 0
+        self.nbytes = 0  # bytes this rank sent in the last reduction
         meta["world_size"] = self.world
 
     def begin(self, rec, full: bool) -> None:
@@ -135,6 +136,7 @@ class RanksPart(Part):
         head = np.array([finger, len(raw.values), act.sum(), len(fired), loss, 0, 0, 0])
         floats = np.concatenate([head, raw.values, table[act, COUNT]]).astype(np.float64)
         buf = np.concatenate([floats.view(np.uint8), np.packbits(fired.astype(bool))])
+        self.nbytes = len(buf)
         local = torch.from_numpy(buf).to(self._device())
         gathered = [torch.empty_like(local) for _ in range(self.world)]
         dist.all_gather(gathered, local, group=self.group)  # the one collective of the step
