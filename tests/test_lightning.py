@@ -14,22 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import need
 from torch.nn import functional as F
 
 import graddoctor
 
-try:
-    import lightning.pytorch as pl
-except ImportError:  # pragma: no cover - depends on the environment
-    if os.environ.get("CI"):
-        raise  # CI installs '.[all,dev]', which includes lightning: missing there is a failure
-    pytest.skip("lightning is not installed (pip install 'graddoctor[lightning]'); CI runs these tests",
-                allow_module_level=True)
+pl = need("lightning.pytorch")  # `make setup` installs it: skipped without it, a failure under CI=true
 
-from lightning.pytorch.loggers import Logger
-from lightning.pytorch.plugins.precision import MixedPrecision
+from lightning.pytorch.loggers import Logger  # noqa: E402 (after the check that lightning is there)
+from lightning.pytorch.plugins.precision import MixedPrecision  # noqa: E402
 
-from graddoctor.integrations.lightning import GradDoctorCallback
+from graddoctor.integrations.lightning import GradDoctorCallback  # noqa: E402
 
 # Lightning's own advice (log intervals, data-loader workers) and its pytree deprecation notice
 pytestmark = pytest.mark.filterwarnings("ignore:.*(LeafSpec|logging interval|num_workers|does not have many workers).*")

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Protocol
 
 from .. import data as data_mod
 from .. import nets, progress, training
@@ -26,16 +28,28 @@ from ..training import History
 from .grid import Job, probe_every
 
 KIND = "lab"  # the runs.kind of every run the lab and the sweeps store
+Outcome = tuple[Trace, History | None, Diagnosis | None]  # what a job's run() sends back
+
+
+class Runnable(Protocol):
+    """What the runner runs: a grid Job, or another experiment's job (lab/rnn.py's RnnJob)."""
+
+    @property
+    def label(self) -> str: ...
+    def key(self) -> str: ...  # a digest of everything that determines the result (--resume)
+    def run(self) -> Outcome: ...  # compute only, no I/O: it may run in a worker process
+    def spec_dict(self) -> dict: ...  # the stored run's spec column
+    def stored_config(self) -> dict: ...  # the stored run's config column; includes "key"
 
 
 @dataclass
 class Result:
     """One finished Job: its stored run id and what was measured."""
 
-    job: Job
+    job: Runnable
     run_id: int
     trace: Trace
-    history: History
+    history: History | None  # None for jobs outside the training loop (e.g. the rnn experiment)
     diagnosis: Diagnosis | None
     reused: bool = False  # read back from the store (resume), not trained now
 
@@ -73,23 +87,53 @@ def _init_worker() -> None:
     torch.set_num_threads(1)  # `workers` processes share the cores; one thread each
 
 
+def _run_job(job: Runnable) -> Outcome:
+    return job.run()
+
+
+def local(jobs: Sequence[Runnable], workers: int) -> Iterator[tuple[int, Outcome]]:
+    """The local backend: (index, outcome) of each job as it finishes, in this process or a pool.
+
+    A second backend (e.g. Ray) is another generator with this signature.
+    """
+    if workers == 1 or len(jobs) <= 1:
+        for i, job in enumerate(jobs):
+            yield i, job.run()
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with cf.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker) as pool:
+        futures = {pool.submit(_run_job, job): i for i, job in enumerate(jobs)}
+        try:
+            for fut in cf.as_completed(futures):
+                i = futures[fut]
+                try:
+                    yield i, fut.result()
+                except GradDoctorError as exc:
+                    raise GradDoctorError(f"run {jobs[i].label!r} failed: {exc}") from None
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
 def finished(store: RunStore) -> dict[str, int]:
     """Job key -> id of the latest finished run with that key."""
     return {r.config["key"]: r.id for r in store.runs(KIND)
             if r.status == "done" and isinstance(r.config, dict) and "key" in r.config}
 
 
-def load(store: RunStore, job: Job, run_id: int) -> Result:
+def load(store: RunStore, job: Runnable, run_id: int) -> Result:
     """A stored run read back as a Result."""
     return Result(job, run_id, store.load_trace(run_id), store.load_history(run_id),
                   store.load_diagnosis(run_id), reused=True)
 
 
-def _save(store: RunStore, job: Job, trace: Trace, history: History, diagnosis: Diagnosis | None) -> int:
-    return store.save_run(job.spec.to_dict(), job.stored_config(), trace, history, diagnosis, kind=KIND)
+def _save(store: RunStore, job: Runnable, outcome: Outcome) -> Result:
+    trace, history, diagnosis = outcome
+    run_id = store.save_run(job.spec_dict(), job.stored_config(), trace, history, diagnosis, kind=KIND)
+    return Result(job, run_id, trace, history, diagnosis)
 
 
-def run_jobs(jobs: list[Job], store: RunStore | str | Path, workers: int = 1, resume: bool = False,
+def run_jobs(jobs: Sequence[Runnable], store: RunStore | str | Path, workers: int = 1, resume: bool = False,
              progress_bar: bool = True, description: str = "runs") -> list[Result]:
     """Run every Job (in `workers` processes), storing each as it finishes; results in job order."""
     if workers < 1:
@@ -99,13 +143,13 @@ def run_jobs(jobs: list[Job], store: RunStore | str | Path, workers: int = 1, re
     own = not isinstance(store, RunStore)
     st = RunStore(store) if own else store
     try:
-        return _run(jobs, st, workers, resume, progress_bar, description)
+        return _run(list(jobs), st, workers, resume, progress_bar, description)
     finally:
         if own:
             st.close()
 
 
-def _run(jobs: list[Job], store: RunStore, workers: int, resume: bool, progress_bar: bool,
+def _run(jobs: list[Runnable], store: RunStore, workers: int, resume: bool, progress_bar: bool,
          description: str) -> list[Result]:
     out: list[Result | None] = [None] * len(jobs)
     done = finished(store) if resume else {}
@@ -117,26 +161,8 @@ def _run(jobs: list[Job], store: RunStore, workers: int, resume: bool, progress_
             todo.append(i)
     with progress.bar(len(jobs), description, enabled=progress_bar) as bar:
         bar.update(len(jobs) - len(todo), reused=len(jobs) - len(todo))
-        if workers == 1 or len(todo) <= 1:
-            for i in todo:
-                trace, history, diagnosis = execute(jobs[i])
-                out[i] = Result(jobs[i], _save(store, jobs[i], trace, history, diagnosis), trace, history, diagnosis)
-                bar.update(1, last=jobs[i].label)
-        else:
-            ctx = multiprocessing.get_context("spawn")
-            with cf.ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx, initializer=_init_worker) as pool:
-                futures = {pool.submit(execute, jobs[i]): i for i in todo}
-                try:
-                    for fut in cf.as_completed(futures):
-                        i = futures[fut]
-                        try:
-                            trace, history, diagnosis = fut.result()
-                        except GradDoctorError as exc:
-                            raise GradDoctorError(f"run {jobs[i].label!r} failed: {exc}") from None
-                        out[i] = Result(jobs[i], _save(store, jobs[i], trace, history, diagnosis),
-                                        trace, history, diagnosis)
-                        bar.update(1, last=jobs[i].label)
-                except BaseException:
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise
+        for k, outcome in local([jobs[i] for i in todo], workers):
+            i = todo[k]
+            out[i] = _save(store, jobs[i], outcome)  # stored as it finishes: a killed sweep keeps it
+            bar.update(1, last=jobs[i].label)
     return [r for r in out if r is not None]
