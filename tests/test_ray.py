@@ -82,3 +82,12 @@ def test_backend_errors_are_one_line(extra, message, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not (tmp_path / "e.db").exists()  # refused before anything ran
+
+
+def test_lab_run_passes_the_backend_on(tmp_path, capsys):
+    """`lab run` hands --backend/--address to the runner (refused there, before anything runs, without Ray)."""
+    store = tmp_path / "lab.db"
+    assert main(["lab", "run", "he2015", "--quick", "--seeds", "0", "--address", "head:6379", "--store",
+                 str(store), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is for a Ray cluster: add backend='ray'" in err[0] and not store.exists()
