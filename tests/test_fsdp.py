@@ -20,6 +20,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from test_ddp import BATCH, STEPS, data, free_port, make, train
 from torch import nn
+from torch.nn import functional as F
 
 import graddoctor
 from graddoctor.errors import GradDoctorError
@@ -43,6 +44,19 @@ def sharded(kind: str = "mlp", shard_root: bool = True) -> nn.Module:
     if shard_root:
         fully_shard(model)
     return model
+
+
+def train_unbound(model: nn.Module, x, y) -> graddoctor.Trace:
+    """stats='norms', every=2, no optimizer bound: the step ends at probe.step(loss) (the other path)."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with graddoctor.watch(model, stats="norms", every=2) as probe:
+        for _ in range(STEPS):
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            probe.step(loss)
+    return probe.trace
 
 
 def refusals() -> dict[str, str]:
@@ -86,8 +100,10 @@ def worker(rank: int, port: int, out: str) -> None:
     part = next(p for p in probe._parts if isinstance(p, ShardsPart))
     report = {"collectives": part.calls, "ms": 1e3 * part.seconds / part.calls, "head_rows": shard_rows,
               "grad_sum": float(np.nansum(probe.trace["grad_norm"])), "meta": probe.trace.meta["sharding"]}
+    norms = train_unbound(sharded(), x, y)
     if rank == 0:
         probe.trace.save(Path(out) / "fsdp.npz")
+        norms.save(Path(out) / "norms.npz")
     report["refusals"] = refusals()
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(report))
     dist.destroy_process_group()
@@ -129,6 +145,15 @@ def test_sharded_trace_matches_one_unsharded_process_on_the_concatenated_batch(f
     assert [r["collectives"] for r in reports] == [STEPS] * WORLD  # one all_gather per recorded step
     assert reports[0]["grad_sum"] == reports[1]["grad_sum"]  # the same global numbers on every rank
     print(f"FSDP2: all_gather per recorded step {reports[0]['ms']:.2f} ms on rank 0 (batch {BATCH})")
+
+
+def test_norms_without_a_bound_optimizer_match_too(fsdp_run):
+    out, _ = fsdp_run
+    got, ref = Trace.load(out / "norms.npz"), train_unbound(make("mlp"), *data())
+    assert got.steps.tolist() == ref.steps.tolist() == [0, 2]
+    for m in ("grad_norm", "bias_grad_norm", "weight_rms", "global_grad_norm", "loss"):
+        assert np.isfinite(ref[m]).all(), m
+        np.testing.assert_allclose(got[m], ref[m], rtol=1e-5, atol=0, err_msg=m)
 
 
 @pytest.mark.parametrize("case", REFUSED)
