@@ -117,7 +117,7 @@ def test_init_matches_the_theory(lab):
     assert (values(r, "val_acc", activation="tanh", init="xavier_normal") > 0.85).all()  # 0.94-0.97
     assert supported(r)
     head, rows = render.table(r)  # the theory column, one cell per grid point
-    assert head[-1] == "theory (decades)" and len(rows) == 10
+    assert head[-1] == "theory (decades)" and len(rows) == 8
     assert rows[0][-1] == span([s.extra["predicted"] for s in at(r, activation="tanh", init="small")])
 
 
@@ -146,11 +146,11 @@ def test_residual(lab):
 
 def test_optimizer_maps_the_step_size(lab):
     r = lab("optimizer")
-    for net in ("tanh", "relu"):
+    for net in ("tanh", "relu"):  # lr 0.0001: 0.12-0.20; lr 0.01: tanh 0.91-0.95, relu 0.87-0.89 (600 steps)
         assert [outcome(s) for s in at(r, net=net, lr="lr 0.0001", momentum="momentum 0")] == ["stalls"] * 3
+        assert [outcome(s) for s in at(r, net=net, lr="lr 0.01", momentum="momentum 0")] == ["trains"] * 3
         assert all(outcome(s) in ("diverges", "explodes", "vanishes", "saturates")
-                   for s in at(r, net=net, lr="lr 1", momentum="momentum 0.9"))
-    assert [outcome(s) for s in at(r, net="tanh", lr="lr 0.01", momentum="momentum 0")] == ["trains"] * 3
+                   for s in at(r, net=net, lr="lr 1", momentum="momentum 0"))
     # tanh at lr 1: its units saturate and the first layer's signal goes (-8.0 to -4.4 decades after training)
     assert (values(r, "decades_trained", net="tanh", lr="lr 1", momentum="momentum 0") < -3).all()
     assert all("saturation" in s.verdict_trained for s in at(r, net="tanh", lr="lr 1", momentum="momentum 0"))
@@ -341,7 +341,7 @@ def test_docs_lab_page_includes_every_generated_table_and_figure():
     page = (ROOT / "docs" / "lab.md").read_text()
     for name in [*EXPERIMENTS, "rnn"]:
         md = (ROOT / "docs" / "lab" / f"{name}.md").read_text()
-        assert f'--8<-- "docs/lab/{name}.md:{name}"' in page, name  # included, never pasted
+        assert f'--8<-- "lab/{name}.md:{name}"' in page, name  # included, never pasted
         assert f"<!-- --8<-- [start:{name}] -->" in md and f"<!-- --8<-- [end:{name}] -->" in md, name
         assert re.search(r"grid points × 3 seeds \(0, 1, 2\)", md), name
         table = [line for line in md.splitlines() if line.startswith("| ")]

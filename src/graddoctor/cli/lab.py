@@ -155,8 +155,10 @@ def run_one(args: argparse.Namespace) -> int:
     with _backend_session(args):
         done = [_run_named(name, args) for name in names]
     if args.name == "all":
+        from ..lab.claims import thresholds
+
         path = Path(args.out) / "summary.md"
-        path.write_text(summary_page(done, args.quick))
+        path.write_text(summary_page(done, args.quick, thresholds()))
         console.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
     failed = [d[0] for d in done if not d[2]]
     if failed:

@@ -106,3 +106,17 @@ def vanished(r) -> bool:
 def within(v: float, limit: float = VANISH) -> bool:
     """|v| <= limit (False for nan)."""
     return abs(v) <= limit
+
+
+def thresholds() -> list[str]:
+    """The thresholds the conclusions use, one line each, written from the constants above."""
+    return [f"vanishing / exploding: more than {VANISH:g} decades between the first and the last hidden layer's "
+            "error signal (the diagnosis's own threshold)",
+            f"trains: validation accuracy of at least {TRAINS_ACC:g} (chance is 0.1)",
+            f"degrades with depth: more than {DEGRADE:g} accuracy lost from the shallowest to the deepest net",
+            f"decays exponentially with depth: a least-squares slope below -{SLOPE:g} decades per layer",
+            f"theory agrees: within {THEORY_TOL:g} decades of the measurement",
+            f"a measured per-layer factor is credited to a predicted one: within {MATCH:g} decades per layer",
+            f"near-linear units: derivative RMS of at least {LINEAR:g} of the activation's maximum derivative",
+            f"driven towards zero (glorot2010): top layer's mean output below {TOP_LOW:g}; recovers: up by "
+            f"{RECOVER:g}; loss halved: running mean over {SMOOTH} steps"]

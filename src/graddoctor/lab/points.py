@@ -124,7 +124,7 @@ SPREAD_NOTE = ("A number is its range over the seeds (min…max; one value when 
 def page(name: str, title: str, intro: str, head: Sequence[str], rows: Sequence[Sequence[str]], conclusion: str,
          figure: str | None = None) -> str:
     """An experiment as Markdown: title, intro, table, conclusion, figure link. The part before the
-    figure is a snippet section named `name` (docs/lab.md includes it with `--8<-- "docs/lab/NAME.md:NAME"`
+    figure is a snippet section named `name` (docs/lab.md includes it with `--8<-- "lab/NAME.md:NAME"`
     and places the figure itself, relative to its own folder)."""
     lines = [f"<!-- --8<-- [start:{name}] -->", f"### `{name}`: {title}", "", intro, "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -135,9 +135,11 @@ def page(name: str, title: str, intro: str, head: Sequence[str], rows: Sequence[
     return "\n".join(lines)
 
 
-def summary_page(entries: Sequence[tuple[str, str, bool, int, int, int, int, float]], quick: bool) -> str:
+def summary_page(entries: Sequence[tuple[str, str, bool, int, int, int, int, float]], quick: bool,
+                 thresholds: Sequence[str] = ()) -> str:
     """The `lab run all` overview as Markdown: per experiment (name, claim, holds, seeds the claim held on,
-    seeds, runs, reused, seconds) one row with a link to its section (docs/lab.md's `lab-NAME` anchors)."""
+    seeds, runs, reused, seconds) one row with a link to its section (docs/lab.md's `lab-NAME` anchors),
+    then the thresholds the conclusions used."""
     lines = ["<!-- --8<-- [start:summary] -->",
              "| experiment | claim | verdict | runs | wall time |", "|---|---|---|---|---|"]
     total = 0.0
@@ -149,4 +151,7 @@ def summary_page(entries: Sequence[tuple[str, str, bool, int, int, int, int, flo
     lines += ["", f"`graddoctor lab run all{' --quick' if quick else ''}`: {sum(e[5] for e in entries)} runs, "
               f"{total / 60:.1f} min wall time in all (one worker; runs read back from the store take no training).",
               "<!-- --8<-- [end:summary] -->", ""]
+    if thresholds:
+        lines += ["<!-- --8<-- [start:thresholds] -->", *(f"- {t}" for t in thresholds),
+                  "<!-- --8<-- [end:thresholds] -->", ""]
     return "\n".join(lines)
