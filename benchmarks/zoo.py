@@ -77,7 +77,7 @@ def score_planted(p: zoo.Planted, v: dict | None) -> dict:
     if p.blocks:
         loc = any(f["layers"] and sum(any(x.startswith(b) for b in p.blocks) for x in f["layers"])
                   >= len(f["layers"]) / 2 for f in match)
-    return {"detected": bool(match), "cause": any(set(f["causes"]) & set(p.causes) for f in match),
+    return {"detected": bool(match), "cause": any(set(f["causes"][:2]) & set(p.causes) for f in match),
             "localised": loc}
 
 
@@ -237,6 +237,8 @@ def oracle(args: argparse.Namespace) -> None:
     """Re-measure each planting by plain autograd: does its claim hold, and which category is it?"""
     torch.set_num_threads(1)
     cases = [p for p in zoo_planted.ALL if not args.only or p.name in args.only.split(",")]
+    if args.category:
+        cases = [p for p in cases if p.extra["category"] == args.category]
     seeds = tuple(range(args.seeds or 3))
     found = {}
     with bar(len(cases), "measuring plantings") as b:
@@ -255,10 +257,10 @@ def oracle(args: argparse.Namespace) -> None:
             flag = "" if cat == p.extra["category"] else f"  (claimed {p.extra['category']})"
             print(f"{p.name}: {cat}{flag}\n    {text}", flush=True)
             b.update(1, case=p.name)
-    if args.write:
-        old = json.loads(zoo_planted.EVIDENCE_FILE.read_text()) if zoo_planted.EVIDENCE_FILE.exists() else {}
-        zoo_planted.EVIDENCE_FILE.write_text(json.dumps(old | found, indent=1, sort_keys=True) + "\n")
-        print(f"wrote {zoo_planted.EVIDENCE_FILE}")
+            if args.write:  # after every case: a long run that stops keeps what it measured
+                path = zoo_planted.EVIDENCE_FILE
+                old = json.loads(path.read_text()) if path.exists() else {}
+                path.write_text(json.dumps(old | found, indent=1, sort_keys=True) + "\n")
 
 
 def lr_sweep(args: argparse.Namespace) -> None:
@@ -283,6 +285,7 @@ def main() -> None:
     ap.add_argument("--json", help="also write the results JSON here (default with a full run: docs/results/zoo.json)")
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--oracle", action="store_true", help="print the autograd measurements behind each truth")
+    ap.add_argument("--category", choices=("planted", "harmless", "unscored"), help="--oracle: only these plantings")
     ap.add_argument("--write", action="store_true", help="--oracle: record the measurements in tests/zoo_evidence.json")
     mode.add_argument("--lr-sweep", action="store_true", help="loss drop per learning rate, per healthy model")
     args = ap.parse_args()
