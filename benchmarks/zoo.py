@@ -37,6 +37,7 @@ import transformers
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 import zoo  # noqa: E402
+import zoo_faults  # noqa: E402
 import zoo_oracle  # noqa: E402
 import zoo_planted  # noqa: E402
 
@@ -271,7 +272,7 @@ def lr_sweep(args: argparse.Namespace) -> None:
         base_lr = m.make_optimizer([torch.nn.Parameter(torch.zeros(1))]).param_groups[0]["lr"]
         cells = []
         for lr in lrs:
-            r = zoo_planted.lr_times(m, m.name, lr / base_lr)
+            r = zoo_faults.lr_times(m, m.name, lr / base_lr)
             cells.append(f"{lr:g}: {zoo_oracle.drop(zoo_oracle.losses(r, 0, args.steps)):.2f}")
         print(f"{m.name:18s} (recipe lr {base_lr:g})  " + "  ".join(cells), flush=True)
 
