@@ -112,20 +112,30 @@ def summarise(rows: list[dict]) -> dict:
 
 
 # -- running ------------------------------------------------------------------------------------
+def claims(kind: str, m: zoo.ZooModel, p: zoo.Planted | None) -> dict:
+    """What a row is judged against: its kind, expected verdict, fault and phase(s)."""
+    expected = {"zoo": m.expected, "harmless": "healthy", "unscored": "(not scored)"}.get(kind)
+    return {"kind": kind, "expected": expected or "+".join(sorted(p.kinds)), "fault": p.fault if p else None,
+            "when": p.when if kind == "planted" else None}
+
+
+def scored(row: dict, p: zoo.Planted | None) -> dict:
+    """The row with its planted scores (detection, cause, localisation per phase), if it is planted."""
+    row = {k: v for k, v in row.items() if k != "scores"}
+    if row["kind"] == "planted":
+        row["scores"] = {ph: score_planted(p, row[ph]) for ph in phases(p.when)}
+    return row
+
+
 def run_one(kind: str, m: zoo.ZooModel, seed: int, steps: int, every: int, planted: zoo.Planted | None) -> dict:
     """Judge one recipe and score it."""
     v = zoo.judge(m, seed=seed, steps=steps, every=every)
-    init, trained = verdict(v.init), verdict(v.trained)
-    expected = {"zoo": m.expected, "harmless": "healthy", "unscored": "(not scored)"}.get(kind)
-    row = {"name": m.name, "kind": kind, "family": m.family, "half": m.half, "seed": seed,
-           "expected": expected or "+".join(sorted(planted.kinds)), "fault": planted.fault if planted else None,
-           "when": planted.when if kind == "planted" else None, "init": init, "trained": trained,
-           "seconds": round(v.seconds, 2), "loss_first": v.losses[0] if v.losses else None,
+    row = {"name": m.name, "family": m.family, "half": m.half, "seed": seed, **claims(kind, m, planted),
+           "init": verdict(v.init), "trained": verdict(v.trained), "seconds": round(v.seconds, 2),
+           "loss_first": v.losses[0] if v.losses else None,
            "loss_last": statistics.fmean(v.losses[-5:]) if v.losses else None,
            "error": v.error, "hooks_clean": v.hooks_clean}
-    if kind == "planted":
-        row["scores"] = {ph: score_planted(planted, init if ph == "init" else trained) for ph in phases(planted.when)}
-    return row
+    return scored(row, planted)
 
 
 def fmt(x: float | None) -> str:
@@ -204,15 +214,31 @@ def select(only: str | None) -> list[tuple[str, zoo.ZooModel, zoo.Planted | None
     return items
 
 
+def rescore(rows: list[dict]) -> list[dict]:
+    """Rows of an earlier run re-scored against the current claims (the verdicts do not depend on them)."""
+    items = {m.name: (kind, m, p) for kind, m, p in select(None)}
+    order = {name: i for i, name in enumerate(items)}
+    out = [scored({**r, **claims(*items[r["name"]])}, items[r["name"]][2]) for r in rows if r["name"] in items]
+    return sorted(out, key=lambda r: (r["seed"], order[r["name"]]))
+
+
 def bench(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     items = select(args.only)
-    rows = []
-    with bar(len(items) * args.seeds, "judging the zoo") as b:
-        for seed in range(args.seeds):
-            for kind, m, p in items:
-                rows.append(run_one(kind, m, seed, args.steps, args.every, p))
-                b.update(1, model=m.name)
+    if args.rescore:  # the verdicts of an earlier full run, scored against the claims as they are now
+        data = json.loads(Path(args.rescore).read_text())
+        rows = rescore(data["rows"])
+        args.seeds, args.steps, args.every = (data["config"][k] for k in ("seeds", "steps", "every"))
+        missing = {m.name for _, m, _ in items} - {r["name"] for r in rows}
+        if missing:
+            sys.exit(f"zoo: error: {args.rescore} has no verdicts for {', '.join(sorted(missing))}; run them")
+    else:
+        rows = []
+        with bar(len(items) * args.seeds, "judging the zoo") as b:
+            for seed in range(args.seeds):
+                for kind, m, p in items:
+                    rows.append(run_one(kind, m, seed, args.steps, args.every, p))
+                    b.update(1, model=m.name)
     s = summarise(rows)
     n = {k: sum(it[0] == k for it in items) for k in KINDS}
     head = (f"{len(items)} recipes ({n['zoo']} zoo models, {n['planted']} planted pathologies, {n['harmless']} "
@@ -283,6 +309,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 1; --oracle: 3)")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--every", type=int, default=1, help="watch(every=) during training")
+    ap.add_argument("--rescore", metavar="JSON", help="re-score the verdicts of an earlier full run's JSON against the "
+                    "current claims, and rewrite the results (no judging)")
     ap.add_argument("--json", help="also write the results JSON here (default with a full run: docs/results/zoo.json)")
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--oracle", action="store_true", help="print the autograd measurements behind each truth")

@@ -104,7 +104,7 @@ ALL: tuple[Planted, ...] = (
     case(_lr("vit", 100), "vit", "lr x100", DIVERGES, LR, (), "trained", truth="cost"),
     case(_lr("dinov2", 100), "dinov2", "lr x100", DIVERGES, LR, (), "trained", truth="cost"),
     case(_nores("gpt-neox"), "gpt-neox", "residual stream removed (attention and MLP outputs only)", V,
-         ("chain_product_depth",), ("gpt_neox.layers",), "trained"),
+         ("chain_product_depth",), ("gpt_neox.layers",), "trained", **U),
     case(fp16_params(BASE["gpt-neox"], "gpt-neox-fp16"), "gpt-neox", "model.half() + AdamW, no loss scaler", NAN,
          UNDER, (), "trained", truth="cost"),
     case(_scaled("gemma", 0.01), "gemma", "weights x0.01", V, ("init_too_small",), ("model.layers",), "init"),
