@@ -182,13 +182,14 @@ def summary_lines(s: dict) -> list[str]:
 
 
 def wrong(rows: list[dict]) -> list[str]:
-    """The names of the models (and planted cases) that got a wrong verdict, per phase."""
+    """The models (and planted cases) with a wrong verdict, per phase: a false alarm, a miss, a wrong cause."""
     out = []
     for r in rows:
         if r["expected"] == "healthy":
             ph = [p for p in ("init", "trained") if not (r[p] or {"healthy": False})["healthy"]]
         elif r["kind"] == "planted":
-            ph = [p for p, s in r["scores"].items() if not s["detected"]]
+            ph = [p if not s["detected"] else f"{p} (cause not in top two)" for p, s in r["scores"].items()
+                  if not s["detected"] or not s["cause"]]
         else:
             continue
         if ph or r["error"]:
