@@ -9,7 +9,7 @@ from rich.table import Table
 
 from ..errors import GradDoctorError, unknown
 from ..lab.experiments import SEEDS
-from .common import console
+from .common import add_backend_args, console
 from .runs import add_store_arg
 
 DEFAULT_OUT = "graddoctor-lab"
@@ -18,6 +18,7 @@ EXAMPLE = f"""examples:
   graddoctor lab run depth --quick
   graddoctor lab run all --workers 2 --out docs/lab --store lab.db --resume
   graddoctor lab run init --quick --seeds 3,4,5
+  graddoctor lab run all --backend ray --address ray://head:10001 --store lab.db
 
 Each experiment trains a small grid of networks on the bundled digits data with the probe on,
 once per seed (default: 0,1,2), stores every run (--store), writes OUT/NAME.png and OUT/NAME.md
@@ -43,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--quick", action="store_true", help="the small grid (the test suite's size)")
     r.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"figures and tables (default: {DEFAULT_OUT})")
     add_store_arg(r)
-    r.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes (default: 1)")
+    add_backend_args(r)
     r.add_argument("--resume", action="store_true", help="reuse finished runs of the same grid from --store")
     r.add_argument("--seeds", type=_seeds, default=SEEDS, metavar="LIST",
                    help=f"comma-separated seeds: weights, data split and order (default: {','.join(map(str, SEEDS))})")
@@ -89,7 +90,7 @@ def run_rnn(args: argparse.Namespace):
     from ..lab import rnn
 
     runs, conclusion = rnn.run(args.store, quick=args.quick, seeds=args.seeds, workers=args.workers,
-                               resume=args.resume)
+                               resume=args.resume, backend=args.backend, address=args.address)
     _show(f"rnn: {escape(rnn.CLAIM)}", *rnn.table(runs), conclusion.text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -107,34 +108,50 @@ def print_lab(lab) -> None:
     _show(f"{lab.experiment.name}: {escape(lab.experiment.claim)}", *table(lab), lab.conclusion.text)
 
 
+def _backend_session(args: argparse.Namespace):
+    """One Ray connection (or local instance) for every experiment of the call; nothing for the local pool."""
+    from contextlib import nullcontext
+
+    if args.backend != "ray":
+        return nullcontext()
+    from ..lab.ray_backend import session
+
+    return session(args.address, args.workers)
+
+
+def _run_named(name: str, args: argparse.Namespace) -> tuple:
+    """Run one experiment and print it: (name, claim, holds, held on, seeds, runs, reused, training seconds)."""
+    from ..lab import render
+    from ..lab.api import run_experiment
+
+    if name == "rnn":
+        conclusion, n, reused, claim, seconds = run_rnn(args)
+    else:
+        lab = run_experiment(name, args.store, quick=args.quick, workers=args.workers, resume=args.resume,
+                             seeds=args.seeds, backend=args.backend, address=args.address)
+        print_lab(lab)
+        paths = render.write(lab, args.out)
+        conclusion, n, claim = lab.conclusion, len(lab.results), lab.experiment.claim
+        reused = sum(r.reused for r in lab.results)
+        seconds = sum(s.seconds for s in lab.summaries)  # the runs' own training time, as stored
+        console.print(f"wrote {', '.join(str(p) for p in paths)}; {n} runs in {args.store}"
+                      + (f" ({reused} reused)" if reused else ""), markup=False, highlight=False, soft_wrap=True)
+    return (name, claim, conclusion.holds, conclusion.held_on, conclusion.seeds, n, reused, seconds)
+
+
 def run_one(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..lab import render
-    from ..lab.api import run_experiment
     from ..lab.experiments import EXPERIMENTS
     from ..lab.points import summary_page
 
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         raise GradDoctorError(f"--workers must be at least 1, got {args.workers}")
     if args.name not in (*EXPERIMENTS, "rnn", "all"):
         raise unknown("experiment", args.name, (*EXPERIMENTS, "rnn", "all"))
     names = [*EXPERIMENTS, "rnn"] if args.name == "all" else [args.name]
-    done = []  # (name, claim, holds, held on, seeds, runs, reused, training seconds of its runs)
-    for name in names:
-        if name == "rnn":
-            conclusion, n, reused, claim, seconds = run_rnn(args)
-        else:
-            lab = run_experiment(name, args.store, quick=args.quick, workers=args.workers, resume=args.resume,
-                                 seeds=args.seeds)
-            print_lab(lab)
-            paths = render.write(lab, args.out)
-            conclusion, n, claim = lab.conclusion, len(lab.results), lab.experiment.claim
-            reused = sum(r.reused for r in lab.results)
-            seconds = sum(s.seconds for s in lab.summaries)
-            console.print(f"wrote {', '.join(str(p) for p in paths)}; {n} runs in {args.store}"
-                          + (f" ({reused} reused)" if reused else ""), markup=False, highlight=False, soft_wrap=True)
-        done.append((name, claim, conclusion.holds, conclusion.held_on, conclusion.seeds, n, reused, seconds))
+    with _backend_session(args):
+        done = [_run_named(name, args) for name in names]
     if args.name == "all":  # the overview, and the thresholds every conclusion used
         from ..lab.claims import thresholds
         from ..lab.points import bullets

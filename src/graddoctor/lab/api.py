@@ -55,10 +55,14 @@ def summaries(results: list[Result], theory: bool = False) -> list[RunSummary]:
     return out
 
 
-def run_experiment(name: str, store: RunStore | str | Path, quick: bool = False, workers: int = 1,
-                   resume: bool = False, seeds: Sequence[int] = SEEDS, progress_bar: bool = True) -> LabResult:
-    """Run (or, with resume, read back) one experiment's grid on every seed and conclude from the measurements."""
+def run_experiment(name: str, store: RunStore | str | Path, quick: bool = False, workers: int | None = 1,
+                   resume: bool = False, seeds: Sequence[int] = SEEDS, progress_bar: bool = True,
+                   backend: str = "local", address: str | None = None) -> LabResult:
+    """Run (or, with resume, read back) one experiment's grid on every seed and conclude from the measurements.
+
+    backend="ray" runs each run as a Ray task (on the cluster at `address`; see lab.runner.run_jobs).
+    """
     exp = experiments.get(name)
-    results = run_jobs(exp.jobs(quick, seeds), store, workers, resume, progress_bar, f"lab {name}")
+    results = run_jobs(exp.jobs(quick, seeds), store, workers, resume, progress_bar, f"lab {name}", backend, address)
     sums = summaries(results, theory=exp.theory)
     return LabResult(exp, quick, results, sums, CONCLUDERS[name](sums))

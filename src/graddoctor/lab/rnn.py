@@ -133,10 +133,11 @@ def jobs(quick: bool = False, seeds: Sequence[int] = SEEDS, cells: Sequence[str]
 
 
 def run(store: RunStore | str | Path, quick: bool = False, seeds: Sequence[int] = SEEDS,
-        cells: Sequence[str] = CELLS, workers: int = 1, resume: bool = False,
-        progress_bar: bool = True) -> tuple[list[RnnRun], Conclusion]:
+        cells: Sequence[str] = CELLS, workers: int | None = 1, resume: bool = False,
+        progress_bar: bool = True, backend: str = "local", address: str | None = None,
+        ) -> tuple[list[RnnRun], Conclusion]:
     """Every (cell, T, seed), each stored as a run as it finishes; the runs and the conclusion."""
-    results = run_jobs(jobs(quick, seeds, cells), store, workers, resume, progress_bar, "lab rnn")
+    results = run_jobs(jobs(quick, seeds, cells), store, workers, resume, progress_bar, "lab rnn", backend, address)
     runs = [_from_result(r) for r in results]
     return runs, conclude_rnn(runs)
 

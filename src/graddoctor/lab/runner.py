@@ -1,4 +1,4 @@
-"""The sweep runner: Jobs trained under the probe in worker processes, each stored as it finishes.
+"""The sweep runner: Jobs trained under the probe in worker processes or Ray tasks, each stored as it finishes.
 
 Workers compute (build, train, probe, diagnose) and send back the Trace, History and
 Diagnosis; this process alone writes the RunStore, one finished run at a time, so a sweep
@@ -6,6 +6,10 @@ killed half-way keeps every finished run and `resume=True` picks up from there (
 finished run with the same Job.key() is read back instead of being trained again).
 Workers are spawned, not forked: a forked child inherits torch's thread pools in an
 undefined state. Each worker uses one thread; `workers` of them share the machine.
+
+Backends: "local" (this process, or a pool of `workers` processes; the first failure stops the
+sweep) and "ray" (ray_backend.py: one Ray task per run on a cluster at `address` or a local Ray
+instance; a failure is reported at the end, after the other runs finished and were stored).
 """
 from __future__ import annotations
 
@@ -21,13 +25,15 @@ from .. import data as data_mod
 from .. import nets, progress, training
 from ..diagnose.api import diagnose
 from ..diagnose.findings import Diagnosis
-from ..errors import GradDoctorError
+from ..errors import GradDoctorError, require, unknown
 from ..probe.trace import Trace
 from ..store import RunStore
 from ..training import History
 from .grid import Job, probe_every
+from .ray_backend import Failed
 
 KIND = "lab"  # the runs.kind of every run the lab and the sweeps store
+BACKENDS = ("local", "ray")
 Outcome = tuple[Trace, History | None, Diagnosis | None]  # what a job's run() sends back
 
 
@@ -40,6 +46,7 @@ class Runnable(Protocol):
     def run(self) -> Outcome: ...  # compute only, no I/O: it may run in a worker process
     def spec_dict(self) -> dict: ...  # the stored run's spec column
     def stored_config(self) -> dict: ...  # the stored run's config column; includes "key"
+    # optional: `resources`, a Ray task's request ({"num_cpus": 1, "num_gpus": 0} by default)
 
 
 @dataclass
@@ -94,7 +101,7 @@ def _run_job(job: Runnable) -> Outcome:
 def local(jobs: Sequence[Runnable], workers: int) -> Iterator[tuple[int, Outcome]]:
     """The local backend: (index, outcome) of each job as it finishes, in this process or a pool.
 
-    A second backend (e.g. Ray) is another generator with this signature.
+    The Ray backend (ray_backend.runs) is another generator with this signature.
     """
     if workers == 1 or len(jobs) <= 1:
         for i, job in enumerate(jobs):
@@ -133,24 +140,43 @@ def _save(store: RunStore, job: Runnable, outcome: Outcome) -> Result:
     return Result(job, run_id, trace, history, diagnosis)
 
 
-def run_jobs(jobs: Sequence[Runnable], store: RunStore | str | Path, workers: int = 1, resume: bool = False,
-             progress_bar: bool = True, description: str = "runs") -> list[Result]:
-    """Run every Job (in `workers` processes), storing each as it finishes; results in job order."""
-    if workers < 1:
+def run_jobs(jobs: Sequence[Runnable], store: RunStore | str | Path, workers: int | None = 1, resume: bool = False,
+             progress_bar: bool = True, description: str = "runs", backend: str = "local",
+             address: str | None = None) -> list[Result]:
+    """Run every Job, storing each as it finishes; results in job order.
+
+    backend="local": in `workers` processes (None: 1). backend="ray": one Ray task per Job on the
+    cluster at `address` (None: a local Ray instance), at most `workers` at a time (None: all).
+    """
+    if backend not in BACKENDS:
+        raise unknown("backend", backend, BACKENDS)
+    if workers is not None and workers < 1:
         raise GradDoctorError(f"workers must be at least 1, got {workers}")
+    if address is not None and backend != "ray":
+        raise GradDoctorError(f"an address ({address!r}) is for a Ray cluster: add backend='ray' (--backend ray)")
     if not jobs:
         raise GradDoctorError("the grid is empty: nothing to run")
+    if backend == "ray":
+        require("ray", "ray")  # before anything runs: the install hint
     own = not isinstance(store, RunStore)
     st = RunStore(store) if own else store
     try:
-        return _run(list(jobs), st, workers, resume, progress_bar, description)
+        return _run(list(jobs), st, workers, resume, progress_bar, description, backend, address)
     finally:
         if own:
             st.close()
 
 
-def _run(jobs: list[Runnable], store: RunStore, workers: int, resume: bool, progress_bar: bool,
-         description: str) -> list[Result]:
+def _backend(name: str, jobs: list[Runnable], workers: int | None, address: str | None) -> Iterator:
+    if name == "ray":
+        from .ray_backend import runs
+
+        return runs(jobs, address, workers)
+    return local(jobs, workers or 1)
+
+
+def _run(jobs: list[Runnable], store: RunStore, workers: int | None, resume: bool, progress_bar: bool,
+         description: str, backend: str = "local", address: str | None = None) -> list[Result]:
     out: list[Result | None] = [None] * len(jobs)
     done = finished(store) if resume else {}
     todo = []
@@ -159,10 +185,18 @@ def _run(jobs: list[Runnable], store: RunStore, workers: int, resume: bool, prog
             out[i] = load(store, job, done[job.key()])
         else:
             todo.append(i)
+    failed: list[str] = []
     with progress.bar(len(jobs), description, enabled=progress_bar) as bar:
         bar.update(len(jobs) - len(todo), reused=len(jobs) - len(todo))
-        for k, outcome in local([jobs[i] for i in todo], workers):
+        for k, outcome in _backend(backend, [jobs[i] for i in todo], workers, address):
             i = todo[k]
+            if isinstance(outcome, Failed):  # Ray: reported at the end, the sweep goes on
+                failed.append(f"{jobs[i].label!r}: {outcome.error}")
+                bar.update(1, failed=len(failed), last=jobs[i].label)
+                continue
             out[i] = _save(store, jobs[i], outcome)  # stored as it finishes: a killed sweep keeps it
             bar.update(1, last=jobs[i].label)
+    if failed:
+        raise GradDoctorError(f"{len(failed)} of {len(jobs)} runs failed ({len(jobs) - len(failed)} finished and "
+                              f"stored; fix the cause and --resume runs only the rest): {'; '.join(failed)}")
     return [r for r in out if r is not None]
