@@ -176,8 +176,9 @@ def summary_lines(s: dict) -> list[str]:
         out.append(f"{half}: false alarms on the healthy zoo at init {pct(v['false_alarms_init'])}, after "
                    f"training {pct(v['false_alarms_trained'])}; on harmless plantings at init "
                    f"{pct(v['harmless_alarms_init'])}, after training {pct(v['harmless_alarms_trained'])}; planted "
-                   f"detection {pct(v['detection'])}, cause in top two {pct(v['cause_top2'])}, localised "
-                   f"{pct(v['localised'])}; exceptions {pct(v['exceptions'])}, hooks left {pct(v['hooks_left'])}")
+                   f"(per case and phase) detection {pct(v['detection'])}, cause in top two {pct(v['cause_top2'])}, "
+                   f"localised {pct(v['localised'])}; exceptions {pct(v['exceptions'])}, hooks left "
+                   f"{pct(v['hooks_left'])}")
     return out
 
 
@@ -244,7 +245,9 @@ def bench(args: argparse.Namespace) -> None:
     n = {k: sum(it[0] == k for it in items) for k in KINDS}
     head = (f"{len(items)} recipes ({n['zoo']} zoo models, {n['planted']} planted pathologies, {n['harmless']} "
             f"harmless and {n['unscored']} unscored plantings), seeds 0..{args.seeds - 1}, {args.steps} steps, "
-            f"every={args.every}; torch {torch.__version__}, transformers {transformers.__version__}, one CPU thread")
+            f"every={args.every}; torch {torch.__version__}, transformers {transformers.__version__}, one CPU thread"
+            + ("; verdicts of an earlier full run re-scored against the current claims (--rescore)" if args.rescore
+               else ""))
     lines = summary_lines(s)
     wr = wrong(rows)
     md = "\n".join([f"{head}\n", "**Summary**\n", *[f"- {x}" for x in lines], "",
