@@ -21,6 +21,7 @@ from .collect import StepRecord
 from .extras import Extras
 from .layout import Layout
 from .pooling import RawStep, pool_steps
+from .structure import GraphRecorder, find_blocks
 from .trace import Trace
 from .update import WeightSample
 from .wrappers import resolve
@@ -96,6 +97,8 @@ class Probe:
         self._n_recorded = 0
         self._last_recorded = -1  # index of the latest recorded step (its loss may come in step())
         self._layout = Layout(model)
+        self._graph = (GraphRecorder(model, self._layout.names, self._layout.candidates(), find_blocks(model))
+                       if stats == "full" and not compiled else None)  # the structure, on the first step
         self._extras = Extras(self._layout, self._trace, stats, scaler, group, compiled)
         self._modes = [(m, m.training) for m in modules]
         self._module_hooks: list = []
@@ -173,6 +176,8 @@ class Probe:
         if self._record is not None:
             self._record.closed = True
         self._record, self._snapshot, self._update = None, None, None
+        if self._graph is not None:
+            self._graph.remove()
         _WATCHED.difference_update(m for m, _ in self._modes)
         self._pending.extend(self._extras.close())
         self._pool()
@@ -254,6 +259,11 @@ class Probe:
             self._pending.extend(self._extras.finish(self._step, rec.finish(), token))
             self._n_recorded += 1
             self._last_recorded = self._step
+            structure = self._graph.result() if self._graph is not None else None
+            if structure is not None:  # learnt once, from the first step with a training forward
+                self._trace.meta["structure"] = structure
+                self._graph.remove()
+                self._graph = None
             if len(self._pending) >= POOL_EVERY:
                 self._pool()
         if rec is not None:
