@@ -283,7 +283,7 @@ class GraphRecorder:
         skip = best.get("OUT")
         residual = skip is not None and (skip[0] == 0 or (skip[0] <= 1 < weights - skip[0]))
         outputs = {self.calls[s[1]]["module"] if s[0] == "L" else "in" for s, d, _ in self.edges
-                   if d == ("O", call) and (s[0] == "L" and s[1] in inside or s == ("I", call))}
+                   if d == ("O", call) and ((s[0] == "L" and s[1] in inside) or s == ("I", call))}
         return {"name": self.calls[call]["module"], "layers": sorted({self.calls[i]["module"] for i in inside},
                 key=lambda n: min(i for i in inside if self.calls[i]["module"] == n)),
                 "outputs": sorted(outputs),
