@@ -40,6 +40,8 @@ def diagnose(trace: Trace) -> Diagnosis:
     findings.sort(key=lambda f: -SEVERITIES.index(f.severity))
     ctx = {"steps": [int(x) for x in s.steps], "at_init": len(trace) == 1,
            "reference_layer": s.names[s.ref], "table": layer_table(s)}
+    if s.structure is not None:
+        ctx["structure"] = s.structure.to_dict()
     return Diagnosis(findings, s.names, ctx)
 
 

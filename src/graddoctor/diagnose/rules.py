@@ -12,99 +12,39 @@ import numpy as np
 
 from . import thresholds as T
 from .causes import gradient_causes, rank
+from .depth import along_depth, inside_branches, stacks
+from .evidence import _finding, _finite_steps, _judged, _lr_cause, _q, input_scale_cause
 from .findings import Cause, Finding
-from .signals import Signals, median, persistent, window
-from .table import remedies_for
+from .impact import judge_impact
+from .patterns import PATTERNS
+from .signals import Signals, median, persistent
 from .through_time import through_time
 
 Rule = Callable[[Signals], list[Finding]]
-
-
-def _finite_steps(s: Signals) -> np.ndarray:
-    ok = np.isfinite(s.log_signal[:, s.body]).any(axis=1)
-    loss = s.step["nonfinite_loss"]
-    return np.where(ok & ~(np.nan_to_num(loss) > 0))[0]
-
-
-def _judged(s: Signals) -> np.ndarray:
-    """Positions of the steps a verdict is made on."""
-    finite = _finite_steps(s)
-    return finite[window(len(finite))]
-
-
-def _q(s: Signals, i: int) -> str:
-    """A layer name quoted for prose ('0', 'body.3.linear')."""
-    return f"'{s.names[i]}'"
-
-
-def _finding(kind: str, severity: str, idx, s: Signals, summary: str, evidence: dict,
-             causes: list[Cause]) -> Finding:
-    return Finding(kind, severity, tuple(s.names[i] for i in idx), summary, evidence,
-                   tuple(causes), remedies_for(causes))
-
-
-def input_scale_cause(s: Signals) -> Cause | None:
-    """The first layer receives unnormalised float inputs (not token indices)."""
-    if not s.n_steps or s.types[0] in ("Embedding", "EmbeddingBag"):
-        return None
-    every = slice(0, s.n_steps)
-    std = float(median(s.layer["act_std"], every)[0])
-    mean = float(np.abs(median(s.layer["act_mean"], every)[0]))
-    if not np.isfinite(std) or std <= 0:
-        return None
-    off = max(abs(np.log10(std)), np.log10(max(mean, 1e-12) / std) if mean > T.INPUT_SCALE else 0.0)
-    if off < np.log10(T.INPUT_SCALE):
-        return None
-    return Cause("input_scale", f"the inputs of {_q(s, 0)} have std {std:.3g} and mean {mean:.3g}; "
-                 "standardised inputs have std 1, mean 0", {"input_std": std, "input_mean": mean},
-                 1.0 + off)
-
-
-def _lr_cause(s: Signals, judged: np.ndarray, onset: bool = False) -> Cause | None:
-    """Learning rate too high: the gradient or the weights grew while training, or the steps are huge.
-
-    With `onset` (the symptom was absent at the first recorded step and appeared while
-    training), training itself is the prime suspect and the cause ranks first.
-    """
-    gn = s.step["global_grad_norm"]
-    finite = np.isfinite(gn) & (gn > 0)
-    if finite.sum() < 2:
-        return None
-    growth = float(np.log10(gn[finite][-1]) - np.log10(gn[finite][0]))
-    ur = s.layer["update_ratio"]
-    ur = ur[np.isfinite(ur)]
-    big = float(np.percentile(ur, 90)) if len(ur) else float("nan")
-    w = s.layer["weight_rms"]
-    rows = np.where(np.isfinite(w).any(axis=1))[0]
-    w_growth = 0.0
-    if len(rows) >= 2:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r = np.log10(w[rows[-1]] / w[rows[0]])
-        w_growth = float(np.median(r[np.isfinite(r)])) if np.isfinite(r).any() else 0.0
-    if not (growth > T.GROWTH_DECADES or big > T.UPDATE_RATIO_HIGH or w_growth > T.WEIGHT_GROWTH_DECADES):
-        return None
-    when = "appeared during training; " if onset else ""
-    return Cause("learning_rate_too_high",
-                 f"{when}the gradient norm changed {10 ** growth:.3g}x and the weights {10 ** w_growth:.3g}x "
-                 f"while training; 90th-percentile update/weight ratio {big:.2g} (healthy ~1e-3)",
-                 {"growth_decades": growth, "weight_growth_decades": w_growth, "update_ratio_p90": big,
-                  "onset": onset}, (T.ONSET_SCORE if onset else 2.0) + max(growth, 0))
+RELU_FAMILY = frozenset({"relu", "leaky_relu", "prelu", "elu", "selu", "gelu", "silu"})
 
 
 def vanishing_exploding(s: Signals) -> list[Finding]:
-    """Error signal far below (vanishing) or above (exploding) the layer nearest the output."""
+    """Error signal far below (vanishing) or above (exploding) the layer nearest the output (chains of layers)."""
     judged = _judged(s)
-    if len(judged) == 0 or len(s.body) < 2:
+    if len(judged) == 0 or len(s.body) < 2 or stacks(s):  # networks of blocks: depth.along_depth
         return []
-    rel = s.rel[judged][:, s.body]
-    rel_med = median(s.rel, judged)
+    # attention internals (Q, K, V: patterns.attention_qk) and outputs shared by the batch
+    # (a position embedding's (1, T, d)) are not on the chain; they are judged apart
+    apart = s.structure.apart() if s.structure is not None else frozenset()
+    body = np.array([i for i in s.body if i not in apart] or s.body)
+    all_rel = s.rel.copy()
+    all_rel[:, list(apart)] = np.nan
+    rel = all_rel[judged][:, body]
+    rel_med = median(all_rel, judged)
     out = []
     for kind, sign, limit in (("vanishing", -1, T.VANISH_DECADES), ("exploding", 1, T.EXPLODE_DECADES)):
-        per_step = np.nanmax(sign * rel, axis=1) > limit
+        with np.errstate(invalid="ignore"):
+            per_step = np.array([np.nanmax(r) > limit if np.isfinite(r).any() else False for r in sign * rel])
         if not persistent(per_step):
             continue
         first = _finite_steps(s)[0]
-        onset = s.n_steps > 1 and not np.nanmax(sign * s.rel[first][s.body]) > limit
+        onset = s.n_steps > 1 and not np.nanmax(sign * all_rel[first][body]) > limit
         body_rel = rel_med[s.body]
         affected = s.body[sign * body_rel > T.AFFECTED_DECADES]
         if len(affected) == 0:
@@ -130,8 +70,28 @@ def vanishing_exploding(s: Signals) -> list[Finding]:
                     "reference_layer": s.names[s.ref], "steps_judged": len(judged),
                     "signal_decades": {s.names[i]: float(rel_med[i]) for i in s.body}}
         sev = "critical" if extreme > T.CRITICAL_DECADES else "warning"
-        out.append(_finding(kind, sev, affected, s, summary, evidence, causes))
+        growth = norm_growth(s, kind, affected, extreme)
+        if growth is not None:
+            out.append(_finding("by_design", "info", [], s, growth, {**evidence, "pattern": "norm_growth"}, []))
+            continue
+        f = _finding(kind, sev, affected, s, summary, evidence, causes)
+        out.append(judge_impact(s, f, list(affected), judged) if kind == "vanishing" else f)
     return out
+
+
+def norm_growth(s: Signals, kind: str, affected: np.ndarray, decades: float) -> str | None:
+    """The summary of a normalisation growth within what trains, or None (chains of layers)."""
+    if kind != "exploding" or s.structure is None:
+        return None
+    weights = [i for i in affected if s.structure.is_weight(i)]
+    norms = [i for i in range(int(affected[0]), int(affected[-1]) + 2) if s.structure.is_norm(i)]
+    per_layer = decades / max(len(weights), 1)
+    if len(norms) < 0.8 * len(weights) or per_layer > T.NORM_GROWTH_PER_LAYER or decades > T.NORM_GROWTH_MAX_DECADES:
+        return None
+    return (f"normalisation growth: the error signal grows {10 ** decades:.3g}x towards the input over "
+            f"{len(weights)} normalised layers (~{10 ** per_layer:.2g}x per layer), the growth of normalised "
+            f"networks at init (Yang et al. 2019: sqrt(pi/(pi-1)) = 1.21x per BatchNorm-ReLU layer), within "
+            f"{T.NORM_GROWTH_MAX_DECADES:g} decades that such networks train through")
 
 
 def exploding_in_time(s: Signals) -> list[Finding]:
@@ -211,6 +171,9 @@ def saturation(s: Signals) -> list[Finding]:
 def dead_units(s: Signals) -> list[Finding]:
     """ReLU-family units that output zero for the whole batch."""
     judged, dead, idx = _over(s, "dead", T.DEAD_FRACTION)
+    # only inputs that a ReLU-family activation produced: zeros from padding, masks or pooling
+    # (a depthwise convolution's zero-padded input) are structure, not dead units
+    idx = np.array([i for i in idx if s.activations[i] in RELU_FAMILY], dtype=int)
     if len(idx) == 0:
         return []
     mean = float(np.mean(dead[idx]))
@@ -248,5 +211,5 @@ def stalled_layers(s: Signals) -> list[Finding]:
                      {"update_ratio": {s.names[i]: float(ur[i]) for i in idx}}, causes)]
 
 
-RULES: tuple[Rule, ...] = (non_finite, vanishing_exploding, exploding_in_time, saturation, dead_units,
-                           stalled_layers, through_time)
+RULES: tuple[Rule, ...] = (non_finite, vanishing_exploding, along_depth, inside_branches, exploding_in_time,
+                           saturation, dead_units, stalled_layers, through_time, *PATTERNS)

@@ -58,6 +58,7 @@ class Structure:
     weighted: frozenset[int]  # layers that own a >= 2-D parameter (not norms or scales)
     tied: list[list[str]]
     recorded: bool  # False: no graph was recorded (blocks from names only)
+    edges: frozenset[tuple[int, int]] = frozenset()  # (producer, consumer) between recorded layers
     summary: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -86,6 +87,19 @@ class Structure:
     def is_norm(self, i: int) -> bool:
         """True for a normalisation layer."""
         return any(w in self.types[i] for w in NORM_WORDS)
+
+    def attention_internal(self) -> frozenset[int]:
+        """Q, K and V: the producers of a consumer that some producer reaches through an attention softmax."""
+        out = set()
+        for q in self.score_side:
+            for p, c in self.edges:
+                if p == q:
+                    out |= {a for a, b in self.edges if b == c}
+        return frozenset(out | self.score_side)
+
+    def apart(self) -> frozenset[int]:
+        """Layers judged apart from the chain: attention internals and outputs not batched by sample."""
+        return self.attention_internal() | self.other_lead
 
     def is_weight(self, i: int) -> bool:
         """True for a layer with a weight matrix or kernel (not a norm or a scale)."""
@@ -182,7 +196,7 @@ def analyse(trace: Trace) -> Structure:
     # tied weights between layers with weight matrices (an input embedding and an output head)
     tied = [t for t in ([n for n in group if index.get(n) in weighted] for group in rec.get("tied", [])) if len(t) > 1]
     s = Structure(names, types, blocks, stacks, block_of, frozenset(score), frozenset(concat), frozenset(other),
-                  frozenset(weighted), tied, bool(rec))
+                  frozenset(weighted), tied, bool(rec), frozenset(edges))
     s.summary = summarise(s)
     return s
 
@@ -195,7 +209,7 @@ def _also_plain(producer: str, layer_info: dict) -> bool:
 
 def _label(part: list[int], score: set[int], types: list[str], weighted: set[int]) -> str:
     """A readable name for a branch: attention, convolutions or MLP."""
-    if any(i in score for i in part):
+    if any(i in score or "Attention" in types[i] for i in part):
         return "attention"
     weights = [types[i] for i in part if i in weighted]
     if weights and all("Conv" in t and t != "Conv1D" for t in weights):

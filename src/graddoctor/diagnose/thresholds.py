@@ -101,3 +101,49 @@ TIME_CRITICAL_DECADES = 4.0
 TIME_EDGE_FRACTION = 0.1
 # Sequences shorter than this are not judged (no "through time" to speak of).
 MIN_TIME_STEPS = 4
+
+# --- the depth axis of real architectures (diagnose/depth.py, patterns.py, impact.py) --------
+# Networks with repeated blocks (probe/structure.py) are judged along their depth axis: the
+# per-element RMS of dL/d(block output), block by block, relative to the last block of each
+# stack, with VANISH_DECADES / EXPLODE_DECADES as for chains of layers. Calibrated on the zoo's
+# calibration half (tests/zoo.py; benchmarks/zoo.py prints both halves) at PyTorch / Hugging
+# Face default init: healthy stacks stay within 0.5 decades (transformers) and 2.0 decades
+# (BatchNorm ResNets / RegNets / BiT: growth towards the input, ~0.1 decade per block).
+MIN_BLOCKS = 2
+# A stage transition (a downsampling layer between stages: resolution and width change) moves
+# the per-element RMS by up to ~0.8 decade at library init (PoolFormer: -0.72 per transition,
+# ConvNeXt -0.97, Swin -0.92 for the first); each transition crossed widens the band by this.
+TRANSITION_DECADES = 1.0
+# Growth towards the input along a *residual* stream whose blocks hold normalisation layers,
+# at most this many decades per block, is the normalisation growth of Yang et al. (2019)
+# that such nets train through (RegNet 0.13, ResNet-50 0.11, BiT 0.11, MobileNetV2 0.07 per
+# block at init): info, not a disease.
+NORM_GROWTH_PER_BLOCK = 0.25
+# The same in a chain of normalised layers (no residual): MobileNetV1 (27 conv-BN-ReLU6 layers)
+# grows 3.3 decades at init, 0.12 per layer, and trains; Yang et al. predict 0.083 per
+# BatchNorm-ReLU layer. Up to NORM_GROWTH_MAX_DECADES in all (depth ~50 at 0.08: beyond it
+# plain BN nets stop training in their experiments) the growth is info.
+NORM_GROWTH_PER_LAYER = 0.15
+NORM_GROWTH_MAX_DECADES = 4.0
+# A branch that enters the stream scaled down (LayerScale, a small residual scale): its exit
+# layer's signal this many decades below the block's output is named (ConvNeXt's LayerScale
+# 1e-6 measures -6.0, PoolFormer's 1e-5 -5.0, BEiT's 0.1 -0.6 to -1.0; plain residual
+# branches -0.15 .. +0.1).
+BRANCH_SCALE_DECADES = 0.5
+# Inside a branch, relative to the gradient entering it (its exit): healthy library-init
+# branches reach -2.6 decades (the LayerNorm in front of a pre-LN attention branch, whose
+# signal is the sum of a near-uniform attention's small contributions) and Q/K projections
+# -5.1 (DeiT; they are judged apart, patterns.attention_qk). Below this: vanishing inside.
+INNER_VANISH_DECADES = 4.0
+INNER_EXPLODE_DECADES = 3.0
+# Attention Q/K at init: their signal this far below V's in the same block is named as the
+# near-uniform-softmax pattern (BERT -1.7, DeiT -3.6, Llama -1.9 decades at init).
+QK_BELOW_V_DECADES = 1.0
+
+# --- impact for the optimizer in use (diagnose/impact.py) -------------------------------------
+# Adam-family steps are lr * m / (sqrt(v) + eps): a gradient RMS well above eps gets a full
+# step whatever its size; below ADAM_EPS_FACTOR x eps the step shrinks in proportion.
+ADAM_EPS_FACTOR = 10.0
+# A layer learns much less than the rest when its median update/weight ratio is below this
+# fraction of the median over the network's other layers.
+RELATIVE_UPDATE_LOW = 0.01

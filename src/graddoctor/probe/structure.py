@@ -27,6 +27,7 @@ MIN_REPEATS = 2
 # Autograd nodes visited at most per walk (a walk stops at the nearest recorded outputs; long
 # walks happen only across big functional parts such as a loss or a custom attention kernel).
 MAX_WALK = 4000
+CONTAINERS = (nn.ModuleList, nn.ModuleDict)
 
 
 def _weight_layers(module: nn.Module) -> int:
@@ -35,8 +36,14 @@ def _weight_layers(module: nn.Module) -> int:
 
 
 def _repeated_children(module: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The children of `module` that repeat one class (MIN_REPEATS or more) and are blocks by size."""
-    children = [(n, c) for n, c in module.named_children() if _weight_layers(c) >= MIN_BLOCK_WEIGHT_LAYERS]
+    """The children of `module` that repeat one class (MIN_REPEATS or more) and are blocks by size.
+
+    Only numbered children count (the entries of a ModuleList or Sequential: "0", "1", ...): a
+    decoder layer's `self_attn` and `encoder_attn` share a class but are parts, not a sequence.
+    A bare ModuleList/ModuleDict (a stage's list of blocks) is a container, never a block.
+    """
+    children = [(n, c) for n, c in module.named_children() if n.isdigit() and not isinstance(c, CONTAINERS)
+                and _weight_layers(c) >= MIN_BLOCK_WEIGHT_LAYERS]
     counts = Counter(type(c) for _, c in children)
     return [(n, c) for n, c in children if counts[type(c)] >= MIN_REPEATS]
 
@@ -126,6 +133,9 @@ class GraphRecorder:
         by_name = {n: m for m, n in names.items()}
         self.block_modules = [by_name[b] for b in blocks if b in by_name]
         self.layer_set = set(layers)
+        # layers that hold other layers (an attention module owning a logit scale, a ConvNeXt
+        # layer owning its LayerScale): what feeds them is found from their output, inwards
+        self.holders = {m for m in layers if any(d in self.layer_set for d in m.modules() if d is not m)}
         self.param_names = {id(p): n for n, p in model.named_parameters()}
         self.tied = self._tied(model)
         self.calls: list[dict] = []  # per recorded call: module name, role, leading dims
@@ -189,7 +199,8 @@ class GraphRecorder:
         call = len(self.calls)
         self.calls.append({"module": self.names[module], "role": "layer", "lead": _lead(ys[0] if ys else None),
                            "in_lead": _lead(xs[0] if xs else None), "weights": is_weight_layer(module)})
-        found, _ = self._walk([(x.grad_fn, 0) for x in xs if x.grad_fn is not None])
+        roots = ys[:1] if module in self.holders else [x for x in xs if x.grad_fn is not None]
+        found, _ = self._walk([(t.grad_fn, 0) for t in roots])
         self.edges += [(src, ("L", call), flags) for src, flags in found.items()]
         if ys:
             self.stops.setdefault(ys[0].grad_fn, []).append(("L", call))
