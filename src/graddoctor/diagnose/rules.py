@@ -15,7 +15,8 @@ from .causes import gradient_causes, rank
 from .depth import along_depth, inside_branches, stacks
 from .evidence import _finding, _finite_steps, _judged, _lr_cause, _q, input_scale_cause
 from .findings import Cause, Finding
-from .impact import judge_impact
+from .impact import is_adaptive, judge_impact, optimizer_of
+from .nonfinite import non_finite, precision_underflow
 from .patterns import PATTERNS
 from .signals import Signals, median, persistent
 from .through_time import through_time
@@ -114,27 +115,6 @@ def exploding_in_time(s: Signals) -> list[Finding]:
     return [_finding("exploding", "critical", idx, s, summary, dict(cause.evidence), [cause])]
 
 
-def non_finite(s: Signals) -> list[Finding]:
-    """NaN/Inf in the loss, the gradients or the activations (an absolute check)."""
-    bad_loss = np.nan_to_num(s.step["nonfinite_loss"]) > 0
-    bad_g = np.nan_to_num(s.layer["nonfinite_grad"]).sum(0) > 0
-    bad_a = np.nan_to_num(s.layer["nonfinite_act"]).sum(0) > 0
-    if not (bad_loss.any() or bad_g.any() or bad_a.any()):
-        return []
-    idx = np.where(bad_a | bad_g)[0]
-    first_step = int(s.steps[np.argmax(bad_loss)]) if bad_loss.any() else None
-    causes = [c for c in (_lr_cause(s, _judged(s)), input_scale_cause(s)) if c is not None]
-    if first_step == int(s.steps[0]) and not causes:
-        causes.append(Cause("init_too_large", "the very first recorded step is already non-finite",
-                            {"step": first_step}, 1.0))
-    where = f"first in {_q(s, idx[0])}" if len(idx) else "in the loss"
-    summary = f"NaN/Inf values {where}"
-    if first_step is not None:
-        summary += f"; the loss is non-finite from step {first_step}"
-    return [_finding("non_finite", "critical", idx, s, summary,
-                     {"first_nonfinite_step": first_step, "layers_with_nonfinite": len(idx)}, rank(causes))]
-
-
 def _over(s: Signals, metric: str, limit: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(judged steps, per-layer median of a fraction metric, layers above `limit`)."""
     judged = _judged(s)
@@ -196,20 +176,30 @@ def stalled_layers(s: Signals) -> list[Finding]:
     now = np.nanmedian(loss[judged]) if np.isfinite(loss[judged]).any() else np.nan
     if len(first) and np.isfinite(now) and now < T.CONVERGED_LOSS_FRACTION * first[0]:
         return []  # converged: small steps are what a finished fit takes, not a stall
-    trainable = np.isfinite(ur) & np.isfinite(median(s.layer["grad_rms"], judged))  # frozen: nan grads
-    idx = np.where(trainable & (ur < T.UPDATE_RATIO_LOW))[0]
+    g = median(s.layer["grad_rms"], judged)
+    trainable = np.isfinite(ur) & np.isfinite(g)  # frozen layers: nan gradients
+    opt = optimizer_of(s)
+    eps = float(opt.get("eps", 1e-8)) if is_adaptive(opt) else None
+    # under Adam-type optimizers the step does not shrink with the gradient unless it is below eps
+    below_eps = trainable & (g < T.ADAM_EPS_FACTOR * eps) if eps is not None else np.zeros(len(ur), bool)
+    idx = np.where(trainable & ((ur < T.UPDATE_RATIO_LOW) | below_eps))[0]
     if len(idx) == 0:
         return []
     all_stall = len(idx) == trainable.sum()
-    why = ("every layer's steps are tiny" if all_stall else
-           "the error signal reaching them is too small (the product of the layers above)")
-    causes = [Cause("learning_rate_too_low" if all_stall else "chain_product_depth",
+    if below_eps[idx].any():
+        why = (f"their gradient RMS {np.nanmedian(g[idx]):.2g} is below {T.ADAM_EPS_FACTOR:g}x {opt.get('type')}'s "
+               f"eps {eps:.0e}, so their steps shrink by g/eps")
+    else:
+        why = ("every layer's steps are tiny" if all_stall else
+               "the error signal reaching them is too small (the product of the layers above)")
+    causes = [Cause("learning_rate_too_low" if all_stall and not below_eps[idx].any() else "chain_product_depth",
                     f"{why}: median update/weight ratio {np.nanmedian(ur[idx]):.2g} (healthy ~1e-3)",
-                    {"update_ratio": float(np.nanmedian(ur[idx]))}, 1.0)]
-    summary = f"{len(idx)} layers barely change: update/weight ratio {np.nanmedian(ur[idx]):.2g}"
+                    {"update_ratio": float(np.nanmedian(ur[idx])), "grad_rms": float(np.nanmedian(g[idx])),
+                     "eps": eps}, 1.0)]
+    summary = f"{len(idx)} layers barely change: update/weight ratio {np.nanmedian(ur[idx]):.2g}; {why}"
     return [_finding("stalled_layers", "warning", idx, s, summary,
                      {"update_ratio": {s.names[i]: float(ur[i]) for i in idx}}, causes)]
 
 
 RULES: tuple[Rule, ...] = (non_finite, vanishing_exploding, along_depth, inside_branches, exploding_in_time,
-                           saturation, dead_units, stalled_layers, through_time, *PATTERNS)
+                           saturation, dead_units, stalled_layers, through_time, precision_underflow, *PATTERNS)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..probe.trace import STEP_METRICS, Trace
+from ..probe.trace import LAYER_METRICS, STEP_METRICS, Trace
 from . import thresholds as T
 from .structure import Structure, analyse
 
@@ -99,7 +99,7 @@ def signals(trace: Trace) -> Signals:
     rel = log_signal - log_signal[:, ref: ref + 1]
     layer = {m: trace[m] for m in ("saturated", "dead", "act_mean", "act_std", "act_deriv_rms",
                                    "update_ratio", "weight_rms", "grad_rms", "nonfinite_grad",
-                                   "nonfinite_act", "out_rms")}
+                                   "nonfinite_act", "out_rms", "grad_zero_frac") if m in LAYER_METRICS}
     step = {m: trace[m] for m in STEP_NAMES if m in STEP_METRICS}
     structure = analyse(trace)
     return Signals([x.name for x in layers], [x.type for x in layers], [x.activation for x in layers],
@@ -134,7 +134,7 @@ def block_log(trace: Trace, structure: Structure) -> np.ndarray | None:
     info = (trace.meta.get("structure") or {}).get("layers", {})
     index = {n: i for i, n in enumerate(trace.layer_names)}
     for j, b in enumerate(structure.blocks):
-        readers = [index[n] for n, x in info.items() if n in index and list(x.get("inputs", {})) == [f"{b.name}:in"]]
+        readers = [index[n] for n, x in info.items() if n in index and b.name in x.get("reads_block_input", [])]
         if readers:
             with np.errstate(all="ignore"):
                 out[:, j] = np.nanmedian(gin[:, readers], axis=1) if len(readers) > 1 else gin[:, readers[0]]

@@ -147,3 +147,10 @@ ADAM_EPS_FACTOR = 10.0
 # A layer learns much less than the rest when its median update/weight ratio is below this
 # fraction of the median over the network's other layers.
 RELATIVE_UPDATE_LOW = 0.01
+
+# --- 16-bit precision (diagnose/nonfinite.py) -------------------------------------------------
+# Fraction of a (non-embedding) layer's gradient elements that are exactly zero in a float16
+# run without a GradScaler: beyond this the gradients underflowed (dense float32 gradients of
+# Linear/Conv layers have ~0 exact zeros; ReLU layers with dead units a few percent).
+UNDERFLOW_FRACTION = 0.5
+UNDERFLOW_CRITICAL = 0.9

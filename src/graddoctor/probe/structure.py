@@ -197,8 +197,11 @@ class GraphRecorder:
             return
         xs = [t for t in _tensors((args, kwargs)) if t.requires_grad]
         call = len(self.calls)
+        reads = [self.calls[k]["module"] for kind, k in self.stops.get(xs[0].grad_fn, []) if kind == "I"] if (
+            xs and xs[0].grad_fn is not None) else []  # blocks whose very input tensor this layer reads
         self.calls.append({"module": self.names[module], "role": "layer", "lead": _lead(ys[0] if ys else None),
-                           "in_lead": _lead(xs[0] if xs else None), "weights": is_weight_layer(module)})
+                           "in_lead": _lead(xs[0] if xs else None), "weights": is_weight_layer(module),
+                           "reads": reads})
         roots = ys[:1] if module in self.holders else [x for x in xs if x.grad_fn is not None]
         found, _ = self._walk([(t.grad_fn, 0) for t in roots])
         self.edges += [(src, ("L", call), flags) for src, flags in found.items()]
@@ -261,6 +264,7 @@ class GraphRecorder:
                 layers[c["module"]]["calls"] += 1
                 continue
             layers[c["module"]] = {"inputs": feeds.get(c["module"], {}), "weights": c["weights"], "calls": 1,
+                                   "reads_block_input": c["reads"],
                                    "broadcast": bool(batch and c["lead"] and c["lead"] != batch)}
         blocks = [self._block(i) for i, c in enumerate(self.calls) if c["role"] == "block" and c["end"] is not None]
         seen: set[str] = set()
