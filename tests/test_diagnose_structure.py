@@ -89,12 +89,14 @@ def test_gpt2_blocks_on_a_residual_stream_with_attention_and_mlp_branches():
     assert find_blocks(model) == [f"transformer.h.{i}" for i in range(3)]
     s = analyse(trace)
     assert s.axis == "residual stream" and all(b.residual and not b.shortcut for b in s.blocks)
-    labels = [(br.label, [s.names[i].rsplit(".", 1)[-1] for i in br.layers if s.is_weight(i)]) for br in s.blocks[1].branches]
+    labels = [(br.label, [s.names[i].rsplit(".", 1)[-1] for i in br.layers if s.is_weight(i)])
+              for br in s.blocks[1].branches]
     assert labels == [("attention", ["c_attn", "c_proj"]), ("MLP", ["c_fc", "c_proj"])]
     assert s.tied == [["transformer.wte", "lm_head"]]
     assert "transformer.wpe" in {s.names[i] for i in s.other_lead}  # position embedding: (1, T, d), shared by the batch
     summary = d.context["structure"]["summary"]
-    assert summary.startswith("3 blocks on a residual stream; inside each: attention (c_attn, c_proj), MLP (c_fc, c_proj)")
+    assert summary.startswith("3 blocks on a residual stream; inside each: attention (c_attn, c_proj), "
+                              "MLP (c_fc, c_proj)")
     assert "tied weights: 'transformer.wte' = 'lm_head'" in summary
     assert str(d).splitlines()[1] == f"structure: {summary}"  # printed under the verdict
     assert d.healthy, str(d)
@@ -108,8 +110,8 @@ def test_resnet_stages_of_blocks_with_projection_shortcuts():
     assert len(s.stacks) == 1 and len({b.stage for b in s.blocks}) == 2
     first_of_stage_1 = s.blocks[2]
     assert first_of_stage_1.residual
-    assert [s.names[i] for i in first_of_stage_1.shortcut] == [
-        "resnet.encoder.stages.1.layers.0.shortcut.convolution", "resnet.encoder.stages.1.layers.0.shortcut.normalization"]
+    assert [s.names[i] for i in first_of_stage_1.shortcut] == [f"resnet.encoder.stages.1.layers.0.shortcut.{n}"
+                                                               for n in ("convolution", "normalization")]
     assert not s.blocks[1].shortcut  # an identity shortcut has no layer on it
     assert "4 blocks in 2 stages on a residual stream, 1 with a projection shortcut" in s.summary
     assert d.healthy, str(d)
@@ -134,7 +136,7 @@ class DenseBlockNet(nn.Module):
 def test_densenet_concatenations_are_recorded():
     model = DenseBlockNet()
     x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 4, (8,))
-    trace, d = watched(model, lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]), (x, y))
+    trace, _ = watched(model, lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]), (x, y))
     s = analyse(trace)
     assert {s.names[i] for i in s.concat_fed} == {"convs.0", "convs.1", "convs.2", "head"}
     inputs = trace.structure["layers"]["convs.2"]["inputs"]
@@ -166,7 +168,7 @@ def test_bert_qk_at_init_is_the_near_uniform_attention_pattern():
 
 
 def test_convnext_layerscale_is_info_with_its_scale():
-    trace, d = watched(convnext(), image_step, torch.randn(4, 3, 32, 32))
+    _, d = watched(convnext(), image_step, torch.randn(4, 3, 32, 32))
     assert d.healthy, str(d)
     (f,) = by_design(d, "branch_scale")
     assert f.evidence["exit_decades"] == pytest.approx(-6.0, abs=0.1)  # layer_scale_init_value 1e-6
@@ -193,7 +195,7 @@ class ZeroHead(nn.Module):
 def test_zero_initialised_layers_are_info_at_step_0_and_gradients_flow_once_they_move():
     model = ZeroHead()
     x, y = torch.randn(32, 16), torch.randint(0, 5, (32,))
-    step = lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1])  # noqa: E731
+    step = lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1])
     _, d0 = watched(model, step, (x, y))
     assert d0.healthy, str(d0)
     (f,) = by_design(d0, "zero_init")
@@ -208,7 +210,7 @@ def test_normalisation_growth_of_a_plain_batchnorm_chain_is_info():
     torch.manual_seed(0)
     model = T.MobileNetV1ForImageClassification(T.MobileNetV1Config(image_size=32, depth_multiplier=0.25, min_depth=8,
                                                                     num_labels=4))
-    trace, d = watched(model, image_step, torch.randn(8, 3, 32, 32))
+    _, d = watched(model, image_step, torch.randn(8, 3, 32, 32))
     assert d.healthy, str(d)
     (f,) = by_design(d, "norm_growth")
     assert 1.0 < f.evidence["decades"] < 4.0  # real growth towards the input, within what trains
