@@ -11,6 +11,7 @@ from torch.nn import functional as F
 
 from ..errors import GradDoctorError
 from ..probe.trace import Trace
+from .depth import judged_levels
 from .findings import SEVERITIES, Diagnosis
 from .rules import RULES
 from .signals import Signals, median, signals, window
@@ -22,9 +23,19 @@ def layer_table(s: Signals) -> list[dict]:
     rel, gain = median(s.rel, w), median(s.log_gain, w)
     cols = {k: median(s.layer[k], w) for k in ("grad_rms", "saturated", "dead", "update_ratio", "act_std")}
     f = lambda v: None if not np.isfinite(v) else float(v)
-    return [{"name": s.names[i], "type": s.types[i], "activation": s.activations[i],
-             "signal_decades": f(rel[i]), "gain": f(10 ** gain[i]) if np.isfinite(gain[i]) else None,
-             **{k: f(v[i]) for k, v in cols.items()}} for i in range(len(s.names))]
+    _, inner = judged_levels(s)
+    apart = s.structure.apart() if s.structure is not None else frozenset()
+    chain = not inner and not any(b for b in (s.structure.blocks if s.structure else []))
+    rows = []
+    for i in range(len(s.names)):
+        # what the verdict compared this layer with: its branch's exit (inside a block), the
+        # reference layer (a chain of layers), or nothing (outside the blocks, attention internals)
+        against, judged = (inner[i] if i in inner else (s.names[s.ref], f(rel[i])) if chain and i not in apart
+                           else (None, None))
+        rows.append({"name": s.names[i], "type": s.types[i], "activation": s.activations[i],
+                     "signal_decades": f(rel[i]), "gain": f(10 ** gain[i]) if np.isfinite(gain[i]) else None,
+                     **{k: f(v[i]) for k, v in cols.items()}, "compared_with": against, "judged_decades": judged})
+    return rows
 
 
 def diagnose(trace: Trace) -> Diagnosis:
@@ -42,6 +53,9 @@ def diagnose(trace: Trace) -> Diagnosis:
            "reference_layer": s.names[s.ref], "table": layer_table(s)}
     if s.structure is not None:
         ctx["structure"] = s.structure.to_dict()
+        block_levels, _ = judged_levels(s)
+        for b in ctx["structure"]["blocks"]:  # dL/d(block output) against the stack's last block, decades
+            b["signal_decades"] = block_levels.get(b["name"])
     return Diagnosis(findings, s.names, ctx)
 
 

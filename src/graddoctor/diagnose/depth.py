@@ -213,3 +213,26 @@ def inside_branches(s: Signals) -> list[Finding]:
         f = _finding(kind, severity, hits, s, summary, evidence, rank(causes))
         out.append(judge_impact(s, f, hits, judged) if kind == "vanishing" else f)
     return out
+
+
+def judged_levels(s: Signals) -> tuple[dict[str, float], dict[int, tuple[str, float]]]:
+    """What the verdicts compared, for the reports: each block's signal against its stack's last block
+    (decades), and each branch layer's against the gradient entering its branch ({layer: (branch exit, decades)})."""
+    judged = _judged(s)
+    blocks: dict[str, float] = {}
+    layers: dict[int, tuple[str, float]] = {}
+    if s.structure is None or s.block_log is None or not len(judged):
+        return blocks, layers
+    for _, idx in stacks(s):
+        med = median(s.block_log[:, idx] - s.block_log[:, idx[-1]:idx[-1] + 1], judged)
+        blocks.update({s.structure.blocks[k].name: float(v) for k, v in zip(idx, med) if np.isfinite(v)})
+    for b in s.structure.blocks:
+        for br in b.branches:
+            if not br.exits:
+                continue
+            exit_rel = median(np.nanmax(s.log_rms[:, list(br.exits)], axis=1, keepdims=True), judged)[0]
+            for i in br.layers:
+                v = float(median(s.log_rms[:, i:i + 1], judged)[0] - exit_rel)
+                if np.isfinite(v):
+                    layers[i] = (s.names[br.exits[-1]], v)
+    return blocks, layers
