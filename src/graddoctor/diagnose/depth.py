@@ -116,10 +116,12 @@ def along_depth(s: Signals) -> list[Finding]:
     for key, idx in stacks(s):
         lb = s.block_log[:, idx]
         rel = lb - lb[:, -1:]
-        allow = T.TRANSITION_DECADES * _transitions(s, idx)
+        transitions = T.TRANSITION_DECADES * _transitions(s, idx)
         med = median(rel, judged)
         names = [s.structure.blocks[k].name for k in idx]
         for kind, sign, limit in (("vanishing", -1, T.VANISH_DECADES), ("exploding", 1, T.EXPLODE_DECADES)):
+            # stage transitions lower the per-element signal towards the input (healthy nets: all drops)
+            allow = transitions if kind == "vanishing" else np.zeros(len(idx))
             with np.errstate(invalid="ignore"):
                 excess = sign * rel[judged] - allow
             per_step = np.array([np.nanmax(r) > limit if np.isfinite(r).any() else False for r in excess])

@@ -112,7 +112,9 @@ MIN_TIME_STEPS = 4
 MIN_BLOCKS = 2
 # A stage transition (a downsampling layer between stages: resolution and width change) moves
 # the per-element RMS by up to ~0.8 decade at library init (PoolFormer: -0.72 per transition,
-# ConvNeXt -0.97, Swin -0.92 for the first); each transition crossed widens the band by this.
+# ConvNeXt -0.97, Swin -0.92 for the first, all drops towards the input); each transition
+# crossed widens the vanishing band by this (not the exploding one: a chain of BN blocks without
+# shortcuts, RegNet's, grows 3.2 decades across three transitions).
 TRANSITION_DECADES = 1.0
 # Growth towards the input along a *residual* stream whose blocks hold normalisation layers,
 # at most this many decades per block, is the normalisation growth of Yang et al. (2019)
