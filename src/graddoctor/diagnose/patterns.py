@@ -118,4 +118,20 @@ def attention_qk(s: Signals) -> list[Finding]:
     return [_finding("by_design", "info", [], s, summary, evidence, [])]
 
 
-PATTERNS = (branch_scale, zero_init, attention_qk)
+def disconnected(s: Signals) -> list[Finding]:
+    """Layers whose weight gradient is exactly zero on every judged step while others' are not."""
+    judged = _judged(s)
+    if not len(judged):
+        return []
+    g = s.layer["grad_rms"][judged]
+    zero = [i for i in range(len(s.names)) if np.isfinite(g[:, i]).all() and (g[:, i] == 0).all()]
+    if not zero or len(zero) > 0.1 * len(s.names) or not (np.nan_to_num(g) > 0).any():
+        return []  # many zero layers: a signal that died on the way (the gradient rules' business)
+    summary = (f"no gradient reaches {len(zero)} layer(s) ({', '.join(repr(s.names[i]) for i in zero[:3])}): "
+               "their output does not affect the loss in this set-up (e.g. a pooling token mixer at 1x1 "
+               "resolution, an unused head); nothing about the gradient's flow elsewhere")
+    return [_finding("by_design", "info", zero, s, summary, {"pattern": "disconnected",
+                                                              "layers": [s.names[i] for i in zero]}, [])]
+
+
+PATTERNS = (branch_scale, zero_init, attention_qk, disconnected)

@@ -96,23 +96,34 @@ def norm_growth(s: Signals, kind: str, affected: np.ndarray, decades: float) -> 
 
 
 def exploding_in_time(s: Signals) -> list[Finding]:
-    """The global gradient norm grows by orders of magnitude while training."""
+    """The gradient norm, or the weights themselves, grow by orders of magnitude while training."""
     judged = _judged(s)
     if s.n_steps < T.MIN_STEPS:
         return []
     cause = _lr_cause(s, judged)
-    gn = s.step["global_grad_norm"]
-    if cause is None or cause.evidence["growth_decades"] <= T.GROWTH_DECADES:
+    if cause is None:
         return []
-    g = s.layer["grad_rms"]
+    gn = s.step["global_grad_norm"]
+    grads = cause.evidence["growth_decades"] > T.GROWTH_DECADES
+    weights = cause.evidence["weight_growth_decades"] > T.WEIGHT_GROWTH_DECADES
+    if not (grads or weights):
+        return []
+    metric = "grad_rms" if grads else "weight_rms"
+    g = s.layer[metric]
     ok = np.isfinite(g).all(axis=1)
     idx = np.arange(len(s.names))
+    limit = T.GROWTH_DECADES / 2 if grads else T.WEIGHT_GROWTH_DECADES
     if ok.sum() >= 2:
         rows = np.where(ok)[0]
         growth = np.log10(np.maximum(g[rows[-1]], 1e-300)) - np.log10(np.maximum(g[rows[0]], 1e-300))
-        idx = np.where(growth > T.GROWTH_DECADES / 2)[0] if (growth > T.GROWTH_DECADES / 2).any() else idx
-    summary = (f"the gradient norm grew from {np.nanmin(gn):.3g} to {np.nanmax(gn):.3g} during training")
-    return [_finding("exploding", "critical", idx, s, summary, dict(cause.evidence), [cause])]
+        idx = np.where(growth > limit)[0] if (growth > limit).any() else idx
+    if grads:
+        summary = f"the gradient norm grew from {np.nanmin(gn):.3g} to {np.nanmax(gn):.3g} during training"
+    else:  # Adam-type steps do not grow with the gradient: the weights carry the blow-up
+        summary = (f"the weights grew {10 ** cause.evidence['weight_growth_decades']:.3g}x (median over layers) "
+                   f"in {int(s.steps[-1] - s.steps[0])} steps: the optimizer's steps are too large for them")
+    return [_finding("exploding", "critical" if grads else "warning", idx, s, summary, dict(cause.evidence),
+                     [cause])]
 
 
 def _over(s: Signals, metric: str, limit: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -181,7 +192,8 @@ def stalled_layers(s: Signals) -> list[Finding]:
     opt = optimizer_of(s)
     eps = float(opt.get("eps", 1e-8)) if is_adaptive(opt) else None
     # under Adam-type optimizers the step does not shrink with the gradient unless it is below eps
-    below_eps = trainable & (g < T.ADAM_EPS_FACTOR * eps) if eps is not None else np.zeros(len(ur), bool)
+    # (an exactly-zero gradient is a layer the loss does not reach, patterns.disconnected)
+    below_eps = trainable & (g > 0) & (g < T.ADAM_EPS_FACTOR * eps) if eps is not None else np.zeros(len(ur), bool)
     idx = np.where(trainable & ((ur < T.UPDATE_RATIO_LOW) | below_eps))[0]
     if len(idx) == 0:
         return []
