@@ -310,3 +310,58 @@ class GraphRecorder:
 def _lead(t: Tensor | None) -> int:
     """The leading (batch) dimension of a tensor, 0 for none or a scalar."""
     return int(t.shape[0]) if t is not None and t.dim() else 0
+
+
+class StructurePart:
+    """The Probe's part (parts.py) that records the structure on the first recorded training step.
+
+    Its hooks exist only during recorded full steps until a structure was learnt (normally step 0
+    alone); the result goes to trace.meta["structure"]. Duck-types parts.Part (no import cycle).
+    """
+
+    wants_forward = False
+
+    def __init__(self, model: nn.Module, layout, meta: dict, blocks: list[str]) -> None:
+        self.model, self.layout, self.meta, self.blocks = model, layout, meta, blocks
+        self.recorder: GraphRecorder | None = None
+        self.done = False
+
+    def begin(self, rec, full: bool) -> None:
+        """Attach on a recorded full step (until the structure is known); detach otherwise."""
+        if full and not self.done and self.recorder is None:
+            self.recorder = GraphRecorder(self.model, self.layout.names, self.layout.candidates(), self.blocks)
+        elif not full and self.recorder is not None:
+            self.recorder.remove()
+            self.recorder = None
+
+    def forward(self, layer: int, x: Tensor | None) -> None:
+        """Not used: the recorder has its own hooks (it needs outputs and block inputs)."""
+
+    def file(self, rec) -> None:
+        """No device values."""
+
+    def finish(self, step: int, raw, token: object, own) -> object:
+        """The step was recorded: keep the structure if its forward ran with gradients."""
+        if self.recorder is not None:
+            result = self.recorder.result()
+            if result is not None:
+                self.meta["structure"] = result
+                self.done = True
+                self.recorder.remove()
+                self.recorder = None
+        return raw
+
+    def holding(self, step: int) -> bool:
+        """Never holds a step."""
+        return False
+
+    def release(self, loss: object = None) -> list:
+        """Nothing held."""
+        return []
+
+    def close(self, clean: bool = True) -> list:
+        """Remove the recorder's hooks."""
+        if self.recorder is not None:
+            self.recorder.remove()
+            self.recorder = None
+        return []
