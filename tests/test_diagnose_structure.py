@@ -215,3 +215,21 @@ def test_normalisation_growth_of_a_plain_batchnorm_chain_is_info():
     (f,) = by_design(d, "norm_growth")
     assert 1.0 < f.evidence["decades"] < 4.0  # real growth towards the input, within what trains
     assert "dead_units" not in {x.kind for x in d.findings}  # zero padding of its convolutions is not dead units
+
+
+def test_structure_waits_for_a_training_forward_and_survives_a_save():
+    model = gpt2(2)
+    with gd.watch(model) as probe:
+        with torch.no_grad():  # an evaluation pass first: nothing to learn the structure from
+            model(input_ids=_tokens())
+        loss = lm_step(model, _tokens())
+        loss.backward()
+        probe.step(loss)
+    assert probe.trace.structure is not None and len(probe.trace.structure["blocks"]) == 2
+
+
+def test_structure_is_saved_with_the_trace(tmp_path):
+    trace, d = watched(gpt2(2), lm_step, _tokens())
+    again = gd.Trace.load(trace.save(tmp_path / "t.npz"))
+    assert again.structure == trace.structure
+    assert gd.diagnose(again).context["structure"] == d.context["structure"]

@@ -122,8 +122,8 @@ class StructurePart:
             if result is not None:
                 self.meta["structure"] = result
                 self.done = True
-                self.recorder.remove()
-                self.recorder = None
+            self.recorder.remove()  # learnt, or no training forward ran: the next recorded step starts afresh
+            self.recorder = None
         return raw
 
     def holding(self, step: int) -> bool:
