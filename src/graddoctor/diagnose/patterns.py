@@ -134,4 +134,23 @@ def disconnected(s: Signals) -> list[Finding]:
                                                               "layers": [s.names[i] for i in zero]}, [])]
 
 
-PATTERNS = (branch_scale, zero_init, attention_qk, disconnected)
+def not_comparable(s: Signals) -> list[Finding]:
+    """Layers left out of a chain's comparison whose signal would have crossed a threshold, and why."""
+    st = s.structure
+    if st is None or stacks(s) or not st.other_lead:
+        return []
+    judged = _judged(s)
+    rel = median(s.rel, judged)
+    out = [i for i in sorted(st.other_lead) if np.isfinite(rel[i]) and
+           (rel[i] < -T.VANISH_DECADES or rel[i] > T.EXPLODE_DECADES)]
+    if not out:
+        return []
+    summary = (f"not compared along the chain: {', '.join(repr(s.names[i]) for i in out[:3])} — their output's "
+               "first dimension is not the batch (shared by the samples, e.g. a position embedding of shape "
+               "(1, T, d), or folded windows), so their error signal sums or splits the samples' and its "
+               "per-sample size is not comparable")
+    evidence = {"pattern": "not_comparable", "signal_decades": {s.names[i]: float(rel[i]) for i in out}}
+    return [_finding("by_design", "info", out, s, summary, evidence, [])]
+
+
+PATTERNS = (branch_scale, zero_init, attention_qk, disconnected, not_comparable)
