@@ -233,3 +233,29 @@ def test_structure_is_saved_with_the_trace(tmp_path):
     again = gd.Trace.load(trace.save(tmp_path / "t.npz"))
     assert again.structure == trace.structure
     assert gd.diagnose(again).context["structure"] == d.context["structure"]
+
+
+class PositionChain(nn.Module):
+    """Token + position embeddings into a chain of Linear layers (no blocks); the position
+    embedding's output is (1, T, d): shared by the whole batch (and scaled up 100x, so that its
+    error signal is 100x larger on top of summing the batch's)."""
+
+    def __init__(self, vocab=VOCAB, seq=SEQ, dim=16) -> None:
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, dim), nn.Embedding(seq, dim)
+        self.fc1, self.fc2, self.out = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, vocab)
+
+    def forward(self, ids):
+        h = self.tok(ids) + 100 * self.pos(torch.arange(ids.shape[1])[None])
+        return self.out(torch.relu(self.fc2(torch.relu(self.fc1(h)))))
+
+
+def test_an_output_shared_by_the_batch_is_not_compared_along_the_chain():
+    ids = _tokens(batch=64)
+    step = lambda m, b: nn.functional.cross_entropy(m(b).flatten(0, 1), b.flatten())
+    _, d = watched(PositionChain(), step, ids)
+    assert d.healthy, str(d)
+    (f,) = by_design(d, "not_comparable")
+    assert f.layers == ("pos",) and f.evidence["signal_decades"]["pos"] > 2  # left out: no exploding verdict
+    (row,) = [r for r in d.context["table"] if r["name"] == "pos"]
+    assert row["judged_decades"] is None and row["compared_with"] is None
