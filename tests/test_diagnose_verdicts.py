@@ -51,20 +51,18 @@ def nonfinite_finding(d):
 # -- divergence and its causes ------------------------------------------------------------------
 def test_divergence_on_an_unrecorded_step_is_reported():
     model = _mlp()
-    batches = _batches(25)
-
-    class Blowup(torch.optim.SGD):
-        """Plain SGD that writes a NaN into the first weight on its 13th step: step 13's forward is NaN."""
-
-        def step(self, closure=None):
-            out = super().step(closure)
-            self.n = getattr(self, "n", 0) + 1
-            if self.n == 13:
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gd.watch(model, every=10, optimizer=opt) as probe:
+        for step, (x, y) in enumerate(_batches(25)):
+            if step == 13:  # a NaN weight: step 13's forward is the first non-finite one
                 with torch.no_grad():
                     model[0].weight[0, 0] = float("nan")
-            return out
-
-    trace = _train(model, batches, every=10, optimizer=Blowup(model.parameters(), lr=0.01))
+            opt.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            probe.step(loss)
+    trace = probe.trace
     assert list(trace.steps) == [0, 10, 20]
     f = nonfinite_finding(gd.diagnose(trace))
     assert f.severity == "critical"

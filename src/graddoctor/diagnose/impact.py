@@ -48,10 +48,14 @@ def learning(s: Signals, layers: list[int], judged: np.ndarray) -> dict | None:
     eps = float(opt.get("eps", 1e-8)) if is_adaptive(opt) else None
     ratio = float(np.median(mine) / max(np.median(others), 1e-300))
     below_eps = bool(eps is not None and np.isfinite(grad) and grad < T.ADAM_EPS_FACTOR * eps)
-    stalled = ratio < T.RELATIVE_UPDATE_LOW or below_eps
+    # weight decay alone moves weights by lr * weight_decay per step: no gradient step in that
+    decay = float(opt.get("lr", 0) or 0) * float(opt.get("weight_decay", 0) or 0)
+    decay_only = bool(grad == 0 or (decay > 0 and np.median(mine) <= 2 * decay))
+    # a gradient below eps shrinks Adam's step only when the step measured is small too
+    stalled = decay_only or ratio < T.RELATIVE_UPDATE_LOW or (below_eps and ratio < T.RELATIVE_UPDATE_EPS)
     return {"learns": not stalled, "update_ratio": float(np.median(mine)),
             "update_ratio_rest": float(np.median(others)), "relative_update": ratio, "grad_rms": grad, "eps": eps,
-            "below_eps": below_eps,
+            "below_eps": below_eps, "decay_only": decay_only,
             "optimizer": opt.get("type")}
 
 
@@ -62,7 +66,9 @@ def judge_impact(s: Signals, finding: Finding, layers: list[int], judged: np.nda
         return finding
     evidence = {**finding.evidence, "impact": ev}
     if not ev["learns"]:
-        why = (f"their gradient RMS {ev['grad_rms']:.2g} is below {T.ADAM_EPS_FACTOR:g}x {ev['optimizer']}'s eps "
+        why = ("no gradient step moves them (their gradient is 0, or only weight decay changes them)"
+               if ev["decay_only"] else
+               f"their gradient RMS {ev['grad_rms']:.2g} is below {T.ADAM_EPS_FACTOR:g}x {ev['optimizer']}'s eps "
                f"{ev['eps']:.0e}, so their steps shrink" if ev["below_eps"] else
                f"they move {ev['relative_update']:.2g}x as much as the rest of the network "
                f"(update/weight {ev['update_ratio']:.2g} vs {ev['update_ratio_rest']:.2g})")

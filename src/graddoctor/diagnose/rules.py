@@ -105,7 +105,11 @@ def exploding_in_time(s: Signals) -> list[Finding]:
         return []
     gn = s.step["global_grad_norm"]
     grads = cause.evidence["growth_decades"] > T.GROWTH_DECADES
-    weights = cause.evidence["weight_growth_decades"] > T.WEIGHT_GROWTH_DECADES
+    # weights that grow while the loss falls are learning (an LSTM at a high lr); growing while it
+    # does not fall, the steps are too large
+    loss = s.step["loss"][np.isfinite(s.step["loss"])]
+    stuck = len(loss) >= T.MIN_STEPS and np.median(loss[-T.MIN_STEPS:]) >= T.LOSS_NOT_FALLING * loss[0]
+    weights = cause.evidence["weight_growth_decades"] > T.WEIGHT_GROWTH_DECADES and stuck
     if not (grads or weights):
         return []
     metric = "grad_rms" if grads else "weight_rms"
@@ -121,7 +125,8 @@ def exploding_in_time(s: Signals) -> list[Finding]:
         summary = f"the gradient norm grew from {np.nanmin(gn):.3g} to {np.nanmax(gn):.3g} during training"
     else:  # Adam-type steps do not grow with the gradient: the weights carry the blow-up
         summary = (f"the weights grew {10 ** cause.evidence['weight_growth_decades']:.3g}x (median over layers) "
-                   f"in {int(s.steps[-1] - s.steps[0])} steps: the optimizer's steps are too large for them")
+                   f"in {int(s.steps[-1] - s.steps[0])} steps while the loss did not fall ({loss[0]:.3g} -> "
+                   f"{np.median(loss[-T.MIN_STEPS:]):.3g}): the optimizer's steps are too large for them")
     return [_finding("exploding", "critical" if grads else "warning", idx, s, summary, dict(cause.evidence),
                      [cause])]
 
@@ -194,17 +199,19 @@ def stalled_layers(s: Signals) -> list[Finding]:
     # under Adam-type optimizers the step does not shrink with the gradient unless it is below eps
     # (an exactly-zero gradient is a layer the loss does not reach, patterns.disconnected)
     below_eps = trainable & (g > 0) & (g < T.ADAM_EPS_FACTOR * eps) if eps is not None else np.zeros(len(ur), bool)
-    idx = np.where(trainable & ((ur < T.UPDATE_RATIO_LOW) | below_eps))[0]
+    rest = float(np.nanmedian(ur[trainable])) if trainable.any() else np.nan
+    slow = below_eps & (ur < T.RELATIVE_UPDATE_EPS * rest)  # the step measured is small too
+    idx = np.where(trainable & ((ur < T.UPDATE_RATIO_LOW) | slow))[0]
     if len(idx) == 0:
         return []
     all_stall = len(idx) == trainable.sum()
-    if below_eps[idx].any():
+    if slow[idx].any():
         why = (f"their gradient RMS {np.nanmedian(g[idx]):.2g} is below {T.ADAM_EPS_FACTOR:g}x {opt.get('type')}'s "
                f"eps {eps:.0e}, so their steps shrink by g/eps")
     else:
         why = ("every layer's steps are tiny" if all_stall else
                "the error signal reaching them is too small (the product of the layers above)")
-    causes = [Cause("learning_rate_too_low" if all_stall and not below_eps[idx].any() else "chain_product_depth",
+    causes = [Cause("learning_rate_too_low" if all_stall and not slow[idx].any() else "chain_product_depth",
                     f"{why}: median update/weight ratio {np.nanmedian(ur[idx]):.2g} (healthy ~1e-3)",
                     {"update_ratio": float(np.nanmedian(ur[idx])), "grad_rms": float(np.nanmedian(g[idx])),
                      "eps": eps}, 1.0)]
@@ -213,5 +220,38 @@ def stalled_layers(s: Signals) -> list[Finding]:
                      {"update_ratio": {s.names[i]: float(ur[i]) for i in idx}}, causes)]
 
 
-RULES: tuple[Rule, ...] = (non_finite, vanishing_exploding, along_depth, inside_branches, exploding_in_time,
-                           saturation, dead_units, stalled_layers, through_time, precision_underflow, *PATTERNS)
+def no_gradient(s: Signals) -> list[Finding]:
+    """Most layers, the reference among them, get exactly zero error signal: the forward signal died."""
+    judged = _judged(s)
+    if not len(judged):
+        return []
+    zero = (s.log_rms[judged] < -250).all(axis=0)  # exactly 0 on every judged step (log floor -300)
+    if zero.sum() < 0.5 * len(s.names) or not zero[s.ref]:
+        return []  # a gradient that is small but not zero is the relative rules' business
+    if int(s.steps[judged[0]]) == 0 and (s.layer["weight_rms"][judged[0]] == 0).any():
+        return []  # a zero-initialised layer at step 0 (patterns.zero_init)
+    idx = np.flatnonzero(zero)
+    out = median(s.layer["out_rms"], judged)
+    dead = np.flatnonzero(np.nan_to_num(out, nan=1.0) <= 1e-30)
+    where = (f"; the forward signal dies on the way: the output RMS of '{s.names[dead[0]]}' is "
+             f"{out[dead[0]]:.3g}" if len(dead) else "")
+    gains = []
+    rms_in = np.sqrt(median(s.layer["act_std"], judged) ** 2 + median(s.layer["act_mean"], judged) ** 2)
+    with np.errstate(all="ignore"):
+        g = np.log10(out / rms_in)
+    if s.structure is not None:
+        gains = [g[i] for i in range(len(s.names)) if s.structure.is_weight(i) and np.isfinite(g[i])]
+    gain = float(np.median(gains)) if gains else float("nan")
+    ratio = f" (median output/input RMS of the weight layers {10 ** gain:.2g}x)" if np.isfinite(gain) else ""
+    causes = [Cause("init_too_small", "the weights shrink the forward signal until it is exactly zero" + ratio,
+                    {"forward_gain": 10 ** gain if np.isfinite(gain) else None}, 2.0),
+              Cause("chain_product_depth", f"{len(idx)} layers in a row pass nothing on", {"layers": len(idx)}, 1.0)]
+    summary = f"no gradient reaches {len(idx)} of {len(s.names)} layers (their error signal is exactly 0){where}"
+    return [_finding("vanishing", "critical", idx, s, summary,
+                     {"decades": float("-inf"), "zero_layers": len(idx), "first_layer": s.names[idx[0]],
+                      "worst_gain_layer": s.names[dead[0]] if len(dead) else s.names[idx[0]]}, rank(causes))]
+
+
+RULES: tuple[Rule, ...] = (non_finite, no_gradient, vanishing_exploding, along_depth, inside_branches,
+                           exploding_in_time, saturation, dead_units, stalled_layers, through_time,
+                           precision_underflow, *PATTERNS)

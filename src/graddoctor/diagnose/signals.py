@@ -102,9 +102,22 @@ def signals(trace: Trace) -> Signals:
                                    "nonfinite_act", "out_rms", "grad_zero_frac") if m in LAYER_METRICS}
     step = {m: trace[m] for m in STEP_NAMES if m in STEP_METRICS}
     structure = analyse(trace)
-    return Signals([x.name for x in layers], [x.type for x in layers], [x.activation for x in layers],
+    return Signals([x.name for x in layers], [x.type for x in layers], activations(trace),
                    trace.steps, log_signal, _log10(trace["delta_rms"]), rel, log_gain, log_act, log_weight, body,
                    ref, layer, step, time_profiles(trace), structure, block_log(trace, structure), dict(trace.meta))
+
+
+def activations(trace: Trace) -> list[str | None]:
+    """Each layer's input activation: the probe's, else a sigmoid/tanh the structure walk met on
+    every path from the layer's producers (e.g. behind a padding the probe does not look through)."""
+    out = [x.activation for x in trace.layers]
+    info = (trace.meta.get("structure") or {}).get("layers", {})
+    for i, x in enumerate(trace.layers):
+        flags = [set(f) for f in info.get(x.name, {}).get("inputs", {}).values()]
+        if out[i] is None and flags:
+            common = set.intersection(*flags) & {"sigmoid", "tanh"}
+            out[i] = sorted(common)[0] if common else None
+    return out
 
 
 STEP_NAMES = ("loss", "global_grad_norm", "nonfinite_loss", "lr")

@@ -53,6 +53,11 @@ UPDATE_RATIO_HIGH = 0.1
 # inflate them (tanh with SGD lr 20 grows them ~20x in 50 steps; healthy runs change them by
 # well under 2x).
 WEIGHT_GROWTH_DECADES = 0.5
+# ... and, for an explosion in time from the weights alone (Adam-type steps do not grow with
+# the gradient), the loss did not fall: its last recorded values are still at least this
+# fraction of its first (zoo, calibration half: ViT and DINOv2 at lr x100 end at 1.01 and 0.97;
+# an LSTM LM and ALBERT at lr x100, harmless, at 0.39 and 0.81; healthy runs fall further).
+LOSS_NOT_FALLING = 0.9
 
 # Cause ranking: a symptom absent at the first recorded step that appeared while training is
 # blamed on the training (learning rate) first, whatever the network was built with.
@@ -144,11 +149,16 @@ QK_BELOW_V_DECADES = 1.0
 
 # --- impact for the optimizer in use (diagnose/impact.py) -------------------------------------
 # Adam-family steps are lr * m / (sqrt(v) + eps): a gradient RMS well above eps gets a full
-# step whatever its size; below ADAM_EPS_FACTOR x eps the step shrinks in proportion.
-ADAM_EPS_FACTOR = 10.0
+# step whatever its size; below ADAM_EPS_FACTOR x eps the step shrinks in proportion (at eps
+# it is halved). ConvNeXt with sigmoid (calibration half, harmless) has layers at 1.4 eps.
+ADAM_EPS_FACTOR = 1.0
 # A layer learns much less than the rest when its median update/weight ratio is below this
 # fraction of the median over the network's other layers.
 RELATIVE_UPDATE_LOW = 0.01
+# ... or below this fraction with a gradient below ADAM_EPS_FACTOR x eps (the eps explains it).
+# A 20-layer sigmoid MLP under AdamW moves its first layers 0.035x the rest (gradient 1e-10);
+# ConvNeXt with sigmoid (calibration half, harmless) has layers at 4e-8 < 10 eps moving 0.7x.
+RELATIVE_UPDATE_EPS = 0.1
 
 # --- 16-bit precision (diagnose/nonfinite.py) -------------------------------------------------
 # Fraction of a (non-embedding) layer's gradient elements that are exactly zero in a float16

@@ -36,9 +36,12 @@ def is_weight_layer(module: nn.Module) -> bool:
 
 
 # Flags carried along a walk: what the signal passed through between two recorded calls.
-CAT, SCORE = 1, 2
-FLAG_NAMES = {CAT: "concat", SCORE: "attention_score"}
+CAT, SCORE, SIGMOID, TANH = 1, 2, 4, 8
+FLAG_NAMES = {CAT: "concat", SCORE: "attention_score", SIGMOID: "sigmoid", TANH: "tanh"}
 CAT_OPS = frozenset({"CatBackward0", "StackBackward0"})
+# saturating activations met on the way (the probe's own activation detection stops at value-
+# changing ops such as padding; the walk sees through them)
+ACT_OPS = {"SigmoidBackward0": SIGMOID, "TanhBackward0": TANH}
 
 
 def _is_score_op(name: str) -> bool:
@@ -163,7 +166,7 @@ class GraphRecorder:
                 if name is not None and name not in params:
                     params.append(name)
                 continue
-            f = flags | (CAT if kind in CAT_OPS else 0) | (SCORE if _is_score_op(kind) else 0)
+            f = flags | (CAT if kind in CAT_OPS else 0) | (SCORE if _is_score_op(kind) else 0) | ACT_OPS.get(kind, 0)
             sdpa = _is_sdpa(kind)
             for i, (nxt, _) in enumerate(node.next_functions):
                 if nxt is not None:
