@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -46,16 +47,19 @@ def diagnose(trace: Trace) -> Diagnosis:
         raise GradDoctorError("the trace has no layers")
     if not np.isfinite(trace["delta_rms"]).any() and not np.isfinite(trace["nonfinite_loss"]).any():
         raise GradDoctorError("the trace has no error signals; record it with watch(..., stats='full')")
-    s = signals(trace)
-    findings = [f for rule in RULES for f in rule(s)]
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        # all-nan slices (layers or steps not measured) are expected: nan in, nan out, no noise
+        warnings.simplefilter("ignore", RuntimeWarning)
+        s = signals(trace)
+        findings = [f for rule in RULES for f in rule(s)]
+        ctx = {"steps": [int(x) for x in s.steps], "at_init": len(trace) == 1,
+               "reference_layer": s.names[s.ref], "table": layer_table(s)}
+        if s.structure is not None:
+            ctx["structure"] = s.structure.to_dict()
+            block_levels, _ = judged_levels(s)
+            for b in ctx["structure"]["blocks"]:  # dL/d(block output) against the stack's last block, decades
+                b["signal_decades"] = block_levels.get(b["name"])
     findings.sort(key=lambda f: -SEVERITIES.index(f.severity))
-    ctx = {"steps": [int(x) for x in s.steps], "at_init": len(trace) == 1,
-           "reference_layer": s.names[s.ref], "table": layer_table(s)}
-    if s.structure is not None:
-        ctx["structure"] = s.structure.to_dict()
-        block_levels, _ = judged_levels(s)
-        for b in ctx["structure"]["blocks"]:  # dL/d(block output) against the stack's last block, decades
-            b["signal_decades"] = block_levels.get(b["name"])
     return Diagnosis(findings, s.names, ctx)
 
 
