@@ -16,6 +16,7 @@ from . import thresholds as T
 from .causes import rank
 from .evidence import _finding, _judged, _lr_cause, input_scale_cause
 from .findings import Cause, Finding
+from .impact import judge_impact
 from .signals import Signals, median
 
 
@@ -93,12 +94,36 @@ def precision_underflow(s: Signals) -> list[Finding]:
     if not hit:
         return []
     frac = float(np.median(zero[hit]))
+    scaled = _scaled_branch_layers(s, judged)
+    if sum(i in scaled for i in hit) >= T.UNDERFLOW_SCALED_SHARE * len(hit):
+        # the zeros sit in branches that enter the stream scaled down by design (LayerScale): their
+        # gradient is `scale x` the stream's, below float16's range until the scale grows
+        return [_finding("by_design", "info", hit, s, (
+            f"{len(hit)} layers inside branches scaled down by design (LayerScale) get gradients that are "
+            f"{frac:.0%} exact zeros in float16: scale x the stream's gradient is below float16's range; the "
+            "scales themselves get gradients and grow, and the branches with them"),
+            {"pattern": "scaled_branch_underflow", "zero_fraction": frac, "layers": len(hit)}, [])]
     cause = Cause("precision_underflow", f"float16 {'autocast' if dt.get('autocast') else 'parameters'} without a "
                   f"GradScaler: {frac:.0%} of the gradient elements of {len(hit)} layers are exactly 0 (float16 "
                   "flushes values below 6e-8 to zero)", {"zero_fraction": frac, "layers": len(hit)}, 10.0)
     summary = (f"{len(hit)} of {len(dense)} layers get gradients that are {frac:.0%} exact zeros: float16 "
                "without loss scaling underflows")
     severity = "critical" if frac > T.UNDERFLOW_CRITICAL else "warning"
-    return [_finding("vanishing", severity, hit, s, summary,
-                     {"zero_fraction": {s.names[i]: float(zero[i]) for i in hit}, "decades": float("nan"),
-                      "worst_gain_layer": s.names[max(hit, key=lambda i: zero[i])]}, [cause])]
+    f = _finding("vanishing", severity, hit, s, summary,
+                 {"zero_fraction": {s.names[i]: float(zero[i]) for i in hit}, "decades": float("nan"),
+                  "worst_gain_layer": s.names[max(hit, key=lambda i: zero[i])]}, [cause])
+    return [judge_impact(s, f, hit, judged)]  # during training: harmful only if those layers stop learning
+
+
+def _scaled_branch_layers(s: Signals, judged: np.ndarray) -> set[int]:
+    """Layers inside branches whose exit signal sits far below their block's output (a LayerScale)."""
+    st, out = s.structure, set()
+    if st is None or s.block_log is None:
+        return out
+    for k, b in enumerate(st.blocks):
+        for br in b.branches:
+            if br.exits and b.residual:
+                rel = median(s.log_rms[:, list(br.exits)] - s.block_log[:, k:k + 1], judged)
+                if np.isfinite(rel).any() and np.nanmax(rel) < -T.UNDERFLOW_SCALE_DECADES:
+                    out |= set(br.layers)
+    return out

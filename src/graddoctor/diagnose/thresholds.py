@@ -166,3 +166,9 @@ RELATIVE_UPDATE_EPS = 0.1
 # Linear/Conv layers have ~0 exact zeros; ReLU layers with dead units a few percent).
 UNDERFLOW_FRACTION = 0.5
 UNDERFLOW_CRITICAL = 0.9
+# ... unless nearly all of them (this share) sit in branches that enter the stream scaled down by
+# more than UNDERFLOW_SCALE_DECADES (float16's smallest subnormal is 6e-8): ConvNeXt's LayerScale
+# 1e-6 under float16 autocast (zoo calibration half, harmless: the scales learn and the branches
+# come back within 50 AdamW steps) — info, with the numbers.
+UNDERFLOW_SCALED_SHARE = 0.9
+UNDERFLOW_SCALE_DECADES = 3.0
