@@ -10,6 +10,8 @@ defects that training repairs by itself (a bottleneck layer relearns its scale) 
 apart after training.
 
     python benchmarks/diagnosis_accuracy.py [--seeds 3]
+
+Writes docs/results/diagnosis_accuracy.md (the table the docs include) and .json.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -31,6 +34,7 @@ import graddoctor as gd
 from graddoctor.progress import bar
 
 STEPS = 50
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 
 
 def judge(case, d) -> dict:
@@ -68,27 +72,36 @@ def run(seeds: int) -> None:
                 else:
                     rows["trained"].append((case, judge(case, d)))
                 b.update(1)
-    print(f"\ncorpus: {sum(not c.healthy for c in CORPUS)} pathological + "
-          f"{sum(c.healthy for c in CORPUS)} healthy models, seeds 0..{seeds - 1}, "
-          f"{time.perf_counter() - t0:.0f} s\n")
-    print(f"{'phase':<10}{'detection':>14}{'false alarms':>16}{'cause top-2':>14}{'localised':>12}")
+    seconds = time.perf_counter() - t0
+    frac = lambda xs: f"{sum(xs)}/{len(xs)} {100 * sum(xs) / max(len(xs), 1):.0f}%"
+    lines = [f"corpus: {sum(not c.healthy for c in CORPUS)} pathological + {sum(c.healthy for c in CORPUS)} "
+             f"healthy models, seeds 0..{seeds - 1}, {seconds:.0f} s", "",
+             f"{'phase':<10}{'detection':>14}{'false alarms':>16}{'cause top-2':>14}{'localised':>12}"]
+    summary = {}
     for phase, rs in rows.items():
         sick = [r for c, r in rs if not c.healthy]
         well = [r for c, r in rs if c.healthy]
         loc = [r["local"] for r in sick if r["local"] is not None]
-        frac = lambda xs: f"{sum(xs)}/{len(xs)} {100 * sum(xs) / max(len(xs), 1):.0f}%"
-        print(f"{phase:<10}{frac([r['ok'] for r in sick]):>14}{frac([not r['ok'] for r in well]):>16}"
-              f"{frac([bool(r['cause']) for r in sick]):>14}{frac(loc):>12}")
+        cols = ([r["ok"] for r in sick], [not r["ok"] for r in well], [bool(r["cause"]) for r in sick], loc)
+        summary[phase] = {k: [sum(c), len(c)] for k, c in zip(("detection", "false_alarms", "cause_top2", "localised"),
+                                                                cols)}
+        lines.append(f"{phase:<10}" + "".join(f"{frac(c):>{w}}" for c, w in zip(cols, (14, 16, 14, 12))))
     if healed:
-        print(f"\nhealed by training (e.g. a bottleneck layer relearns its scale), judged healthy "
-              f"after {STEPS} steps: {sum(h for _, h in healed)}/{len(healed)} "
-              f"({', '.join(sorted({i for i, _ in healed}))})")
+        lines += ["", f"healed by training (e.g. a bottleneck layer relearns its scale), judged healthy "
+                  f"after {STEPS} steps: {sum(h for _, h in healed)}/{len(healed)} "
+                  f"({', '.join(sorted({i for i, _ in healed}))})"]
     misses = [(p, c.id, sorted(r["kinds"])) for p, rs in rows.items() for c, r in rs
               if not r["ok"] or r["cause"] is False or r["local"] is False]
     if misses:
-        print("\nmisses (phase, case, kinds found):")
-        for m in misses:
-            print("  ", *m)
+        lines += ["", "misses (phase, case, kinds found):"] + [f"   {p} {i} {k}" for p, i, k in misses]
+    text = "\n".join(lines)
+    print("\n" + text)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "diagnosis_accuracy.md").write_text(
+        "```text\n$ python benchmarks/diagnosis_accuracy.py --seeds " + str(seeds) + "\n" + text + "\n```\n")
+    (RESULTS / "diagnosis_accuracy.json").write_text(json.dumps(
+        {"seeds": seeds, "seconds": seconds, "phases": summary, "healed": healed,
+         "misses": [list(m) for m in misses]}, indent=1))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -11,6 +12,7 @@ from torch.nn import functional as F
 
 from ..errors import GradDoctorError
 from ..probe.trace import Trace
+from .depth import judged_levels
 from .findings import SEVERITIES, Diagnosis
 from .rules import RULES
 from .signals import Signals, median, signals, window
@@ -22,9 +24,19 @@ def layer_table(s: Signals) -> list[dict]:
     rel, gain = median(s.rel, w), median(s.log_gain, w)
     cols = {k: median(s.layer[k], w) for k in ("grad_rms", "saturated", "dead", "update_ratio", "act_std")}
     f = lambda v: None if not np.isfinite(v) else float(v)
-    return [{"name": s.names[i], "type": s.types[i], "activation": s.activations[i],
-             "signal_decades": f(rel[i]), "gain": f(10 ** gain[i]) if np.isfinite(gain[i]) else None,
-             **{k: f(v[i]) for k, v in cols.items()}} for i in range(len(s.names))]
+    _, inner = judged_levels(s)
+    apart = s.structure.apart() if s.structure is not None else frozenset()
+    chain = not inner and not any(b for b in (s.structure.blocks if s.structure else []))
+    rows = []
+    for i in range(len(s.names)):
+        # what the verdict compared this layer with: its branch's exit (inside a block), the
+        # reference layer (a chain of layers), or nothing (outside the blocks, attention internals)
+        against, judged = (inner[i] if i in inner else (s.names[s.ref], f(rel[i])) if chain and i not in apart
+                           else (None, None))
+        rows.append({"name": s.names[i], "type": s.types[i], "activation": s.activations[i],
+                     "signal_decades": f(rel[i]), "gain": f(10 ** gain[i]) if np.isfinite(gain[i]) else None,
+                     **{k: f(v[i]) for k, v in cols.items()}, "compared_with": against, "judged_decades": judged})
+    return rows
 
 
 def diagnose(trace: Trace) -> Diagnosis:
@@ -35,11 +47,19 @@ def diagnose(trace: Trace) -> Diagnosis:
         raise GradDoctorError("the trace has no layers")
     if not np.isfinite(trace["delta_rms"]).any() and not np.isfinite(trace["nonfinite_loss"]).any():
         raise GradDoctorError("the trace has no error signals; record it with watch(..., stats='full')")
-    s = signals(trace)
-    findings = [f for rule in RULES for f in rule(s)]
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        # all-nan slices (layers or steps not measured) are expected: nan in, nan out, no noise
+        warnings.simplefilter("ignore", RuntimeWarning)
+        s = signals(trace)
+        findings = [f for rule in RULES for f in rule(s)]
+        ctx = {"steps": [int(x) for x in s.steps], "at_init": len(trace) == 1,
+               "reference_layer": s.names[s.ref], "table": layer_table(s)}
+        if s.structure is not None:
+            ctx["structure"] = s.structure.to_dict()
+            block_levels, _ = judged_levels(s)
+            for b in ctx["structure"]["blocks"]:  # dL/d(block output) against the stack's last block, decades
+                b["signal_decades"] = block_levels.get(b["name"])
     findings.sort(key=lambda f: -SEVERITIES.index(f.severity))
-    ctx = {"steps": [int(x) for x in s.steps], "at_init": len(trace) == 1,
-           "reference_layer": s.names[s.ref], "table": layer_table(s)}
     return Diagnosis(findings, s.names, ctx)
 
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 KINDS = ("vanishing", "exploding", "saturation", "dead_units", "non_finite", "stalled_layers",
-         "vanishing_through_time", "exploding_through_time")
+         "vanishing_through_time", "exploding_through_time",
+         "by_design")  # always info: a pattern that looks like a symptom but is the design (patterns.py)
 SEVERITIES = ("info", "warning", "critical")
 CAUSES = (
     "saturating_activation", "chain_product_depth", "init_too_small", "init_too_large",
     "learning_rate_too_high", "learning_rate_too_low", "dead_relu", "input_scale",
     "recurrent_chain",  # an RNN's gradient over T steps is a product of T Jacobians
+    "non_finite_input",  # NaN/Inf in the input batch itself
+    "non_finite_forward",  # a forward op produced the first NaN/Inf (the module is named)
+    "precision_underflow",  # fp16 gradients flushed to zero without a loss scaler
 )
 
 
@@ -83,6 +87,9 @@ class Diagnosis:
         else:
             head = "UNHEALTHY: " + ", ".join(sorted(self.kinds()))
         lines = [head]
+        structure = self.context.get("structure", {}).get("summary")
+        if structure:
+            lines.append(f"structure: {structure}")
         for f in self.findings:
             lines.append(f"- [{f.severity}] {f.kind}: {f.summary}")
             for i, c in enumerate(f.causes, 1):

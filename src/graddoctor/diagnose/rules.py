@@ -12,99 +12,40 @@ import numpy as np
 
 from . import thresholds as T
 from .causes import gradient_causes, rank
+from .depth import along_depth, inside_branches, stacks
+from .evidence import _finding, _finite_steps, _judged, _lr_cause, _q, input_scale_cause
 from .findings import Cause, Finding
-from .signals import Signals, median, persistent, window
-from .table import remedies_for
+from .impact import is_adaptive, judge_impact, optimizer_of
+from .nonfinite import non_finite, precision_underflow
+from .patterns import PATTERNS
+from .signals import Signals, median, persistent
 from .through_time import through_time
 
 Rule = Callable[[Signals], list[Finding]]
-
-
-def _finite_steps(s: Signals) -> np.ndarray:
-    ok = np.isfinite(s.log_signal[:, s.body]).any(axis=1)
-    loss = s.step["nonfinite_loss"]
-    return np.where(ok & ~(np.nan_to_num(loss) > 0))[0]
-
-
-def _judged(s: Signals) -> np.ndarray:
-    """Positions of the steps a verdict is made on."""
-    finite = _finite_steps(s)
-    return finite[window(len(finite))]
-
-
-def _q(s: Signals, i: int) -> str:
-    """A layer name quoted for prose ('0', 'body.3.linear')."""
-    return f"'{s.names[i]}'"
-
-
-def _finding(kind: str, severity: str, idx, s: Signals, summary: str, evidence: dict,
-             causes: list[Cause]) -> Finding:
-    return Finding(kind, severity, tuple(s.names[i] for i in idx), summary, evidence,
-                   tuple(causes), remedies_for(causes))
-
-
-def input_scale_cause(s: Signals) -> Cause | None:
-    """The first layer receives unnormalised float inputs (not token indices)."""
-    if not s.n_steps or s.types[0] in ("Embedding", "EmbeddingBag"):
-        return None
-    every = slice(0, s.n_steps)
-    std = float(median(s.layer["act_std"], every)[0])
-    mean = float(np.abs(median(s.layer["act_mean"], every)[0]))
-    if not np.isfinite(std) or std <= 0:
-        return None
-    off = max(abs(np.log10(std)), np.log10(max(mean, 1e-12) / std) if mean > T.INPUT_SCALE else 0.0)
-    if off < np.log10(T.INPUT_SCALE):
-        return None
-    return Cause("input_scale", f"the inputs of {_q(s, 0)} have std {std:.3g} and mean {mean:.3g}; "
-                 "standardised inputs have std 1, mean 0", {"input_std": std, "input_mean": mean},
-                 1.0 + off)
-
-
-def _lr_cause(s: Signals, judged: np.ndarray, onset: bool = False) -> Cause | None:
-    """Learning rate too high: the gradient or the weights grew while training, or the steps are huge.
-
-    With `onset` (the symptom was absent at the first recorded step and appeared while
-    training), training itself is the prime suspect and the cause ranks first.
-    """
-    gn = s.step["global_grad_norm"]
-    finite = np.isfinite(gn) & (gn > 0)
-    if finite.sum() < 2:
-        return None
-    growth = float(np.log10(gn[finite][-1]) - np.log10(gn[finite][0]))
-    ur = s.layer["update_ratio"]
-    ur = ur[np.isfinite(ur)]
-    big = float(np.percentile(ur, 90)) if len(ur) else float("nan")
-    w = s.layer["weight_rms"]
-    rows = np.where(np.isfinite(w).any(axis=1))[0]
-    w_growth = 0.0
-    if len(rows) >= 2:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r = np.log10(w[rows[-1]] / w[rows[0]])
-        w_growth = float(np.median(r[np.isfinite(r)])) if np.isfinite(r).any() else 0.0
-    if not (growth > T.GROWTH_DECADES or big > T.UPDATE_RATIO_HIGH or w_growth > T.WEIGHT_GROWTH_DECADES):
-        return None
-    when = "appeared during training; " if onset else ""
-    return Cause("learning_rate_too_high",
-                 f"{when}the gradient norm changed {10 ** growth:.3g}x and the weights {10 ** w_growth:.3g}x "
-                 f"while training; 90th-percentile update/weight ratio {big:.2g} (healthy ~1e-3)",
-                 {"growth_decades": growth, "weight_growth_decades": w_growth, "update_ratio_p90": big,
-                  "onset": onset}, (T.ONSET_SCORE if onset else 2.0) + max(growth, 0))
+RELU_FAMILY = frozenset({"relu", "leaky_relu", "prelu", "elu", "selu", "gelu", "silu"})
 
 
 def vanishing_exploding(s: Signals) -> list[Finding]:
-    """Error signal far below (vanishing) or above (exploding) the layer nearest the output."""
+    """Error signal far below (vanishing) or above (exploding) the layer nearest the output (chains of layers)."""
     judged = _judged(s)
-    if len(judged) == 0 or len(s.body) < 2:
+    if len(judged) == 0 or len(s.body) < 2 or stacks(s):  # networks of blocks: depth.along_depth
         return []
-    rel = s.rel[judged][:, s.body]
-    rel_med = median(s.rel, judged)
+    # attention internals (Q, K, V: patterns.attention_qk) and outputs shared by the batch
+    # (a position embedding's (1, T, d)) are not on the chain; they are judged apart
+    apart = s.structure.apart() if s.structure is not None else frozenset()
+    body = np.array([i for i in s.body if i not in apart] or s.body)
+    all_rel = s.rel.copy()
+    all_rel[:, list(apart)] = np.nan
+    rel = all_rel[judged][:, body]
+    rel_med = median(all_rel, judged)
     out = []
     for kind, sign, limit in (("vanishing", -1, T.VANISH_DECADES), ("exploding", 1, T.EXPLODE_DECADES)):
-        per_step = np.nanmax(sign * rel, axis=1) > limit
+        with np.errstate(invalid="ignore"):
+            per_step = np.array([np.nanmax(r) > limit if np.isfinite(r).any() else False for r in sign * rel])
         if not persistent(per_step):
             continue
         first = _finite_steps(s)[0]
-        onset = s.n_steps > 1 and not np.nanmax(sign * s.rel[first][s.body]) > limit
+        onset = s.n_steps > 1 and not np.nanmax(sign * all_rel[first][body]) > limit
         body_rel = rel_med[s.body]
         affected = s.body[sign * body_rel > T.AFFECTED_DECADES]
         if len(affected) == 0:
@@ -130,49 +71,64 @@ def vanishing_exploding(s: Signals) -> list[Finding]:
                     "reference_layer": s.names[s.ref], "steps_judged": len(judged),
                     "signal_decades": {s.names[i]: float(rel_med[i]) for i in s.body}}
         sev = "critical" if extreme > T.CRITICAL_DECADES else "warning"
-        out.append(_finding(kind, sev, affected, s, summary, evidence, causes))
+        growth = norm_growth(s, kind, affected, extreme)
+        if growth is not None:
+            out.append(_finding("by_design", "info", [], s, growth, {**evidence, "pattern": "norm_growth"}, []))
+            continue
+        f = _finding(kind, sev, affected, s, summary, evidence, causes)
+        out.append(judge_impact(s, f, list(affected), judged) if kind == "vanishing" else f)
     return out
 
 
+def norm_growth(s: Signals, kind: str, affected: np.ndarray, decades: float) -> str | None:
+    """The summary of a normalisation growth within what trains, or None (chains of layers)."""
+    if kind != "exploding" or s.structure is None:
+        return None
+    weights = [i for i in affected if s.structure.is_weight(i)]
+    norms = [i for i in range(int(affected[0]), int(affected[-1]) + 2) if s.structure.is_norm(i)]
+    per_layer = decades / max(len(weights), 1)
+    if len(norms) < 0.8 * len(weights) or per_layer > T.NORM_GROWTH_PER_LAYER or decades > T.NORM_GROWTH_MAX_DECADES:
+        return None
+    return (f"normalisation growth: the error signal grows {10 ** decades:.3g}x towards the input over "
+            f"{len(weights)} normalised layers (~{10 ** per_layer:.2g}x per layer), the growth of normalised "
+            f"networks at init (Yang et al. 2019: sqrt(pi/(pi-1)) = 1.21x per BatchNorm-ReLU layer), within "
+            f"{T.NORM_GROWTH_MAX_DECADES:g} decades that such networks train through")
+
+
 def exploding_in_time(s: Signals) -> list[Finding]:
-    """The global gradient norm grows by orders of magnitude while training."""
+    """The gradient norm, or the weights themselves, grow by orders of magnitude while training."""
     judged = _judged(s)
     if s.n_steps < T.MIN_STEPS:
         return []
     cause = _lr_cause(s, judged)
-    gn = s.step["global_grad_norm"]
-    if cause is None or cause.evidence["growth_decades"] <= T.GROWTH_DECADES:
+    if cause is None:
         return []
-    g = s.layer["grad_rms"]
+    gn = s.step["global_grad_norm"]
+    grads = cause.evidence["growth_decades"] > T.GROWTH_DECADES
+    # weights that grow while the loss falls are learning (an LSTM at a high lr); growing while it
+    # does not fall, the steps are too large
+    loss = s.step["loss"][np.isfinite(s.step["loss"])]
+    stuck = len(loss) >= T.MIN_STEPS and np.median(loss[-T.MIN_STEPS:]) >= T.LOSS_NOT_FALLING * loss[0]
+    weights = cause.evidence["weight_growth_decades"] > T.WEIGHT_GROWTH_DECADES and stuck
+    if not (grads or weights):
+        return []
+    metric = "grad_rms" if grads else "weight_rms"
+    g = s.layer[metric]
     ok = np.isfinite(g).all(axis=1)
     idx = np.arange(len(s.names))
+    limit = T.GROWTH_DECADES / 2 if grads else T.WEIGHT_GROWTH_DECADES
     if ok.sum() >= 2:
         rows = np.where(ok)[0]
         growth = np.log10(np.maximum(g[rows[-1]], 1e-300)) - np.log10(np.maximum(g[rows[0]], 1e-300))
-        idx = np.where(growth > T.GROWTH_DECADES / 2)[0] if (growth > T.GROWTH_DECADES / 2).any() else idx
-    summary = (f"the gradient norm grew from {np.nanmin(gn):.3g} to {np.nanmax(gn):.3g} during training")
-    return [_finding("exploding", "critical", idx, s, summary, dict(cause.evidence), [cause])]
-
-
-def non_finite(s: Signals) -> list[Finding]:
-    """NaN/Inf in the loss, the gradients or the activations (an absolute check)."""
-    bad_loss = np.nan_to_num(s.step["nonfinite_loss"]) > 0
-    bad_g = np.nan_to_num(s.layer["nonfinite_grad"]).sum(0) > 0
-    bad_a = np.nan_to_num(s.layer["nonfinite_act"]).sum(0) > 0
-    if not (bad_loss.any() or bad_g.any() or bad_a.any()):
-        return []
-    idx = np.where(bad_a | bad_g)[0]
-    first_step = int(s.steps[np.argmax(bad_loss)]) if bad_loss.any() else None
-    causes = [c for c in (_lr_cause(s, _judged(s)), input_scale_cause(s)) if c is not None]
-    if first_step == int(s.steps[0]) and not causes:
-        causes.append(Cause("init_too_large", "the very first recorded step is already non-finite",
-                            {"step": first_step}, 1.0))
-    where = f"first in {_q(s, idx[0])}" if len(idx) else "in the loss"
-    summary = f"NaN/Inf values {where}"
-    if first_step is not None:
-        summary += f"; the loss is non-finite from step {first_step}"
-    return [_finding("non_finite", "critical", idx, s, summary,
-                     {"first_nonfinite_step": first_step, "layers_with_nonfinite": len(idx)}, rank(causes))]
+        idx = np.where(growth > limit)[0] if (growth > limit).any() else idx
+    if grads:
+        summary = f"the gradient norm grew from {np.nanmin(gn):.3g} to {np.nanmax(gn):.3g} during training"
+    else:  # Adam-type steps do not grow with the gradient: the weights carry the blow-up
+        summary = (f"the weights grew {10 ** cause.evidence['weight_growth_decades']:.3g}x (median over layers) "
+                   f"in {int(s.steps[-1] - s.steps[0])} steps while the loss did not fall ({loss[0]:.3g} -> "
+                   f"{np.median(loss[-T.MIN_STEPS:]):.3g}): the optimizer's steps are too large for them")
+    return [_finding("exploding", "critical" if grads else "warning", idx, s, summary, dict(cause.evidence),
+                     [cause])]
 
 
 def _over(s: Signals, metric: str, limit: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -211,6 +167,9 @@ def saturation(s: Signals) -> list[Finding]:
 def dead_units(s: Signals) -> list[Finding]:
     """ReLU-family units that output zero for the whole batch."""
     judged, dead, idx = _over(s, "dead", T.DEAD_FRACTION)
+    # only inputs that a ReLU-family activation produced: zeros from padding, masks or pooling
+    # (a depthwise convolution's zero-padded input) are structure, not dead units
+    idx = np.array([i for i in idx if s.activations[i] in RELU_FAMILY], dtype=int)
     if len(idx) == 0:
         return []
     mean = float(np.mean(dead[idx]))
@@ -233,20 +192,66 @@ def stalled_layers(s: Signals) -> list[Finding]:
     now = np.nanmedian(loss[judged]) if np.isfinite(loss[judged]).any() else np.nan
     if len(first) and np.isfinite(now) and now < T.CONVERGED_LOSS_FRACTION * first[0]:
         return []  # converged: small steps are what a finished fit takes, not a stall
-    trainable = np.isfinite(ur) & np.isfinite(median(s.layer["grad_rms"], judged))  # frozen: nan grads
-    idx = np.where(trainable & (ur < T.UPDATE_RATIO_LOW))[0]
+    g = median(s.layer["grad_rms"], judged)
+    trainable = np.isfinite(ur) & np.isfinite(g)  # frozen layers: nan gradients
+    opt = optimizer_of(s)
+    eps = float(opt.get("eps", 1e-8)) if is_adaptive(opt) else None
+    # under Adam-type optimizers the step does not shrink with the gradient unless it is below eps
+    # (an exactly-zero gradient is a layer the loss does not reach, patterns.disconnected)
+    below_eps = trainable & (g > 0) & (g < T.ADAM_EPS_FACTOR * eps) if eps is not None else np.zeros(len(ur), bool)
+    rest = float(np.nanmedian(ur[trainable])) if trainable.any() else np.nan
+    slow = below_eps & (ur < T.RELATIVE_UPDATE_EPS * rest)  # the step measured is small too
+    idx = np.where(trainable & ((ur < T.UPDATE_RATIO_LOW) | slow))[0]
     if len(idx) == 0:
         return []
     all_stall = len(idx) == trainable.sum()
-    why = ("every layer's steps are tiny" if all_stall else
-           "the error signal reaching them is too small (the product of the layers above)")
-    causes = [Cause("learning_rate_too_low" if all_stall else "chain_product_depth",
+    if slow[idx].any():
+        why = (f"their gradient RMS {np.nanmedian(g[idx]):.2g} is below {T.ADAM_EPS_FACTOR:g}x {opt.get('type')}'s "
+               f"eps {eps:.0e}, so their steps shrink by g/eps")
+    else:
+        why = ("every layer's steps are tiny" if all_stall else
+               "the error signal reaching them is too small (the product of the layers above)")
+    causes = [Cause("learning_rate_too_low" if all_stall and not slow[idx].any() else "chain_product_depth",
                     f"{why}: median update/weight ratio {np.nanmedian(ur[idx]):.2g} (healthy ~1e-3)",
-                    {"update_ratio": float(np.nanmedian(ur[idx]))}, 1.0)]
-    summary = f"{len(idx)} layers barely change: update/weight ratio {np.nanmedian(ur[idx]):.2g}"
+                    {"update_ratio": float(np.nanmedian(ur[idx])), "grad_rms": float(np.nanmedian(g[idx])),
+                     "eps": eps}, 1.0)]
+    summary = f"{len(idx)} layers barely change: update/weight ratio {np.nanmedian(ur[idx]):.2g}; {why}"
     return [_finding("stalled_layers", "warning", idx, s, summary,
                      {"update_ratio": {s.names[i]: float(ur[i]) for i in idx}}, causes)]
 
 
-RULES: tuple[Rule, ...] = (non_finite, vanishing_exploding, exploding_in_time, saturation, dead_units,
-                           stalled_layers, through_time)
+def no_gradient(s: Signals) -> list[Finding]:
+    """Most layers, the reference among them, get exactly zero error signal: the forward signal died."""
+    judged = _judged(s)
+    if not len(judged):
+        return []
+    zero = (s.log_rms[judged] < -250).all(axis=0)  # exactly 0 on every judged step (log floor -300)
+    if zero.sum() < 0.5 * len(s.names) or not zero[s.ref]:
+        return []  # a gradient that is small but not zero is the relative rules' business
+    if int(s.steps[judged[0]]) == 0 and (s.layer["weight_rms"][judged[0]] == 0).any():
+        return []  # a zero-initialised layer at step 0 (patterns.zero_init)
+    idx = np.flatnonzero(zero)
+    out = median(s.layer["out_rms"], judged)
+    dead = np.flatnonzero(np.nan_to_num(out, nan=1.0) <= 1e-30)
+    where = (f"; the forward signal dies on the way: the output RMS of '{s.names[dead[0]]}' is "
+             f"{out[dead[0]]:.3g}" if len(dead) else "")
+    gains = []
+    rms_in = np.sqrt(median(s.layer["act_std"], judged) ** 2 + median(s.layer["act_mean"], judged) ** 2)
+    with np.errstate(all="ignore"):
+        g = np.log10(out / rms_in)
+    if s.structure is not None:
+        gains = [g[i] for i in range(len(s.names)) if s.structure.is_weight(i) and np.isfinite(g[i])]
+    gain = float(np.median(gains)) if gains else float("nan")
+    ratio = f" (median output/input RMS of the weight layers {10 ** gain:.2g}x)" if np.isfinite(gain) else ""
+    causes = [Cause("init_too_small", "the weights shrink the forward signal until it is exactly zero" + ratio,
+                    {"forward_gain": 10 ** gain if np.isfinite(gain) else None}, 2.0),
+              Cause("chain_product_depth", f"{len(idx)} layers in a row pass nothing on", {"layers": len(idx)}, 1.0)]
+    summary = f"no gradient reaches {len(idx)} of {len(s.names)} layers (their error signal is exactly 0){where}"
+    return [_finding("vanishing", "critical", idx, s, summary,
+                     {"decades": float("-inf"), "zero_layers": len(idx), "first_layer": s.names[idx[0]],
+                      "worst_gain_layer": s.names[dead[0]] if len(dead) else s.names[idx[0]]}, rank(causes))]
+
+
+RULES: tuple[Rule, ...] = (non_finite, no_gradient, vanishing_exploding, along_depth, inside_branches,
+                           exploding_in_time, saturation, dead_units, stalled_layers, through_time,
+                           precision_underflow, *PATTERNS)

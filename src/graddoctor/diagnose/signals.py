@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..probe.trace import Trace
+from ..probe.trace import LAYER_METRICS, STEP_METRICS, Trace
 from . import thresholds as T
+from .structure import Structure, analyse
 
 _TINY = 1e-300  # keeps log10 finite for exact zeros (an underflowed signal is "very small")
 
@@ -52,6 +53,7 @@ class Signals:
     activations: list[str | None]
     steps: np.ndarray  # (S,)
     log_signal: np.ndarray  # log10 per-sample error-signal norm
+    log_rms: np.ndarray  # log10 per-element RMS of the error signal (like with like across widths)
     rel: np.ndarray  # log_signal minus the reference layer's, decades
     log_gain: np.ndarray  # log10 ||delta_l|| / ||delta_{l+1}|| (nan for the last layer)
     log_act: np.ndarray  # activation-derivative part of gain l (nan if not measured)
@@ -61,6 +63,9 @@ class Signals:
     layer: dict  # other layer metrics by name, (S, L)
     step: dict  # step metrics by name, (S,)
     time: dict = field(default_factory=dict)  # recurrent layer -> (steps, ||dL/dx_t|| (k, T), type): through_time.py
+    structure: Structure | None = None  # blocks, branches, attention scores (diagnose/structure.py)
+    block_log: np.ndarray | None = None  # (S, blocks) log10 RMS of dL/d(block output), aligned with steps
+    meta: dict = field(default_factory=dict)  # the Trace's metadata (optimizer, dtypes, non-finite record)
 
     @property
     def n_steps(self) -> int:
@@ -94,11 +99,59 @@ def signals(trace: Trace) -> Signals:
     rel = log_signal - log_signal[:, ref: ref + 1]
     layer = {m: trace[m] for m in ("saturated", "dead", "act_mean", "act_std", "act_deriv_rms",
                                    "update_ratio", "weight_rms", "grad_rms", "nonfinite_grad",
-                                   "nonfinite_act", "out_rms")}
-    step = {m: trace[m] for m in ("loss", "global_grad_norm", "nonfinite_loss")}
-    return Signals([x.name for x in layers], [x.type for x in layers], [x.activation for x in layers],
-                   trace.steps, log_signal, rel, log_gain, log_act, log_weight, body, ref, layer, step,
-                   time_profiles(trace))
+                                   "nonfinite_act", "out_rms", "grad_zero_frac") if m in LAYER_METRICS}
+    step = {m: trace[m] for m in STEP_NAMES if m in STEP_METRICS}
+    structure = analyse(trace)
+    return Signals([x.name for x in layers], [x.type for x in layers], activations(trace),
+                   trace.steps, log_signal, _log10(trace["delta_rms"]), rel, log_gain, log_act, log_weight, body,
+                   ref, layer, step, time_profiles(trace), structure, block_log(trace, structure), dict(trace.meta))
+
+
+def activations(trace: Trace) -> list[str | None]:
+    """Each layer's input activation: the probe's, else a sigmoid/tanh the structure walk met on
+    every path from the layer's producers (e.g. behind a padding the probe does not look through)."""
+    out = [x.activation for x in trace.layers]
+    info = (trace.meta.get("structure") or {}).get("layers", {})
+    for i, x in enumerate(trace.layers):
+        flags = [set(f) for f in info.get(x.name, {}).get("inputs", {}).values()]
+        if out[i] is None and flags:
+            common = set.intersection(*flags) & {"sigmoid", "tanh"}
+            out[i] = sorted(common)[0] if common else None
+    return out
+
+
+STEP_NAMES = ("loss", "global_grad_norm", "nonfinite_loss", "lr")
+BLOCK_SERIES = "block_delta_rms"  # per-element RMS of dL/d(block output), one per block (probe/blocks.py)
+
+
+def block_log(trace: Trace, structure: Structure) -> np.ndarray | None:
+    """(steps, blocks) log10 of the error signal along the depth axis, blocks in structure order.
+
+    From the probe's block series when recorded; else (older traces, blocks=None) from the
+    layers that read each block's input directly: their input gradient is the stream's there.
+    """
+    if not structure.blocks:
+        return None
+    steps = trace.steps
+    out = np.full((len(steps), len(structure.blocks)), np.nan)
+    s_steps, values = trace.series.get(BLOCK_SERIES, "")
+    if len(s_steps) and values.size:
+        row = {int(st): i for i, st in enumerate(s_steps)}
+        for j, b in enumerate(structure.blocks):
+            if 0 <= b.position < values.shape[1]:
+                for k, st in enumerate(steps):
+                    if int(st) in row:
+                        out[k, j] = values[row[int(st)], b.position]
+        return _log10(out)
+    gin = trace["input_grad_rms"]
+    info = (trace.meta.get("structure") or {}).get("layers", {})
+    index = {n: i for i, n in enumerate(trace.layer_names)}
+    for j, b in enumerate(structure.blocks):
+        readers = [index[n] for n, x in info.items() if n in index and b.name in x.get("reads_block_input", [])]
+        if readers:
+            with np.errstate(all="ignore"):
+                out[:, j] = np.nanmedian(gin[:, readers], axis=1) if len(readers) > 1 else gin[:, readers[0]]
+    return _log10(out)
 
 
 TIME_SERIES = "time_input_grad"  # ||dL/dx_t|| per time step of recurrent layers (probe/recurrent.py)

@@ -47,6 +47,15 @@ TABLE: dict[str, CauseEntry] = {
     "recurrent_chain": CauseEntry(
         "through time the gradient is a product of one Jacobian per step",
         ("clip_gradients",)),
+    "non_finite_input": CauseEntry(
+        "the input batch itself holds NaN/Inf values: clean or filter the data (no change to the model helps)",
+        ()),
+    "non_finite_forward": CauseEntry(
+        "a forward operation produced the first NaN/Inf (an overflow, log(0), 0/0): the module is named",
+        ("tune_optimizer(lr/10)", "clip_gradients")),
+    "precision_underflow": CauseEntry(
+        "16-bit gradients below the smallest float16 became exactly 0: scale the loss (GradScaler) or use bfloat16",
+        ()),
 }
 
 

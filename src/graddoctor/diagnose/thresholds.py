@@ -53,6 +53,11 @@ UPDATE_RATIO_HIGH = 0.1
 # inflate them (tanh with SGD lr 20 grows them ~20x in 50 steps; healthy runs change them by
 # well under 2x).
 WEIGHT_GROWTH_DECADES = 0.5
+# ... and, for an explosion in time from the weights alone (Adam-type steps do not grow with
+# the gradient), the loss did not fall: its last recorded values are still at least this
+# fraction of its first (zoo, calibration half: ViT and DINOv2 at lr x100 end at 1.01 and 0.97;
+# an LSTM LM and ALBERT at lr x100, harmless, at 0.39 and 0.81; healthy runs fall further).
+LOSS_NOT_FALLING = 0.9
 
 # Cause ranking: a symptom absent at the first recorded step that appeared while training is
 # blamed on the training (learning rate) first, whatever the network was built with.
@@ -101,3 +106,69 @@ TIME_CRITICAL_DECADES = 4.0
 TIME_EDGE_FRACTION = 0.1
 # Sequences shorter than this are not judged (no "through time" to speak of).
 MIN_TIME_STEPS = 4
+
+# --- the depth axis of real architectures (diagnose/depth.py, patterns.py, impact.py) --------
+# Networks with repeated blocks (probe/structure.py) are judged along their depth axis: the
+# per-element RMS of dL/d(block output), block by block, relative to the last block of each
+# stack, with VANISH_DECADES / EXPLODE_DECADES as for chains of layers. The values below are
+# justified by the zoo's *calibration* half only (tests/zoo.py; families split before tuning;
+# benchmarks/zoo.py prints both halves), at PyTorch / Hugging Face default init: healthy stacks
+# stay within 0.5 decade (ViT, DINOv2, GPT-NeoX, Llama-family decoders) and 2.0 decades (RegNet,
+# BiT: BatchNorm growth towards the input, ~0.1 decade per block).
+MIN_BLOCKS = 2
+# A stage transition (a downsampling layer between stages: resolution and width change) lowers
+# the per-element RMS towards the input by up to ~1 decade at library init (ConvNeXt -0.97,
+# ConvNeXtV2 -0.94 for the first transition); each transition crossed widens the vanishing band
+# by this (not the exploding one: a chain of BN blocks without shortcuts, RegNet's, grows 3.2
+# decades across three transitions).
+TRANSITION_DECADES = 1.0
+# Growth towards the input along a *residual* stream whose blocks hold normalisation layers,
+# at most this many decades per block, is the normalisation growth of Yang et al. (2019)
+# that such nets train through (RegNet 0.13, BiT 0.11, MobileNetV2 0.07, LeViT 0.05 per block
+# at init): info, not a disease.
+NORM_GROWTH_PER_BLOCK = 0.25
+# The same in a chain of normalised layers (no residual): MobileNetV1 (27 conv-BN-ReLU6 layers)
+# grows 3.3 decades at init, 0.12 per layer, and trains; Yang et al. predict 0.083 per
+# BatchNorm-ReLU layer. Up to NORM_GROWTH_MAX_DECADES in all (depth ~50 at 0.08: beyond it
+# plain BN nets stop training in their experiments) the growth is info.
+NORM_GROWTH_PER_LAYER = 0.15
+NORM_GROWTH_MAX_DECADES = 4.0
+# A branch that enters the stream scaled down (LayerScale, a small residual scale): its exit
+# layer's signal this many decades below the block's output is named (ConvNeXt's LayerScale
+# 1e-6 measures -6.0, BEiT's 0.1 -0.6 to -1.0; plain residual branches -0.15 .. +0.1).
+BRANCH_SCALE_DECADES = 0.5
+# Inside a branch, relative to the gradient entering it (its exit): healthy library-init
+# branches reach -2.4 decades (Gemma's norm in front of its MLP; pre-LN norms in front of a
+# near-uniform attention, ViT/DINOv2 -2.25) and Q/K projections -5.1 (DeiT; they are judged
+# apart, patterns.attention_qk). Below this: vanishing inside the branches.
+INNER_VANISH_DECADES = 4.0
+INNER_EXPLODE_DECADES = 3.0
+# Attention Q/K at init: their signal this far below V's (the other inputs of the same
+# consumer) is named as the near-uniform-softmax pattern (info).
+QK_BELOW_V_DECADES = 1.0
+
+# --- impact for the optimizer in use (diagnose/impact.py) -------------------------------------
+# Adam-family steps are lr * m / (sqrt(v) + eps): a gradient RMS well above eps gets a full
+# step whatever its size; below ADAM_EPS_FACTOR x eps the step shrinks in proportion (at eps
+# it is halved). ConvNeXt with sigmoid (calibration half, harmless) has layers at 1.4 eps.
+ADAM_EPS_FACTOR = 1.0
+# A layer learns much less than the rest when its median update/weight ratio is below this
+# fraction of the median over the network's other layers.
+RELATIVE_UPDATE_LOW = 0.01
+# ... or below this fraction with a gradient below ADAM_EPS_FACTOR x eps (the eps explains it).
+# A 20-layer sigmoid MLP under AdamW moves its first layers 0.035x the rest (gradient 1e-10);
+# ConvNeXt with sigmoid (calibration half, harmless) has layers at 4e-8 < 10 eps moving 0.7x.
+RELATIVE_UPDATE_EPS = 0.1
+
+# --- 16-bit precision (diagnose/nonfinite.py) -------------------------------------------------
+# Fraction of a (non-embedding) layer's gradient elements that are exactly zero in a float16
+# run without a GradScaler: beyond this the gradients underflowed (dense float32 gradients of
+# Linear/Conv layers have ~0 exact zeros; ReLU layers with dead units a few percent).
+UNDERFLOW_FRACTION = 0.5
+UNDERFLOW_CRITICAL = 0.9
+# ... unless nearly all of them (this share) sit in branches that enter the stream scaled down by
+# more than UNDERFLOW_SCALE_DECADES (float16's smallest subnormal is 6e-8): ConvNeXt's LayerScale
+# 1e-6 under float16 autocast (zoo calibration half, harmless: the scales learn and the branches
+# come back within 50 AdamW steps) — info, with the numbers.
+UNDERFLOW_SCALED_SHARE = 0.9
+UNDERFLOW_SCALE_DECADES = 3.0

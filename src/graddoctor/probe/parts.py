@@ -72,6 +72,10 @@ def make_parts(model, layout, meta: dict, stats: str, scaler: object | None, gro
     names = BlocksPart.resolve(model, blocks) if full else []
     if names:
         parts.append(BlocksPart(model, names, meta))
+    if full:  # the structure (which layers feed which), learnt on the first recorded step: structure.py
+        from .structure import StructurePart, find_blocks
+
+        parts.append(StructurePart(model, layout, meta, names or find_blocks(model)))
     if scaler is not None:
         parts.append(LossScalePart(scaler, meta))
     if group is not None and world_of(group)[0] > 1:

@@ -94,6 +94,11 @@ class Trace:
         self._meta = dict(value)
 
     @property
+    def structure(self) -> dict | None:
+        """The network's structure learnt from the first recorded forward (probe/structure.py), or None."""
+        return self.meta.get("structure")
+
+    @property
     def layers(self) -> list[LayerInfo]:
         """The probed layers, in forward order."""
         self._sync()

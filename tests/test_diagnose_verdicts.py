@@ -1,0 +1,169 @@
+"""Verdicts by evidence: divergence on unrecorded steps, what made the first NaN, 16-bit underflow,
+the optimizer's view of a small gradient, and severity by impact."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from corpus import mlp
+from torch import nn
+
+import graddoctor as gd
+
+
+def _mlp(width: int = 16, depth: int = 3) -> nn.Sequential:
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Linear(8, width), nn.Tanh()]
+    for _ in range(depth - 1):
+        layers += [nn.Linear(width, width), nn.Tanh()]
+    return nn.Sequential(*layers, nn.Linear(width, 3))
+
+
+def _train(model, batches, every=1, lr=0.01, optimizer=None, autocast=None, scaler=None):
+    """Train on `batches` (a list of (x, y)) under watch(); returns the probe's trace."""
+    opt = optimizer or torch.optim.SGD(model.parameters(), lr=lr)
+    with gd.watch(model, every=every, optimizer=opt, scaler=scaler) as probe:
+        for x, y in batches:
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
+                loss = nn.functional.cross_entropy(model(x), y)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
+            probe.step(loss)
+    return probe.trace
+
+
+def _batches(n, seed=0, batch=32):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(batch, 8, generator=g), torch.randint(0, 3, (batch,), generator=g)) for _ in range(n)]
+
+
+def nonfinite_finding(d):
+    (f,) = [f for f in d.findings if f.kind == "non_finite"]
+    return f
+
+
+# -- divergence and its causes ------------------------------------------------------------------
+def test_divergence_on_an_unrecorded_step_is_reported():
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gd.watch(model, every=10, optimizer=opt) as probe:
+        for step, (x, y) in enumerate(_batches(25)):
+            if step == 13:  # a NaN weight: step 13's forward is the first non-finite one
+                with torch.no_grad():
+                    model[0].weight[0, 0] = float("nan")
+            opt.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            probe.step(loss)
+    trace = probe.trace
+    assert list(trace.steps) == [0, 10, 20]
+    f = nonfinite_finding(gd.diagnose(trace))
+    assert f.severity == "critical"
+    assert f.evidence["first_nonfinite_step"] == 13 and not f.evidence["recorded"]
+    assert "step 13" in f.summary and "not a recorded step" in f.summary
+    assert any(c.name == "non_finite_forward" and c.evidence.get("recorded") is False for c in f.causes)
+
+
+def test_nan_in_the_input_batch_is_non_finite_input():
+    model = _mlp()
+    batches = _batches(6)
+    batches[4][0][3, 2] = float("nan")
+    d = gd.diagnose(_train(model, batches, every=2))
+    f = nonfinite_finding(d)
+    assert f.causes[0].name == "non_finite_input" and f.causes[0].evidence["step"] == 4
+    assert f.evidence["first_nonfinite_step"] == 4
+
+
+class LogLinear(nn.Linear):
+    """A Linear followed by log: NaN for every negative pre-activation."""
+
+    def forward(self, x):
+        return super().forward(x).log()
+
+
+def test_the_first_module_with_a_non_finite_output_is_named():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), LogLinear(16, 16), nn.Linear(16, 3))
+    d = gd.checkup(model, torch.randn(32, 8), torch.randint(0, 3, (32,)))
+    f = nonfinite_finding(d)
+    assert f.causes[0].name == "non_finite_forward"
+    assert f.causes[0].evidence["layer"] == "2" and f.layers[0] == "2"
+    assert f.evidence["recorded"] and f.evidence["first_nonfinite_step"] == 0
+
+
+# -- 16-bit ----------------------------------------------------------------------------------------
+def _tiny_loss_batches():
+    """Batches whose loss is scaled so small that float16 gradients underflow (a stand-in for a deep net's)."""
+    return _batches(8)
+
+
+def test_float16_without_a_loss_scaler_is_precision_underflow():
+    class Tiny(nn.Module):  # the loss is multiplied by 2^-24 inside: gradients below float16's smallest value
+        def __init__(self):
+            super().__init__()
+            self.net = _mlp()
+
+        def forward(self, x):
+            return self.net(x) * 2.0 ** -24
+
+    model = Tiny()
+    d = gd.diagnose(_train(model, _tiny_loss_batches(), autocast=torch.float16, lr=1.0))
+    hits = [f for f in d.findings if any(c.name == "precision_underflow" for c in f.causes)]
+    assert hits and hits[0].severity in ("warning", "critical"), str(d)
+    assert min(hits[0].evidence["zero_fraction"].values()) > 0.5
+    scaled = gd.diagnose(_train(Tiny(), _tiny_loss_batches(), autocast=torch.float16, lr=1.0,
+                                scaler=torch.amp.GradScaler("cpu", init_scale=2.0 ** 24)))
+    assert not any(c.name == "precision_underflow" for f in scaled.findings for c in f.causes), str(scaled)
+
+
+# -- impact for the optimizer in use ---------------------------------------------------------------
+@pytest.mark.parametrize("depth, optimizer, learns", [(10, "adamw", True), (10, "sgd", False), (20, "adamw", False)])
+def test_a_small_gradient_is_a_disease_only_if_the_layers_stop_learning(depth, optimizer, learns):
+    model, x, y, _ = mlp(depth, "sigmoid", "xavier_normal")(0)
+    opt = (torch.optim.AdamW(model.parameters(), lr=1e-3) if optimizer == "adamw" else
+           torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
+    d = gd.checkup(model, x, y, steps=30, optimizer=opt)
+    (f,) = [f for f in d.findings if f.kind == "vanishing"]
+    impact = f.evidence["impact"]
+    assert impact["learns"] is learns
+    if learns:  # Adam normalises the step: ~the same relative update as the rest of the network
+        assert f.severity == "info" and 0.3 < impact["relative_update"] < 3 and not impact["below_eps"]
+        assert "vanishing" not in d.kinds()
+    else:
+        assert f.severity in ("warning", "critical") and "stop learning" in f.summary
+        assert impact["below_eps"] if optimizer == "adamw" else impact["relative_update"] < 0.01
+
+
+def test_a_gated_recurrent_layer_at_init_is_a_warning_a_plain_one_critical():
+    found = {}
+    for cell in (nn.LSTM, nn.RNN):
+        torch.manual_seed(0)
+        rnn, head = cell(2, 32, batch_first=True), nn.Linear(32, 1)
+        model = nn.ModuleDict({"rnn": rnn, "head": head})
+        x = torch.randn(16, 100, 2)
+        with gd.watch(model) as probe:
+            loss = head(rnn(x)[0][:, -1]).square().mean()
+            loss.backward()
+            probe.step(loss)
+        d = gd.diagnose(probe.trace)
+        (f,) = [f for f in d.findings if f.kind == "vanishing_through_time"]
+        found[cell.__name__] = (f.severity, f.evidence["decades"])
+    assert found["LSTM"][0] == "warning" and found["LSTM"][1] < -4  # far beyond 4 decades, and yet it learns
+    assert found["RNN"][0] == "critical"
+
+
+def test_stalled_layers_under_adam_need_a_gradient_below_eps():
+    trace = _train(_mlp(), _batches(8), optimizer=None, lr=1e-9)  # SGD at lr 1e-9: nothing moves
+    d = gd.diagnose(trace)
+    assert "stalled_layers" in d.kinds()
+    model = _mlp()
+    trace = _train(model, _batches(8), optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3))
+    assert gd.diagnose(trace).healthy
+    assert np.isfinite(trace["update_ratio"][1:]).all()

@@ -1,0 +1,48 @@
+"""The structure-aware diagnosis on a fast subset of the zoo (the whole zoo is benchmarks/zoo.py).
+
+Real architectures from `transformers` at their default init (tests/zoo.py): healthy ones get no
+finding worse than info at init and after a few steps of their own AdamW recipe, the blocks
+found are the zoo's depth axis, hooks are all removed, and EfficientNet's library init (BatchNorm
+weights ~ N(0, 0.02): the forward signal dies) is found vanishing along its blocks.
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+zoo = pytest.importorskip("zoo")  # tests/zoo.py needs transformers (the dev extra)
+
+from graddoctor.probe.structure import find_blocks  # noqa: E402
+
+# one per family kind: LayerScale conv net, BN ResNet, BN chain, pre-LN decoder, post-LN encoder,
+# windowed attention, encoder-decoder, LSTM (calibration and held-out families alike: this is a
+# regression test of verdicts already measured, not a calibration)
+AT_INIT = ("convnext", "resnet-bottleneck", "mobilenet-v1", "gpt2", "bert", "swin", "t5", "lstm-lm")
+TRAINED = ("convnext", "gpt2")
+
+
+@pytest.mark.parametrize("name", AT_INIT)
+def test_healthy_zoo_models_at_init(name):
+    m = zoo.get(name)
+    v = zoo.judge(m, steps=1)  # init: one forward/backward; one training step (unjudged here)
+    assert v.error is None and v.hooks_clean
+    assert v.init.healthy, str(v.init)
+    blocks = find_blocks(m.make(0))
+    assert all(re.fullmatch(m.blocks, b) for b in blocks), (blocks[:3], m.blocks)
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_healthy_zoo_models_while_training(name):
+    v = zoo.judge(zoo.get(name), steps=6)
+    assert v.error is None and v.hooks_clean
+    assert v.trained.healthy, str(v.trained)
+
+
+def test_efficientnet_library_init_vanishes_along_its_blocks():
+    m = zoo.get("efficientnet")
+    assert m.expected == "vanishing"
+    v = zoo.judge(m, steps=1)  # init: one forward/backward; one training step (unjudged here)
+    (f,) = [f for f in v.init.findings if f.kind == "vanishing" and "first_block" in f.evidence]
+    assert f.severity == "critical" and f.evidence["decades"] < -10
+    assert all(x.startswith("efficientnet.encoder.blocks") for x in f.layers)
