@@ -15,8 +15,7 @@ mean of log10 over seeds 0..4; error = measured - predicted, in decades. Familie
              the fully connected form (no zero-padding borders) beside it
 
 Target (issue 20): |error| <= 0.3 decades everywhere. Writes docs/results/theory.json and
-docs/results/theory.md, and puts the markdown into docs/theory.md between its
-<!-- results:theory --> markers.
+docs/results/theory.md (docs/theory.md includes it).
 
     python benchmarks/theory.py [--seeds 5] [--seed-sets 4] [--families mlp,residual,...]
                                 [--figure docs/theory-phase.png] [--render]
@@ -30,7 +29,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import json
 import math
-import re
 import time
 from pathlib import Path
 
@@ -44,8 +42,6 @@ from graddoctor.theory import measure
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
-PAGE = ROOT / "docs" / "theory.md"
-MARK = ("<!-- results:theory -->", "<!-- /results:theory -->")
 TARGET = 0.3  # decades (issue 20; issue 19's agreement bar)
 TARGET_MLP = 0.2  # issue 7's bar for the 27 plain MLPs (5 seeds 0..4)
 WIDTH, DEPTHS = 256, (10, 20, 50)
@@ -145,16 +141,12 @@ def markdown(rows: list[dict], seeds: int, seed_sets: int) -> str:
 
 
 def write(rows: list[dict], seeds: int, seed_sets: int) -> str:
-    """docs/results/theory.{json,md}, and the page's results block."""
+    """docs/results/theory.{json,md}."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     md = markdown(rows, seeds, seed_sets)
     meta = {"seeds": seeds, "seed_sets": seed_sets, "target_decades": TARGET, "torch": torch.__version__}
     (RESULTS / "theory.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     (RESULTS / "theory.md").write_text(md)
-    page = PAGE.read_text()
-    if MARK[0] in page:
-        block = f"{MARK[0]}\n{md}{MARK[1]}"
-        PAGE.write_text(re.sub(re.escape(MARK[0]) + ".*?" + re.escape(MARK[1]), lambda _m: block, page, flags=re.S))
     return md
 
 
@@ -165,7 +157,7 @@ def main() -> None:
     ap.add_argument("--families", default="mlp,residual,batchnorm,cnn")
     ap.add_argument("--figure", help="write the phase diagram + predicted-vs-measured figure here")
     ap.add_argument("--render", action="store_true",
-                    help="re-render the markdown and the page from docs/results/theory.json (no measuring)")
+                    help="re-render docs/results/theory.md from docs/results/theory.json (no measuring)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.perf_counter()

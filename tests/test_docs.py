@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import math
 import os
 import re
 import subprocess
@@ -24,13 +25,14 @@ import pytest
 from docsnumbers import DOCS, ROOT, quotes, unsupported
 
 from graddoctor import activations
+from graddoctor.diagnose import thresholds
 from graddoctor.nets import NetSpec
+from graddoctor.theory import batchnorm
 from graddoctor.training import TrainConfig
 
 PAGES = sorted(p.name for p in DOCS.glob("*.md"))
 # Pages whose pasted numbers are their owner's to replace with included results (issue 17).
-OWNERS = {"measure.md": "probe", "diagnose.md": "diag", "treat.md": "treat", "theory.md": "theory",
-          "integrations.md": "run"}
+OWNERS = {"measure.md": "probe", "diagnose.md": "diag", "treat.md": "treat"}
 
 
 def _defaults(*classes) -> set[str]:
@@ -45,10 +47,16 @@ CONSTANTS: dict[str, set[str]] = {
         f"{activations.SATURATION_FRACTION:.0%}",  # where a unit counts as saturated
     },
     "report.md": {f"{activations.SATURATION_FRACTION:.0%}"},
+    "theory.md": {f"{math.sqrt(batchnorm.wide_batch_gain('relu')):.3f}x"},  # BN's ReLU gain per layer, B -> inf
+    "integrations.md": {f"{thresholds.TIME_EDGE_FRACTION:.0%}"},  # the through-time rule's first/last steps
     "development.md": {"0.23", "1e-55", "10^-12"},  # examples of what the rule counts
 }
 # Fenced blocks (0-based index among a page's fences) that a test compares with what the code prints.
-GOLDEN_BLOCKS: dict[str, set[int]] = {"bench.md": {1}}  # tests/test_docs_bench.py: describe()'s output
+GOLDEN_BLOCKS: dict[str, set[int]] = {
+    "bench.md": {1},  # tests/test_docs_bench.py: describe()'s output
+    "theory.md": {2},  # tests/test_theory.py::test_docs_theory_page_example_runs_as_shown
+    "integrations.md": {6},  # tests/test_docs_examples.py: the RNN example's output
+}
 EXECUTED = ("index.md", "report.md")  # (bench.md's blocks: tests/test_docs_bench.py)
 
 

@@ -172,3 +172,23 @@ def test_runs_listing_keeps_every_number_in_a_pipe_and_in_a_narrow_terminal(tmp_
         assert "…" not in out and out.count("0.123") == 2 and re.search(r"^\s*1\s", out, re.M)
         assert len(re.findall(r"\d{4}-\d\d-\d\d \d\d:\d\d", out)) == 2  # the time, whole
         assert ("init=xavier_normal" in out) != console.is_terminal  # 40 columns: the network folds
+
+
+def test_the_theory_line_names_the_theory_that_made_the_prediction():
+    """A BatchNorm MLP and a CNN are not Poole et al.'s plain MLP: the line cites the prediction's own source."""
+    import torch
+
+    import graddoctor as gd
+
+    torch.manual_seed(0)
+    nets = [(gd.NetSpec(depth=6, width=32, in_shape=(32,), activation="tanh"), "Poole et al. 2016"),
+            (gd.NetSpec(depth=6, width=32, in_shape=(32,), batchnorm="before_activation"), "Yang et al. 2019"),
+            (gd.NetSpec(kind="cnn", depth=4, width=8, in_shape=(3, 8, 8), activation="relu", init="he_normal"),
+             "Xiao et al. 2018")]
+    for spec, cited in nets:
+        x, y = torch.randn(64, *spec.in_shape), torch.randint(0, 10, (64,))
+        d = gd.checkup(gd.build(spec, seed=0), x, y)
+        line = " ".join(render_text(d, None).split())
+        t = d.context["theory"]
+        assert f"{t['source']}: ||δ_1||²/||δ_L||² = 10^{t['predicted_log10_sq_ratio']:.1f} predicted" in line
+        assert cited in line and ("Poole" in line) == (cited == "Poole et al. 2016")

@@ -69,13 +69,13 @@ def verdict(diagnosis: Diagnosis) -> Panel:
 
 
 def theory_line(diagnosis: Diagnosis) -> Text | None:
-    """'mean-field theory ... predicts 10^-24.0 ...; measured 10^-23.9', when the checkup had a prediction."""
+    """'<the prediction's source>: ||δ_1||²/||δ_L||² = 10^-24.0 predicted ..., 10^-23.9 measured', if any."""
     t = diagnosis.context.get("theory")
     if not t:
         return None
-    return Text(f"mean-field theory (Poole et al. 2016) predicts ||δ_1||²/||δ_L||² = "
-                f"10^{t['predicted_log10_sq_ratio']:.1f} for this network at initialisation; "
-                f"measured 10^{t['measured_log10_sq_ratio']:.1f}", style="dim")
+    source = t.get("source") or "mean-field theory"  # diagnoses stored before 'source' existed
+    return Text(f"{source}: ||δ_1||²/||δ_L||² = 10^{t['predicted_log10_sq_ratio']:.1f} predicted for this "
+                f"network at initialisation, 10^{t['measured_log10_sq_ratio']:.1f} measured", style="dim")
 
 
 def report_parts(diagnosis: Diagnosis, width: int | None, wide: bool = False,
