@@ -247,9 +247,18 @@ class Probe:
         with torch.no_grad():
             if self._snapshot is None or not self._snapshot.fits(params):
                 self._snapshot = WeightSample(params)
+            norms = None  # weight norms: from the sample copies (update.py), exact for frozen weights
             if params:
                 self._snapshot.take(params)
-            norms = torch._foreach_norm(plan.weights) if plan.weights else []
+                norms = self._snapshot.weight_norms()
+            if not train.all():  # frozen weights (rare): exact norms, put in plan order
+                exact = torch.stack(torch._foreach_norm([p for p, t in zip(plan.weights, train) if not t]))
+                if norms is not None:
+                    full = torch.empty(len(train), dtype=norms.dtype, device=norms.device)
+                    full[torch.as_tensor(np.flatnonzero(train), device=norms.device)] = norms
+                    full[torch.as_tensor(np.flatnonzero(~train), device=norms.device)] = exact.to(norms)
+                    exact = full
+                norms = exact
         start = rec.params(plan, norms, zeros=self._zeros_wanted())
         self._checks.grads(self._step, norms=rec.grad_vector)
         rec.host["lr"] = current_lr(optimizer)
