@@ -9,7 +9,8 @@ hook and a dozen small kernels) is measured too (--zoo), but a model worth monit
 more than that per layer.
 
 Time: variants run round-robin, interleaved in one process (this machine's noise drifts over
-minutes). Each variant trains its own copy of the model (same seed) under a probe that stays
+minutes), in a shuffled order each round (the position within a round biases a block by a few
+per cent here). Each variant trains its own copy of the model (same seed) under a probe that stays
 open all run; a block times STEPS consecutive steps of the same loop: forward, loss,
 zero_grad, backward, optimizer.step(), float(loss) (the loop's one host sync, as in
 graddoctor.train), and probe.step(loss) under watch(model, optimizer=opt). A block's time /
@@ -39,6 +40,7 @@ import argparse
 import gc
 import json
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -195,8 +197,11 @@ def timing(w: Workload, device: str, rounds: int | None = None,
     try:
         for v in variants:  # warm-up: allocator, kernels, first-call paths, layer discovery
             block(w, *setups[v], device)
+        order = list(variants)
+        shuffle = random.Random(0).shuffle
         for _ in range(rounds or w.rounds):
-            for v in variants:
+            shuffle(order)  # no variant always runs first (or right after the same one)
+            for v in order:
                 samples[v].append(block(w, *setups[v], device))
     finally:
         for *_, probe in setups.values():
@@ -270,10 +275,10 @@ PHASES = (  # (class, method, what it does): the probe's work, timed in place
     ("StepRecord", "params", "gradient norms (+ weight norms without optimizer)"),
     ("Probe", "_before_update", "optimizer pre-hook: params + weight copy + weight norms"),
     ("Probe", "_after_update", "optimizer post-hook: update norms + end of step"),
-    ("Probe", "_finish", "end of step: the one host copy"),
+    ("Pipeline", "ship", "end of a recorded step: parts, the one host copy"),
     ("Checks", "_on_input", "every step: input check"),
     ("Checks", "grads", "every step: gradient check"),
-    ("Probe", "_pool", "pooling into the Trace (every 64 steps)"),
+    ("Pipeline", "pool", "pooling into the Trace (every 64 steps)"),
 )
 
 
@@ -281,10 +286,11 @@ def profile(name: str, device: str, stats: str = "full", every: int = 1, blocks:
     """Print where the probe's time goes: ms per step in each phase, next to the plain step."""
     import collections
 
-    from graddoctor.probe import checks, collect
+    from graddoctor.probe import checks, collect, pipeline
     from graddoctor.probe import probe as probe_mod
 
-    classes = {"Probe": probe_mod.Probe, "StepRecord": collect.StepRecord, "Checks": checks.Checks}
+    classes = {"Probe": probe_mod.Probe, "StepRecord": collect.StepRecord, "Checks": checks.Checks,
+               "Pipeline": pipeline.Pipeline}
     now = clock(device)
     spent: dict[str, list[float]] = collections.defaultdict(list)
     originals = []
@@ -317,8 +323,7 @@ def profile(name: str, device: str, stats: str = "full", every: int = 1, blocks:
     for cls_name, method, what in PHASES:
         t = spent.get(f"{cls_name}.{method}", [])
         print(f"  {sum(t) * 1e3 / n:7.3f} ms/step  {len(t) / n:5.1f} calls/step  {cls_name}.{method}: {what}")
-    print("  (nested: _before_update includes params; _after_update includes _finish, which includes"
-          " the host copy)")
+    print("  (nested: _before_update includes params; _after_update includes Pipeline.ship, the host copy)")
 
 
 # -- results ---------------------------------------------------------------------------------

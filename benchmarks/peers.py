@@ -30,6 +30,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 import argparse
 import importlib.util
 import json
+import random
 import statistics
 import subprocess
 import sys
@@ -203,7 +204,9 @@ def compare(w: bench.Workload, peers: list[Peer], rounds: int) -> dict[str, dict
     try:
         for peer, model, opt, data in runs:  # warm-up
             block(w, model, opt, data, peer)
+        shuffle = random.Random(0).shuffle
         for _ in range(rounds):
+            shuffle(runs)  # no peer always runs first (or right after the same one)
             for peer, model, opt, data in runs:
                 samples[peer.name].append(block(w, model, opt, data, peer))
     finally:

@@ -29,7 +29,7 @@ from graddoctor.training import TrainConfig
 
 PAGES = sorted(p.name for p in DOCS.glob("*.md"))
 # Pages whose pasted numbers are their owner's to replace with included results (issue 17).
-OWNERS = {"measure.md": "probe", "diagnose.md": "diag", "treat.md": "treat", "theory.md": "theory",
+OWNERS = {"diagnose.md": "diag", "treat.md": "treat", "theory.md": "theory",
           "lab.md": "lab", "integrations.md": "run"}
 
 

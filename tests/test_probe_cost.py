@@ -11,8 +11,7 @@ from torch.nn import functional as F
 
 import graddoctor
 from graddoctor import activations, watch
-from graddoctor.probe import pooling, stats, update
-from graddoctor.probe import probe as probe_module
+from graddoctor.probe import pipeline, pooling, stats, update
 from graddoctor.probe.scratch import MIN_NUMEL, Scratch
 
 
@@ -159,7 +158,7 @@ def test_statistics_with_reused_scratch_equal_fresh_temporaries(name):
 def test_unrecorded_steps_do_not_flush_the_trace(monkeypatch):
     calls = []
     real = pooling.pool_steps
-    monkeypatch.setattr(probe_module, "pool_steps", lambda raws, *a: calls.append(len(raws)) or real(raws, *a))
+    monkeypatch.setattr(pipeline, "pool_steps", lambda raws, *a: calls.append(len(raws)) or real(raws, *a))
     model = graddoctor.build(graddoctor.NetSpec(depth=3, width=8, in_shape=(6,), out_features=5), seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = torch.randn(16, 6), torch.randint(0, 5, (16,))
