@@ -270,7 +270,7 @@ def memory(w: Workload, device: str) -> dict[str, float]:
 # -- where the time goes ---------------------------------------------------------------------
 PHASES = (  # (class, method, what it does): the probe's work, timed in place
     ("Probe", "_on_forward", "forward hooks: input/output statistics"),
-    ("StepRecord", "signal", "tensor hooks: error-signal norms"),
+    ("StepRecord", "signal_all", "tensor hooks: error-signal norms"),
     ("StepRecord", "_end_backward", "end of backward: file the norms"),
     ("StepRecord", "params", "gradient norms (+ weight norms without optimizer)"),
     ("Probe", "_before_update", "optimizer pre-hook: params + weight copy + weight norms"),

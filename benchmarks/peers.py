@@ -193,22 +193,42 @@ def block(w, model, opt, data, peer) -> float:
     return (now() - t0) * 1e3 / bench.STEPS
 
 
-def compare(w: bench.Workload, peers: list[Peer], rounds: int) -> dict[str, dict]:
-    """Interleaved blocks of every peer (each on its own copy of the model); ratios to `plain`."""
+def compare(w: bench.Workload, peers: list[Peer], rounds: int, failed: dict | None = None) -> dict[str, dict]:
+    """Interleaved blocks of every peer (each on its own copy of the model); ratios to `plain`.
+
+    A peer that raises on this workload (e.g. full-backward hooks before an in-place op) is
+    dropped from it, with the reason in `failed`.
+    """
     runs = []
     for peer in peers:
         model, opt, data = bench.setup(w, "cpu")
         peer.attach(model, opt)
         runs.append((peer, model, opt, data))
     samples: dict[str, list[float]] = {p.name: [] for p in peers}
+
+    def timed(run) -> float | None:
+        peer, model, opt, data = run
+        try:
+            return block(w, model, opt, data, peer)
+        except Exception as exc:  # a peer's failure is a result: reported, not raised
+            if failed is not None:
+                failed[f"{peer.name} on {w.name}"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+            runs.remove(run)
+            samples.pop(peer.name)
+            peer.close()
+            return None
+
     try:
-        for peer, model, opt, data in runs:  # warm-up
-            block(w, model, opt, data, peer)
+        for run in list(runs):  # warm-up
+            timed(run)
         shuffle = random.Random(0).shuffle
         for _ in range(rounds):
-            shuffle(runs)  # no peer always runs first (or right after the same one)
-            for peer, model, opt, data in runs:
-                samples[peer.name].append(block(w, model, opt, data, peer))
+            order = list(runs)
+            shuffle(order)  # no peer always runs first (or right after the same one)
+            for run in order:
+                t = timed(run)
+                if t is not None:
+                    samples[run[0].name].append(t)
     finally:
         for peer, *_ in runs:
             peer.close()
@@ -247,7 +267,7 @@ def write_results(results: dict) -> list[Path]:
             cells.append("-" if v is None else f"{v['ratio']:.2f}x")
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     if results["skipped"]:
-        lines += ["", "Not measured here: " + "; ".join(f"{k}: {v}" for k, v in results["skipped"].items()) + "."]
+        lines += ["", "Not measured: " + "; ".join(f"{k} ({v})" for k, v in results["skipped"].items()) + "."]
     md.write_text("\n".join(lines) + "\n")
     return [js, md]
 
@@ -282,7 +302,7 @@ def main() -> None:
         rounds = args.rounds or ROUNDS[name]
         t0 = time.perf_counter()
         present = [make() for make in IN_PROCESS]
-        variants = compare(w, [peer for peer in present if peer.available() is None], rounds)
+        variants = compare(w, [peer for peer in present if peer.available() is None], rounds, results["skipped"])
         if not wandb_missing:
             for freq in OWN_PROCESS:
                 try:

@@ -196,3 +196,22 @@ def test_a_tensor_that_is_one_layers_output_and_the_next_ones_input_gets_one_hoo
     # conv0's output signal is bn's input signal: the same number in both rows
     assert probe.trace["delta_rms"][0, 0] == probe.trace["input_grad_rms"][0, 1]
     assert probe.trace["delta_rms"][0, 1] != probe.trace["input_grad_rms"][0, 2]  # not merged across the in-place op
+
+
+@pytest.mark.parametrize("name, approximate", [("gelu", "none"), ("gelu", "tanh"), ("silu", None)])
+def test_fused_derivative_is_the_one_backward_applies(name, approximate):
+    gen = torch.Generator().manual_seed(5)
+    z = (torch.randn(64, 8, 16, 16, generator=gen) * 3).requires_grad_()  # 2^17 elements: scratch path too
+    y = F.gelu(z, approximate=approximate) if name == "gelu" else F.silu(z)
+    source = stats.activation_of(y)
+    assert source.name == name
+    (autograd_d,) = torch.autograd.grad(y.sum(), z, retain_graph=True)  # phi'(z), as backward computes it
+    with torch.no_grad():
+        fresh = stats.FUSED_DERIV[name](z.detach(), source.node, None)
+        into = stats.FUSED_DERIV[name](z.detach(), source.node, torch.empty_like(z))
+        got = stats.input_stats(y.detach(), source, Scratch()).deriv_norm
+    assert torch.equal(fresh, autograd_d) and torch.equal(into, autograd_d)
+    if approximate != "tanh":  # the registry's formula is the exact (erf) GELU
+        registry = activations.get(name).deriv(z.detach(), 0.0)
+        assert float(got) == pytest.approx(float(registry.norm()), rel=1e-5)
+    assert float(got) == pytest.approx(float(autograd_d.norm()), rel=1e-6)
