@@ -334,8 +334,10 @@ def write_results(results: dict, device: str) -> list[Path]:
     js = RESULTS / f"overhead{suffix}.json"
     js.write_text(json.dumps(results, indent=1) + "\n")
     targets = TARGETS.get(device, {})
-    lines = [f"Time per training step under `watch()` vs the plain loop ({results['machine']}); "
-             "ratio = median over interleaved rounds of (variant block / plain block of the same round). "
+    clock_name = "CPU time of the training process" if device == "cpu" else "wall time"
+    lines = [f"Time per training step under `watch()` vs the plain loop ({results['machine']}; {clock_name}); "
+             "ratio = median over interleaved rounds, in shuffled order, of (variant block / plain block of the "
+             "same round). "
              f"Peak memory: one recorded step, ratio to the plain step's peak. Command: `{results['command']}`.",
              "", "| workload | plain ms/step | " + " | ".join(v for v in VARIANTS if v != "plain") + " | peak memory "
              + " / ".join(v for v in VARIANTS if v != "plain") + " |",

@@ -45,14 +45,16 @@ def sample_of(p: Tensor) -> tuple[tuple[int, int] | None, int, float]:
 
 
 class WeightSample:
-    """Copies of the sampled weights, taken before an optimizer step and diffed after it."""
+    """Copies of the sampled weights, taken before an optimizer step and diffed after it.
+
+    The copies live only from take() to change_norms(): the optimizer step, where the
+    activations are already freed, not the forward/backward peak.
+    """
 
     def __init__(self, params: list[Tensor]) -> None:
         self.key = self._key(params)
         self._plan = [sample_of(p) for p in params]
-        self.copies = [torch.empty(size, dtype=p.dtype, device=p.device) if size else
-                       torch.empty_like(p, memory_format=torch.contiguous_format)
-                       for p, (size, _, _) in zip(params, self._plan)]
+        self.copies: list[Tensor] | None = None  # alive only around the optimizer step (take -> change_norms)
         scale = [s for _, _, s in self._plan]
         self._scale = torch.tensor(scale, device=params[0].device) if any(s != 1.0 for s in scale) else None
         self._views: list[Tensor] = []
@@ -69,6 +71,10 @@ class WeightSample:
         """Copy the sample of each weight (call right before the optimizer step)."""
         self._views = [p.as_strided(size, (step, 1), p.storage_offset()) if size else p  # fresh: follows .data
                        for p, (size, step, _) in zip(params, self._plan)]
+        # allocated here and freed after the step: they never add to the forward/backward peak
+        self.copies = [torch.empty(size, dtype=p.dtype, device=p.device) if size else
+                       torch.empty_like(p, memory_format=torch.contiguous_format)
+                       for p, (size, _, _) in zip(params, self._plan)]
         torch._foreach_copy_(self.copies, self._views)
 
     def weight_norms(self) -> Tensor:
@@ -80,5 +86,5 @@ class WeightSample:
         """Estimated |W_after - W_before| of each weight, as a vector (call right after the step)."""
         torch._foreach_sub_(self.copies, self._views)  # before - after, in place
         norms = torch.stack(torch._foreach_norm(self.copies))
-        self._views = []
+        self._views, self.copies = [], None
         return norms if self._scale is None else norms.mul_(self._scale)
