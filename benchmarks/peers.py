@@ -246,6 +246,19 @@ def own_process(name: str, log_freq: int, rounds: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def versions() -> dict[str, str]:
+    """Installed versions of the peers (those that are installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for dist in ("lightning", "tensorboard", "wandb"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
 def write_results(results: dict) -> list[Path]:
     """docs/results/peers.json and peers.md (rows: ways of watching; columns: workloads)."""
     bench.RESULTS.mkdir(parents=True, exist_ok=True)
@@ -257,7 +270,9 @@ def write_results(results: dict) -> list[Path]:
              f"`{results['command']}`). Workloads as in the overhead table: "
              + "; ".join(f"**{n}**: {results['workloads'][n]['summary']} "
                          f"({results['workloads'][n]['variants']['plain']['ms']:.0f} ms/step plain)" for n in names)
-             + ".", "", "| way of watching | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+             + ". Peers: " + ", ".join(f"{k} {v}" for k, v in results.get("versions", {}).items())
+             + ". W&B runs part of its work in its own service process, which this CPU time does not count.",
+             "", "| way of watching | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for row in rows:
         if row == "plain":
             continue
@@ -288,7 +303,8 @@ def main() -> None:
         print(json.dumps(r))
         return
     machine = f"CPU, {os.cpu_count()} cores (shared), 1 thread, torch {torch.__version__}"
-    results: dict = {"machine": machine, "command": "python benchmarks/peers.py", "workloads": {}, "skipped": {}}
+    results: dict = {"machine": machine, "command": "python benchmarks/peers.py", "workloads": {}, "skipped": {},
+                     "versions": versions()}
     peers = [make() for make in IN_PROCESS]
     for peer in peers:
         why = peer.available()
