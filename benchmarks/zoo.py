@@ -29,6 +29,7 @@ import json
 import math
 import statistics
 import sys
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -37,6 +38,7 @@ import transformers
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 import zoo  # noqa: E402
+import zoo_faults  # noqa: E402
 import zoo_oracle  # noqa: E402
 import zoo_planted  # noqa: E402
 
@@ -46,13 +48,23 @@ RESULTS = ROOT / "docs" / "results"
 
 
 # -- scoring (pure) -----------------------------------------------------------------------------
+GROUP_DEPTH = 3  # a finding's layers are counted per module-name prefix of this many parts ("bert.encoder.layer")
+
+
+def layer_groups(layers) -> dict[str, int]:
+    """Layer names counted per prefix of GROUP_DEPTH dotted parts (the results file stays small)."""
+    if isinstance(layers, dict):  # already grouped
+        return layers
+    return dict(Counter(".".join(x.split(".")[:GROUP_DEPTH]) for x in layers))
+
+
 def verdict(d) -> dict | None:
     """A Diagnosis reduced to what the table and the scores need."""
     if d is None:
         return None
     bad = [f for f in d.findings if f.severity != "info"]
     return {"healthy": d.healthy, "kinds": sorted(d.kinds()),
-            "findings": [{"kind": f.kind, "severity": f.severity, "layers": list(f.layers),
+            "findings": [{"kind": f.kind, "severity": f.severity, "layers": layer_groups(f.layers),
                           "causes": [c.name for c in f.causes[:2]]} for f in bad],
             "info": sorted({f.kind for f in d.findings if f.severity == "info"})}
 
@@ -75,9 +87,9 @@ def score_planted(p: zoo.Planted, v: dict | None) -> dict:
     match = [f for f in v["findings"] if f["kind"] in want or (f["kind"] == "non_finite" and "exploding" in want)]
     loc = None
     if p.blocks:
-        loc = any(f["layers"] and sum(any(x.startswith(b) for b in p.blocks) for x in f["layers"])
-                  >= len(f["layers"]) / 2 for f in match)
-    return {"detected": bool(match), "cause": any(set(f["causes"]) & set(p.causes) for f in match),
+        inside = lambda groups: sum(n for g, n in groups.items() if any(g.startswith(b) for b in p.blocks))
+        loc = any(f["layers"] and inside(f["layers"]) >= sum(f["layers"].values()) / 2 for f in match)
+    return {"detected": bool(match), "cause": any(set(f["causes"][:2]) & set(p.causes) for f in match),
             "localised": loc}
 
 
@@ -111,20 +123,33 @@ def summarise(rows: list[dict]) -> dict:
 
 
 # -- running ------------------------------------------------------------------------------------
+def claims(kind: str, m: zoo.ZooModel, p: zoo.Planted | None) -> dict:
+    """What a row is judged against: its kind, expected verdict, fault and phase(s)."""
+    expected = {"zoo": m.expected, "harmless": "healthy", "unscored": "(not scored)"}.get(kind)
+    return {"kind": kind, "expected": expected or "+".join(sorted(p.kinds)), "fault": p.fault if p else None,
+            "when": p.when if kind == "planted" else None}
+
+
+def scored(row: dict, p: zoo.Planted | None) -> dict:
+    """The row with its planted scores (detection, cause, localisation per phase), if it is planted."""
+    row = {k: v for k, v in row.items() if k != "scores"}
+    for ph in ("init", "trained"):  # rows of older runs list every layer
+        for f in (row[ph] or {}).get("findings", []):
+            f["layers"] = layer_groups(f["layers"])
+    if row["kind"] == "planted":
+        row["scores"] = {ph: score_planted(p, row[ph]) for ph in phases(p.when)}
+    return row
+
+
 def run_one(kind: str, m: zoo.ZooModel, seed: int, steps: int, every: int, planted: zoo.Planted | None) -> dict:
     """Judge one recipe and score it."""
     v = zoo.judge(m, seed=seed, steps=steps, every=every)
-    init, trained = verdict(v.init), verdict(v.trained)
-    expected = {"zoo": m.expected, "harmless": "healthy", "unscored": "(not scored)"}.get(kind)
-    row = {"name": m.name, "kind": kind, "family": m.family, "half": m.half, "seed": seed,
-           "expected": expected or "+".join(sorted(planted.kinds)), "fault": planted.fault if planted else None,
-           "when": planted.when if kind == "planted" else None, "init": init, "trained": trained,
-           "seconds": round(v.seconds, 2), "loss_first": v.losses[0] if v.losses else None,
+    row = {"name": m.name, "family": m.family, "half": m.half, "seed": seed, **claims(kind, m, planted),
+           "init": verdict(v.init), "trained": verdict(v.trained), "seconds": round(v.seconds, 2),
+           "loss_first": v.losses[0] if v.losses else None,
            "loss_last": statistics.fmean(v.losses[-5:]) if v.losses else None,
            "error": v.error, "hooks_clean": v.hooks_clean}
-    if kind == "planted":
-        row["scores"] = {ph: score_planted(planted, init if ph == "init" else trained) for ph in phases(planted.when)}
-    return row
+    return scored(row, planted)
 
 
 def fmt(x: float | None) -> str:
@@ -165,19 +190,21 @@ def summary_lines(s: dict) -> list[str]:
         out.append(f"{half}: false alarms on the healthy zoo at init {pct(v['false_alarms_init'])}, after "
                    f"training {pct(v['false_alarms_trained'])}; on harmless plantings at init "
                    f"{pct(v['harmless_alarms_init'])}, after training {pct(v['harmless_alarms_trained'])}; planted "
-                   f"detection {pct(v['detection'])}, cause in top two {pct(v['cause_top2'])}, localised "
-                   f"{pct(v['localised'])}; exceptions {pct(v['exceptions'])}, hooks left {pct(v['hooks_left'])}")
+                   f"(per case and phase) detection {pct(v['detection'])}, cause in top two {pct(v['cause_top2'])}, "
+                   f"localised {pct(v['localised'])}; exceptions {pct(v['exceptions'])}, hooks left "
+                   f"{pct(v['hooks_left'])}")
     return out
 
 
 def wrong(rows: list[dict]) -> list[str]:
-    """The names of the models (and planted cases) that got a wrong verdict, per phase."""
+    """The models (and planted cases) with a wrong verdict, per phase: a false alarm, a miss, a wrong cause."""
     out = []
     for r in rows:
         if r["expected"] == "healthy":
             ph = [p for p in ("init", "trained") if not (r[p] or {"healthy": False})["healthy"]]
         elif r["kind"] == "planted":
-            ph = [p for p, s in r["scores"].items() if not s["detected"]]
+            ph = [p if not s["detected"] else f"{p} (cause not in top two)" for p, s in r["scores"].items()
+                  if not s["detected"] or not s["cause"]]
         else:
             continue
         if ph or r["error"]:
@@ -203,20 +230,38 @@ def select(only: str | None) -> list[tuple[str, zoo.ZooModel, zoo.Planted | None
     return items
 
 
+def rescore(rows: list[dict]) -> list[dict]:
+    """Rows of an earlier run re-scored against the current claims (the verdicts do not depend on them)."""
+    items = {m.name: (kind, m, p) for kind, m, p in select(None)}
+    order = {name: i for i, name in enumerate(items)}
+    out = [scored({**r, **claims(*items[r["name"]])}, items[r["name"]][2]) for r in rows if r["name"] in items]
+    return sorted(out, key=lambda r: (r["seed"], order[r["name"]]))
+
+
 def bench(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     items = select(args.only)
-    rows = []
-    with bar(len(items) * args.seeds, "judging the zoo") as b:
-        for seed in range(args.seeds):
-            for kind, m, p in items:
-                rows.append(run_one(kind, m, seed, args.steps, args.every, p))
-                b.update(1, model=m.name)
+    if args.rescore:  # the verdicts of an earlier full run, scored against the claims as they are now
+        data = json.loads(Path(args.rescore).read_text())
+        rows = rescore(data["rows"])
+        args.seeds, args.steps, args.every = (data["config"][k] for k in ("seeds", "steps", "every"))
+        missing = {m.name for _, m, _ in items} - {r["name"] for r in rows}
+        if missing:
+            sys.exit(f"zoo: error: {args.rescore} has no verdicts for {', '.join(sorted(missing))}; run them")
+    else:
+        rows = []
+        with bar(len(items) * args.seeds, "judging the zoo") as b:
+            for seed in range(args.seeds):
+                for kind, m, p in items:
+                    rows.append(run_one(kind, m, seed, args.steps, args.every, p))
+                    b.update(1, model=m.name)
     s = summarise(rows)
     n = {k: sum(it[0] == k for it in items) for k in KINDS}
     head = (f"{len(items)} recipes ({n['zoo']} zoo models, {n['planted']} planted pathologies, {n['harmless']} "
             f"harmless and {n['unscored']} unscored plantings), seeds 0..{args.seeds - 1}, {args.steps} steps, "
-            f"every={args.every}; torch {torch.__version__}, transformers {transformers.__version__}, one CPU thread")
+            f"every={args.every}; torch {torch.__version__}, transformers {transformers.__version__}, one CPU thread"
+            + ("; verdicts of an earlier full run re-scored against the current claims (--rescore)" if args.rescore
+               else ""))
     lines = summary_lines(s)
     wr = wrong(rows)
     md = "\n".join([f"{head}\n", "**Summary**\n", *[f"- {x}" for x in lines], "",
@@ -228,8 +273,9 @@ def bench(args: argparse.Namespace) -> None:
         (RESULTS / "zoo.md").write_text(md)
     if args.json or not args.only:
         path = Path(args.json) if args.json else RESULTS / "zoo.json"
-        path.write_text(json.dumps({"config": vars(args), "header": head, "summary": s, "wrong": wr,
-                                    "rows": rows}, indent=1))
+        head_json = json.dumps({"config": vars(args), "header": head, "summary": s, "wrong": wr}, indent=1)
+        body = ",\n".join(json.dumps(r) for r in rows)  # one row per line: small, and diffs by model
+        path.write_text(f'{head_json[:-2]},\n "rows": [\n{body}\n]}}\n')
         print(f"\nwrote {path}" + ("" if args.only else f" and {RESULTS / 'zoo.md'}"))
 
 
@@ -237,6 +283,8 @@ def oracle(args: argparse.Namespace) -> None:
     """Re-measure each planting by plain autograd: does its claim hold, and which category is it?"""
     torch.set_num_threads(1)
     cases = [p for p in zoo_planted.ALL if not args.only or p.name in args.only.split(",")]
+    if args.category:
+        cases = [p for p in cases if p.extra["category"] == args.category]
     seeds = tuple(range(args.seeds or 3))
     found = {}
     with bar(len(cases), "measuring plantings") as b:
@@ -255,10 +303,10 @@ def oracle(args: argparse.Namespace) -> None:
             flag = "" if cat == p.extra["category"] else f"  (claimed {p.extra['category']})"
             print(f"{p.name}: {cat}{flag}\n    {text}", flush=True)
             b.update(1, case=p.name)
-    if args.write:
-        old = json.loads(zoo_planted.EVIDENCE_FILE.read_text()) if zoo_planted.EVIDENCE_FILE.exists() else {}
-        zoo_planted.EVIDENCE_FILE.write_text(json.dumps(old | found, indent=1, sort_keys=True) + "\n")
-        print(f"wrote {zoo_planted.EVIDENCE_FILE}")
+            if args.write:  # after every case: a long run that stops keeps what it measured
+                path = zoo_planted.EVIDENCE_FILE
+                old = json.loads(path.read_text()) if path.exists() else {}
+                path.write_text(json.dumps(old | found, indent=1, sort_keys=True) + "\n")
 
 
 def lr_sweep(args: argparse.Namespace) -> None:
@@ -269,7 +317,7 @@ def lr_sweep(args: argparse.Namespace) -> None:
         base_lr = m.make_optimizer([torch.nn.Parameter(torch.zeros(1))]).param_groups[0]["lr"]
         cells = []
         for lr in lrs:
-            r = zoo_planted.lr_times(m, m.name, lr / base_lr)
+            r = zoo_faults.lr_times(m, m.name, lr / base_lr)
             cells.append(f"{lr:g}: {zoo_oracle.drop(zoo_oracle.losses(r, 0, args.steps)):.2f}")
         print(f"{m.name:18s} (recipe lr {base_lr:g})  " + "  ".join(cells), flush=True)
 
@@ -280,9 +328,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 1; --oracle: 3)")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--every", type=int, default=1, help="watch(every=) during training")
+    ap.add_argument("--rescore", metavar="JSON", help="re-score the verdicts of an earlier full run's JSON against the "
+                    "current claims, and rewrite the results (no judging)")
     ap.add_argument("--json", help="also write the results JSON here (default with a full run: docs/results/zoo.json)")
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--oracle", action="store_true", help="print the autograd measurements behind each truth")
+    ap.add_argument("--category", choices=("planted", "harmless", "unscored"), help="--oracle: only these plantings")
     ap.add_argument("--write", action="store_true", help="--oracle: record the measurements in tests/zoo_evidence.json")
     mode.add_argument("--lr-sweep", action="store_true", help="loss drop per learning rate, per healthy model")
     args = ap.parse_args()
