@@ -1,96 +1,208 @@
-"""Overhead of graddoctor.watch: median ms/step of a plain training loop vs the same loop watched.
+"""Overhead of graddoctor.watch: time and peak memory of a plain training loop vs the same loop watched.
 
-Variants run round-robin, interleaved in one process (this machine's noise drifts over
-minutes). Each variant trains its own copy of the model (same seed) under a probe that stays
+Workloads: the 20 x 256 tanh MLP (batch 128, SGD with momentum) and three real architectures
+from `transformers` small configs at their default init, trained with AdamW: a ResNet
+(basic blocks, BatchNorm), a GPT-2 decoder and a BERT encoder (6 layers, width 256). They are
+wider than the zoo's test sizes (tests/zoo.py, width 64, 16 tokens), whose steps take a few
+milliseconds of mostly per-op dispatch: there the probe's fixed cost per layer call (a Python
+hook and a dozen small kernels) is measured too (--zoo), but a model worth monitoring spends
+more than that per layer.
+
+Time: variants run round-robin, interleaved in one process (this machine's noise drifts over
+minutes), in a shuffled order each round (the position within a round biases a block by a few
+per cent here). Each variant trains its own copy of the model (same seed) under a probe that stays
 open all run; a block times STEPS consecutive steps of the same loop: forward, loss,
 zero_grad, backward, optimizer.step(), float(loss) (the loop's one host sync, as in
-graddoctor.train), and probe.step(loss) under watch(model, optimizer=opt). A block's time
-/ STEPS is one sample (so an `every=10` block holds its recorded step); reported: the
-median ms/step, and the median over rounds of the ratio to the same round's plain block.
-Threads: torch.set_num_threads(1) on CPU (the machine has 2 shared cores).
+graddoctor.train), and probe.step(loss) under watch(model, optimizer=opt). A block's time /
+STEPS is one sample (so an `every=10` block holds its recorded step); reported: the median
+ms/step, and the median over rounds of the ratio to the same round's plain block.
+Threads: torch.set_num_threads(1) on CPU (the machine has 2 shared cores), timed with the
+process's CPU time (time.process_time): on a machine shared with other jobs, wall time also
+counts the waits for a core, which come and go independently of the variant.
 
-    python benchmarks/overhead.py                 # CPU, both models (< 3 min on 2 cores)
-    python benchmarks/overhead.py --device cuda   # the same on a GPU
-    python benchmarks/overhead.py --profile mlp   # where the time of stats="full" goes, per phase
+Peak memory: one recorded step (the first after warm-up) per variant, one model at a time;
+on CPU the bytes of every live tensor at the step's start plus the highest running sum of
+the allocator's allocations and frees during the step (torch.profiler, profile_memory=True);
+on CUDA torch.cuda.max_memory_allocated. Ratio to the plain step's peak.
+
+    python benchmarks/overhead.py                   # CPU, all workloads; writes docs/results/overhead.*
+    python benchmarks/overhead.py --device cuda     # the same on a GPU
+    python benchmarks/overhead.py --profile mlp     # where the time of stats="full" goes, per phase
 """
 from __future__ import annotations
 
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported: no spin-waiting
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse
+import gc
+import json
+import platform
+import random
 import statistics
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 import graddoctor
 
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 STEPS = 10  # steps per timed block: a multiple of 10, so every=10 blocks hold one recorded step
-VARIANTS = {  # name -> watch() kwargs (None: the plain loop); the optimizer is bound unless said
+VARIANTS = {  # name -> watch() kwargs (None: the plain loop); the optimizer is bound
     "plain": None,
     "norms": {"stats": "norms"},
     "full": {"stats": "full"},
     "full every=10": {"stats": "full", "every": 10},
-    "norms, no optimizer": {"stats": "norms", "optimizer": None},  # for the profile: no update ratios
 }
-TARGETS = {"norms": 1.03, "full": 1.15, "full every=10": 1.02}  # issue 3, ratios to plain, CPU
-MODELS = {  # name -> (NetSpec, batch size, rounds)
-    "mlp": (graddoctor.NetSpec(kind="mlp", depth=20, width=256, activation="tanh", in_shape=(784,)), 128, 30),
-    "cnn": (graddoctor.NetSpec(kind="cnn", depth=4, width=32, activation="relu", in_shape=(1, 28, 28)), 64, 10),
-}
+TARGETS = {"cpu": {"norms": 1.02, "full": 1.10, "full every=10": 1.02},  # issue 16, ratios to plain
+           "cuda": {"full": 1.05}}
+MEMORY_TARGET = 1.05  # the probe adds at most 5 % to the plain step's peak
 
 
-def make(name: str, device: str) -> tuple[torch.nn.Module, torch.optim.Optimizer, list]:
-    """The model (same seed every time), its optimizer and a few fixed random batches."""
-    spec, batch, _ = MODELS[name]
-    model = graddoctor.build(spec, seed=0).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    gen = torch.Generator().manual_seed(0)
-    data = [(torch.randn(batch, *spec.in_shape, generator=gen).to(device),
-             torch.randint(0, 10, (batch,), generator=gen).to(device)) for _ in range(4)]
-    return model, opt, data
+@dataclass(frozen=True)
+class Workload:
+    """A model, its optimizer, a few fixed batches and its loss: one training recipe."""
+
+    name: str
+    summary: str
+    make: Callable[[], nn.Module]  # same seed every call
+    batches: Callable[[torch.Generator], list]
+    loss: Callable[[nn.Module, object], Tensor]
+    optimizer: Callable[[nn.Module], torch.optim.Optimizer]
+    rounds: int  # timed blocks per variant
 
 
-def block(model: torch.nn.Module, opt: torch.optim.Optimizer, data: list, probe, device: str) -> float:
+def _sgd(model: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+
+def _adamw(model: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+
+
+def _hf(model_cls: str, config_cls: str, **config) -> Callable[[], nn.Module]:
+    def make() -> nn.Module:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        torch.manual_seed(0)
+        return getattr(transformers, model_cls)(getattr(transformers, config_cls)(**config)).train()
+    return make
+
+
+def _tokens(batch: int, seq: int, vocab: int) -> Callable[[torch.Generator], list]:
+    return lambda g: [torch.randint(4, vocab, (batch, seq), generator=g) for _ in range(4)]
+
+
+def _lm_loss(model: nn.Module, ids: Tensor) -> Tensor:
+    return model(input_ids=ids, labels=ids).loss
+
+
+def _mlp() -> nn.Module:
+    return graddoctor.build(graddoctor.NetSpec(kind="mlp", depth=20, width=256, activation="tanh",
+                                               in_shape=(784,)), seed=0)
+
+
+def _classify(model: nn.Module, batch: tuple) -> Tensor:
+    x, y = batch
+    out = model(x)
+    return F.cross_entropy(out if isinstance(out, Tensor) else out.logits, y)
+
+
+def _images(batch: int, shape: tuple) -> Callable[[torch.Generator], list]:
+    return lambda g: [(torch.randn(batch, *shape, generator=g), torch.randint(0, 10, (batch,), generator=g))
+                      for _ in range(4)]
+
+
+VOCAB, SEQ = 1024, 32
+WORKLOADS: dict[str, Workload] = {w.name: w for w in (
+    Workload("mlp", "MLP 20 x 256 tanh, batch 128, SGD momentum", _mlp, _images(128, (784,)), _classify, _sgd, 30),
+    Workload("resnet", "ResNet basic [2,2,2,2] x [32..256], BatchNorm, 32x32 images, batch 16, AdamW",
+             _hf("ResNetForImageClassification", "ResNetConfig", layer_type="basic", depths=[2, 2, 2, 2],
+                 hidden_sizes=[32, 64, 128, 256], embedding_size=32, num_labels=10),
+             _images(16, (3, 32, 32)), _classify, _adamw, 10),
+    Workload("gpt2", f"GPT-2 decoder, 6 layers x 256, 4 heads, {SEQ} tokens x 8, AdamW",
+             _hf("GPT2LMHeadModel", "GPT2Config", n_embd=256, n_layer=6, n_head=4, vocab_size=VOCAB,
+                 n_positions=SEQ), _tokens(8, SEQ, VOCAB), _lm_loss, _adamw, 10),
+    Workload("bert", f"BERT encoder (MLM), 6 layers x 256, 4 heads, {SEQ} tokens x 8, AdamW",
+             _hf("BertForMaskedLM", "BertConfig", hidden_size=256, num_hidden_layers=6, num_attention_heads=4,
+                 intermediate_size=1024, vocab_size=VOCAB, max_position_embeddings=SEQ),
+             _tokens(8, SEQ, VOCAB), _lm_loss, _adamw, 10),
+)}
+
+
+def _to(batch: object, device: str) -> object:
+    if isinstance(batch, Tensor):
+        return batch.to(device)
+    return tuple(_to(b, device) for b in batch)
+
+
+def setup(w: Workload, device: str) -> tuple[nn.Module, torch.optim.Optimizer, list]:
+    """The workload's model (same seed every time), its optimizer and its fixed batches."""
+    model = w.make().to(device)
+    return model, w.optimizer(model), [_to(b, device) for b in w.batches(torch.Generator().manual_seed(0))]
+
+
+def train_step(w: Workload, model: nn.Module, opt: torch.optim.Optimizer, batch: object, probe) -> Tensor:
+    """One step of the loop every variant runs (the probe's step, when watched)."""
+    loss = w.loss(model, batch)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    float(loss.detach())  # the loop's own host sync, as in graddoctor.train
+    if probe is not None:
+        probe.step(loss)
+    return loss
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def clock(device: str) -> Callable[[], float]:
+    """The clock a block is timed with: on CPU the process's own CPU time (one thread: the step's
+    time, without the waits for cores that other jobs on a shared machine cause); on a GPU wall time."""
+    return time.process_time if device == "cpu" else time.perf_counter
+
+
+def block(w: Workload, model: nn.Module, opt: torch.optim.Optimizer, data: list, probe, device: str) -> float:
     """ms/step over one block of STEPS training steps."""
-    if device == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    now = clock(device)
+    _sync(device)
+    t0 = now()
     for i in range(STEPS):
-        x, y = data[i % len(data)]
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        float(loss.detach())
-        if probe is not None:
-            probe.step(loss)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t0) * 1e3 / STEPS
+        train_step(w, model, opt, data[i % len(data)], probe)
+    _sync(device)
+    return (now() - t0) * 1e3 / STEPS
 
 
-def run(name: str, device: str, rounds: int | None = None) -> tuple[dict[str, float], dict[str, float]]:
-    """(median ms/step, median ratio to the plain block of the same round) per variant.
-
-    Each variant trains its own copy of the model under one probe that stays open for the
-    whole run (as in real use); the variants' blocks take turns, round after round.
-    """
+def timing(w: Workload, device: str, rounds: int | None = None,
+           variants: dict | None = None) -> tuple[dict[str, float], dict[str, float]]:
+    """(median ms/step, median ratio to the plain block of the same round) per variant."""
+    variants = variants or VARIANTS
     setups = {}
-    for variant, kwargs in VARIANTS.items():
-        model, opt, data = make(name, device)
-        probe = None if kwargs is None else graddoctor.watch(model, **{"optimizer": opt, **kwargs})
+    for variant, kwargs in variants.items():
+        model, opt, data = setup(w, device)
+        probe = None if kwargs is None else graddoctor.watch(model, optimizer=opt, **kwargs)
         setups[variant] = (model, opt, data, probe)
-    samples: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    samples: dict[str, list[float]] = {v: [] for v in variants}
     try:
-        for v in VARIANTS:  # warm-up: allocator, kernels, first-call paths, layer discovery
-            block(*setups[v], device)
-        for _ in range(rounds or MODELS[name][2]):
-            for v in VARIANTS:
-                samples[v].append(block(*setups[v], device))
+        for v in variants:  # warm-up: allocator, kernels, first-call paths, layer discovery
+            block(w, *setups[v], device)
+        order = list(variants)
+        shuffle = random.Random(0).shuffle
+        for _ in range(rounds or w.rounds):
+            shuffle(order)  # no variant always runs first (or right after the same one)
+            for v in order:
+                samples[v].append(block(w, *setups[v], device))
     finally:
         for *_, probe in setups.values():
             if probe is not None:
@@ -99,26 +211,87 @@ def run(name: str, device: str, rounds: int | None = None) -> tuple[dict[str, fl
     return {v: statistics.median(s) for v, s in samples.items()}, ratios
 
 
+def live_tensor_bytes() -> int:
+    """Bytes of every distinct tensor storage alive in the process (CPU)."""
+    seen: dict[int, int] = {}
+    for obj in gc.get_objects():
+        try:
+            if isinstance(obj, Tensor) and obj.device.type == "cpu" and not obj.is_sparse:
+                s = obj.untyped_storage()
+                seen[s.data_ptr()] = s.nbytes()
+        except (RuntimeError, NotImplementedError):
+            continue
+    return sum(seen.values())
+
+
+def step_peak(fn: Callable[[], object], device: str) -> int:
+    """Peak bytes allocated while `fn` runs (tensors alive at its start included)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated()
+    from torch.profiler import ProfilerActivity, profile
+
+    gc.collect()
+    start = live_tensor_bytes()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    running = peak = 0
+    for e in sorted(prof.events(), key=lambda e: e.time_range.start):
+        running += e.self_cpu_memory_usage  # allocations inside an op, frees as "[memory]" events
+        peak = max(peak, running)
+    return start + peak
+
+
+def _peak_of(w: Workload, kwargs: dict | None, device: str) -> int:
+    model, opt, data = setup(w, device)
+    probe = None if kwargs is None else graddoctor.watch(model, optimizer=opt, **kwargs)
+    try:
+        for i in range(STEPS):  # warm-up, and the every=10 variant's next step is a recorded one
+            train_step(w, model, opt, data[i % len(data)], probe)
+        opt.zero_grad(set_to_none=True)  # every variant starts the step with the same tensors alive
+        return step_peak(lambda: train_step(w, model, opt, data[0], probe), device)
+    finally:
+        if probe is not None:
+            probe.close()
+
+
+def memory(w: Workload, device: str) -> dict[str, float]:
+    """Peak bytes of one recorded training step per variant (one model alive at a time)."""
+    out = {}
+    for variant, kwargs in VARIANTS.items():
+        out[variant] = _peak_of(w, kwargs, device)
+        gc.collect()
+    return out
+
+
+# -- where the time goes ---------------------------------------------------------------------
 PHASES = (  # (class, method, what it does): the probe's work, timed in place
     ("Probe", "_on_forward", "forward hooks: input/output statistics"),
-    ("StepRecord", "signal", "tensor hooks: error-signal norms"),
+    ("StepRecord", "signal_all", "tensor hooks: error-signal norms"),
     ("StepRecord", "_end_backward", "end of backward: file the norms"),
     ("StepRecord", "params", "gradient norms (+ weight norms without optimizer)"),
     ("Probe", "_before_update", "optimizer pre-hook: params + weight copy + weight norms"),
     ("Probe", "_after_update", "optimizer post-hook: update norms + end of step"),
-    ("Probe", "_finish", "end of step: the one host copy"),
-    ("Probe", "_pool", "pooling into the Trace (every 64 steps)"),
+    ("Pipeline", "ship", "end of a recorded step: parts, the one host copy"),
+    ("Checks", "_on_input", "every step: input check"),
+    ("Checks", "grads", "every step: gradient check"),
+    ("Pipeline", "pool", "pooling into the Trace (every 64 steps)"),
 )
 
 
-def profile(name: str, device: str, stats: str = "full", steps: int = 60) -> None:
+def profile(name: str, device: str, stats: str = "full", every: int = 1, blocks: int = 6) -> None:
     """Print where the probe's time goes: ms per step in each phase, next to the plain step."""
     import collections
 
-    from graddoctor.probe import collect
+    from graddoctor.probe import checks, collect, pipeline
     from graddoctor.probe import probe as probe_mod
 
-    classes = {"Probe": probe_mod.Probe, "StepRecord": collect.StepRecord}
+    classes = {"Probe": probe_mod.Probe, "StepRecord": collect.StepRecord, "Checks": checks.Checks,
+               "Pipeline": pipeline.Pipeline}
+    now = clock(device)
     spent: dict[str, list[float]] = collections.defaultdict(list)
     originals = []
     for cls_name, method, _ in PHASES:
@@ -127,59 +300,108 @@ def profile(name: str, device: str, stats: str = "full", steps: int = 60) -> Non
         originals.append((cls, method, fn))
 
         def timed(*args, _fn=fn, _key=f"{cls_name}.{method}", **kwargs):
-            t = time.perf_counter()
+            t = now()
             try:
                 return _fn(*args, **kwargs)
             finally:
-                spent[_key].append(time.perf_counter() - t)
+                spent[_key].append(now() - t)
         setattr(cls, method, timed)
+    w = WORKLOADS[name]
     try:
-        model, opt, data = make(name, device)
-        plain = [block(model, opt, data, None, device) for _ in range(steps // STEPS)]
-        with graddoctor.watch(model, optimizer=opt, stats=stats) as probe:
-            block(model, opt, data, probe, device)
+        model, opt, data = setup(w, device)
+        plain = [block(w, model, opt, data, None, device) for _ in range(blocks)]
+        with graddoctor.watch(model, optimizer=opt, stats=stats, every=every) as probe:
+            block(w, model, opt, data, probe, device)
             spent.clear()
-            watched = [block(model, opt, data, probe, device) for _ in range(steps // STEPS)]
+            watched = [block(w, model, opt, data, probe, device) for _ in range(blocks)]
     finally:
         for cls, method, fn in originals:
             setattr(cls, method, fn)
-    n = steps // STEPS * STEPS
-    print(f"{name}, stats={stats!r}: plain {statistics.median(plain):.2f} ms/step, "
+    n = blocks * STEPS
+    print(f"{name}, stats={stats!r}, every={every}: plain {statistics.median(plain):.2f} ms/step, "
           f"watched {statistics.median(watched):.2f} ms/step (medians over blocks)")
     for cls_name, method, what in PHASES:
         t = spent.get(f"{cls_name}.{method}", [])
         print(f"  {sum(t) * 1e3 / n:7.3f} ms/step  {len(t) / n:5.1f} calls/step  {cls_name}.{method}: {what}")
-    print("  (nested: _before_update includes params; _after_update includes _finish, which includes"
-          " the host copy)")
+    print("  (nested: _before_update includes params; _after_update includes Pipeline.ship, the host copy)")
+
+
+# -- results ---------------------------------------------------------------------------------
+def write_results(results: dict, device: str) -> list[Path]:
+    """docs/results/overhead.json (+ overhead.md: the tables the docs include)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    suffix = "" if device == "cpu" else f"-{device}"
+    js = RESULTS / f"overhead{suffix}.json"
+    js.write_text(json.dumps(results, indent=1) + "\n")
+    targets = TARGETS.get(device, {})
+    clock_name = "CPU time of the training process" if device == "cpu" else "wall time"
+    lines = [f"Time per training step under `watch()` vs the plain loop ({results['machine']}; {clock_name}); "
+             "ratio = median over interleaved rounds, in shuffled order, of (variant block / plain block of the "
+             "same round). "
+             f"Peak memory: one recorded step, ratio to the plain step's peak. Command: `{results['command']}`.",
+             "", "| workload | plain ms/step | " + " | ".join(v for v in VARIANTS if v != "plain") + " | peak memory "
+             + " / ".join(v for v in VARIANTS if v != "plain") + " |",
+             "|---|---|" + "---|" * (len(VARIANTS) - 1) + "---|"]
+    for r in results["workloads"].values():
+        cells = []
+        for v in VARIANTS:
+            if v == "plain":
+                continue
+            t = targets.get(v)
+            mark = "" if t is None else (" ✓" if r["ratio"][v] <= t else f" ✗ (target {t:.2f})")
+            cells.append(f"{r['ratio'][v]:.3f}x{mark}")
+        mem = " / ".join(f"{r['memory_ratio'][v]:.3f}x" for v in VARIANTS if v != "plain") if r.get("memory_ratio") \
+            else "-"
+        lines.append(f"| {r['summary']} | {r['ms']['plain']:.1f} | " + " | ".join(cells) + f" | {mem} |")
+    md = RESULTS / f"overhead{suffix}.md"
+    md.write_text("\n".join(lines) + "\n")
+    return [js, md]
 
 
 def main() -> None:
-    """Run the benchmark and print the ratios."""
+    """Run the benchmark, print the ratios and write the results files."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu | cuda (default: cpu)")
-    p.add_argument("--models", default="mlp,cnn", help="comma-separated: mlp, cnn")
-    p.add_argument("--rounds", type=int, default=None, help="blocks per variant (default: per model)")
-    p.add_argument("--profile", default=None, metavar="MODEL", help="where the time goes, on this model")
+    p.add_argument("--models", default=",".join(WORKLOADS), help=f"comma-separated: {', '.join(WORKLOADS)}")
+    p.add_argument("--rounds", type=int, default=None, help="blocks per variant (default: per workload)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--profile", default=None, metavar="MODEL", help="where the time goes, on this workload")
     p.add_argument("--stats", default="full", help="the preset --profile looks at (default: full)")
+    p.add_argument("--every", type=int, default=1, help="the every --profile looks at (default: 1)")
+    p.add_argument("--no-write", action="store_true", help="print only; leave docs/results alone")
     args = p.parse_args()
     if args.device == "cpu":
         torch.set_num_threads(1)
     if args.profile:
-        profile(args.profile, args.device, args.stats)
+        profile(args.profile, args.device, args.stats, args.every)
         return
-    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
-          f"{STEPS} steps per block")
+    machine = (f"{platform.machine()} {os.cpu_count()} cores (shared), 1 thread" if args.device == "cpu"
+               else torch.cuda.get_device_name())
+    print(f"torch {torch.__version__}, device {args.device}, {machine}, {STEPS} steps per block")
+    command = "python benchmarks/overhead.py" + ("" if args.device == "cpu" else f" --device {args.device}")
+    results: dict = {"machine": machine, "torch": torch.__version__, "device": args.device, "command": command,
+                     "steps_per_block": STEPS, "targets": TARGETS.get(args.device, {}),
+                     "memory_target": MEMORY_TARGET, "workloads": {}}
+    targets = TARGETS.get(args.device, {})
     for name in args.models.split(","):
+        w = WORKLOADS[name]
         t0 = time.perf_counter()
-        med, ratios = run(name, args.device, args.rounds)
-        spec, batch, _ = MODELS[name]
-        print(f"\n{name}: {spec.summary()}, batch {batch}  ({time.perf_counter() - t0:.0f} s)")
+        med, ratios = timing(w, args.device, args.rounds)
+        peaks = {} if args.no_memory else memory(w, args.device)
+        r = {"summary": w.summary, "ms": med, "ratio": ratios, "peak_bytes": peaks,
+             "memory_ratio": {v: peaks[v] / peaks["plain"] for v in peaks}, "seconds": time.perf_counter() - t0}
+        results["workloads"][name] = r
+        print(f"\n{name}: {w.summary}  ({r['seconds']:.0f} s)")
         for variant, ms in med.items():
-            target = TARGETS.get(variant) if args.device == "cpu" else None
-            ok = "ok" if target is not None and ratios[variant] <= target else "MISSED"
-            verdict = "" if target is None else f"  target <= {target:.2f}x  {ok}"
-            print(f"  {variant:<20} {ms:8.2f} ms/step  {ratios[variant]:5.3f}x{verdict}")
+            target = targets.get(variant)
+            ok = target is not None and ratios[variant] <= target
+            verdict = "" if target is None else f"  target <= {target:.2f}x  {'ok' if ok else 'MISSED'}"
+            mem = f"  peak memory {r['memory_ratio'][variant]:.3f}x" if peaks else ""
+            print(f"  {variant:<16} {ms:8.2f} ms/step  {ratios[variant]:5.3f}x{verdict}{mem}")
     print("\nratio: median over rounds of (variant block / plain block of the same round)")
+    if not args.no_write:
+        for path in write_results(results, args.device):
+            print(f"wrote {path}")
 
 
 if __name__ == "__main__":

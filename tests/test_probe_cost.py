@@ -2,6 +2,8 @@
 saturation counts, in-place phi', reused scratch memory, and no flush on unrecorded steps."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -9,8 +11,7 @@ from torch.nn import functional as F
 
 import graddoctor
 from graddoctor import activations, watch
-from graddoctor.probe import pooling, stats, update
-from graddoctor.probe import probe as probe_module
+from graddoctor.probe import pipeline, pooling, stats, update
 from graddoctor.probe.scratch import MIN_NUMEL, Scratch
 
 
@@ -30,7 +31,7 @@ def test_sampled_update_ratio_is_within_3_percent_of_the_exact_one(opt_name):
            else torch.optim.Adam(model.parameters(), lr=1e-3))
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(128, 784, generator=gen), torch.randint(0, 10, (128,), generator=gen)
-    errors = []
+    errors, rms_errors = [], []
     with watch(model, optimizer=opt) as probe:
         for _ in range(8):
             loss = F.cross_entropy(model(x), y)
@@ -40,11 +41,38 @@ def test_sampled_update_ratio_is_within_3_percent_of_the_exact_one(opt_name):
             opt.step()
             probe.step(loss)
             exact = np.array([float((p.detach() - b).norm() / b.norm()) for p, b in zip(big, before)])
-            got = probe.trace["update_ratio"][-1][[probe._layout.owner[id(p)][0] for p in big]]
+            layers = [probe._layout.owner[id(p)][0] for p in big]
+            got = probe.trace["update_ratio"][-1][layers]
             errors.append(np.abs(got / exact - 1))
-    errors = np.concatenate(errors)
+            rms = np.array([float(b.square().mean().sqrt()) for b in before])  # weight_rms: from the sample too
+            rms_errors.append(np.abs(probe.trace["weight_rms"][-1][layers] / rms - 1))
+    errors, rms_errors = np.concatenate(errors), np.concatenate(rms_errors)
     assert errors.max() < 0.03 and np.median(errors) < 0.01, errors
     assert errors.max() > 0  # really an estimate (this test would not notice an exact path)
+    assert rms_errors.max() < 0.02 and np.median(rms_errors) < 0.005 and rms_errors.max() > 0, rms_errors
+
+
+@pytest.mark.parametrize("init", ["kaiming_uniform", "normal", "orthogonal", "sparse_rows"])
+def test_sampled_weight_rms_is_within_2_percent_over_inits_and_seeds(init):
+    errors = []
+    for seed in range(3):
+        gen = torch.Generator().manual_seed(seed)
+        ws = [torch.empty(256, 256), torch.empty(512, 784), torch.empty(64, 32, 3, 3)]
+        for w in ws:
+            if init == "kaiming_uniform":
+                w.uniform_(-1, 1, generator=gen)
+            elif init == "orthogonal":
+                w.copy_(torch.linalg.qr(torch.randn(w.shape[0], w[0].numel(), generator=gen).T)[0].T[: w.shape[0]]
+                        .reshape(w.shape) if w.shape[0] <= w[0].numel() else torch.randn(w.shape, generator=gen))
+            else:
+                w.normal_(generator=gen)
+            if init == "sparse_rows":  # every other output row dead: structure the sample must not alias
+                w[::2] = 0
+        sample = update.WeightSample(ws)
+        sample.take(ws)
+        got = sample.weight_norms()
+        errors += [abs(float(g) / float(w.norm()) - 1) for g, w in zip(got, ws)]
+    assert max(errors) < 0.02 and np.median(errors) < 0.006, errors
 
 
 def test_weight_sample_is_exact_where_it_cannot_sample_and_follows_replaced_data():
@@ -109,18 +137,28 @@ def test_statistics_with_reused_scratch_equal_fresh_temporaries(name):
         fresh = stats.input_stats(x, source) + stats.output_stats(y)
         first = stats.input_stats(x, source, scratch) + stats.output_stats(y, scratch)
         again = stats.input_stats(x, source, scratch) + stats.output_stats(y, scratch)  # reused buffer
-    for a, b, c in zip(fresh, first, again):
+        # host=True (CPU): small results read to skip passes; the same numbers, as host ints where counted
+        host = stats.input_stats(x, source, Scratch(), host=True) + stats.output_stats(y, Scratch(), host=True)
+        clean = stats.output_stats(y.nan_to_num(0.0, 0.0, 0.0), None, host=True)
+    for a, b, c, h in zip(fresh, first, again, host):
         if isinstance(a, torch.Tensor):
             assert all(torch.allclose(a, t, rtol=0, atol=0, equal_nan=True) for t in (b, c))
+            assert float(h) == float(a) or (math.isnan(float(a)) and math.isnan(float(h)))
         else:
-            assert a == b == c
+            assert a == b == c == h
     assert float(first[2]) == 2 * 16 * 16 and float(first[-1]) == 3  # planted: dead units, non-finite
+    assert clean[1] == 0 and isinstance(clean[1], int)  # a finite output norm: nothing counted
+    if name in ("tanh", "sigmoid"):  # saturated elements present (x = act(3 z)): counted on the host path too
+        assert isinstance(host[3], torch.Tensor) and float(host[3]) > 0
+        calm = stats.activation_of(torch.tanh(model_in * 0.1)) if name == "tanh" else None
+        if calm is not None:
+            assert stats.input_stats(torch.tanh(model_in * 0.1).detach(), calm, None, host=True).saturated == 0
 
 
 def test_unrecorded_steps_do_not_flush_the_trace(monkeypatch):
     calls = []
     real = pooling.pool_steps
-    monkeypatch.setattr(probe_module, "pool_steps", lambda raws, *a: calls.append(len(raws)) or real(raws, *a))
+    monkeypatch.setattr(pipeline, "pool_steps", lambda raws, *a: calls.append(len(raws)) or real(raws, *a))
     model = graddoctor.build(graddoctor.NetSpec(depth=3, width=8, in_shape=(6,), out_features=5), seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = torch.randn(16, 6), torch.randint(0, 5, (16,))
@@ -136,3 +174,44 @@ def test_unrecorded_steps_do_not_flush_the_trace(monkeypatch):
         assert calls == []  # the three recorded steps are still buffered, pooled once when read
         np.testing.assert_allclose(probe.trace["loss"], losses[::3], rtol=1e-6)
     assert calls == [3]
+
+
+def test_a_tensor_that_is_one_layers_output_and_the_next_ones_input_gets_one_hook(monkeypatch):
+    """Conv -> BatchNorm share a tensor (one hook, one norm, two rows); ReLU(inplace) makes a new node."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(inplace=True),
+                                torch.nn.Conv2d(4, 3, 3))
+    x = torch.randn(5, 2, 8, 8)
+    hooked = []
+    real = torch.Tensor.register_hook
+    monkeypatch.setattr(torch.Tensor, "register_hook", lambda t, fn: hooked.append(t.shape) or real(t, fn))
+    with watch(model, blocks=None) as probe:
+        loss = model(x).square().mean()
+        loss.backward()
+        probe.step(loss)
+    # conv0 out = bn in: one; bn out; conv3 in (bn out after the in-place ReLU: another node); conv3 out
+    assert len(hooked) == 4
+    # exact against autograd on the same pattern: test_probe.py's oracle test, ResidualBNCNN (conv-bn-ReLU_)
+    assert np.isfinite(probe.trace["delta_rms"][0]).all() and np.isfinite(probe.trace["input_grad_rms"][0, 1:]).all()
+    # conv0's output signal is bn's input signal: the same number in both rows
+    assert probe.trace["delta_rms"][0, 0] == probe.trace["input_grad_rms"][0, 1]
+    assert probe.trace["delta_rms"][0, 1] != probe.trace["input_grad_rms"][0, 2]  # not merged across the in-place op
+
+
+@pytest.mark.parametrize("name, approximate", [("gelu", "none"), ("gelu", "tanh"), ("silu", None)])
+def test_fused_derivative_is_the_one_backward_applies(name, approximate):
+    gen = torch.Generator().manual_seed(5)
+    z = (torch.randn(64, 8, 16, 16, generator=gen) * 3).requires_grad_()  # 2^17 elements: scratch path too
+    y = F.gelu(z, approximate=approximate) if name == "gelu" else F.silu(z)
+    source = stats.activation_of(y)
+    assert source.name == name
+    (autograd_d,) = torch.autograd.grad(y.sum(), z, retain_graph=True)  # phi'(z), as backward computes it
+    with torch.no_grad():
+        fresh = stats.FUSED_DERIV[name](z.detach(), source.node, None)
+        into = stats.FUSED_DERIV[name](z.detach(), source.node, torch.empty_like(z))
+        got = stats.input_stats(y.detach(), source, Scratch()).deriv_norm
+    assert torch.equal(fresh, autograd_d) and torch.equal(into, autograd_d)
+    if approximate != "tanh":  # the registry's formula is the exact (erf) GELU
+        registry = activations.get(name).deriv(z.detach(), 0.0)
+        assert float(got) == pytest.approx(float(registry.norm()), rel=1e-5)
+    assert float(got) == pytest.approx(float(autograd_d.norm()), rel=1e-6)

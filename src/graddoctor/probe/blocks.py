@@ -15,8 +15,6 @@ forward hook (a tensor hook on its output) and one norm per call.
 """
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 from torch import nn
 
@@ -79,7 +77,7 @@ class BlocksPart(Part):
             block = self.order[module] = len(self.order)
             self.meta["blocks"].append(self.names[module])
         rec.file(BLOCK_BATCH, block, y.shape[0] if y.dim() else 1, ZERO)  # samples of this call
-        y.register_hook(partial(rec.signal, block, BLOCK_DELTA))
+        rec.hook(y, block, BLOCK_DELTA)  # one norm with a layer whose input or output it also is
 
     def close(self, clean: bool = True) -> list:
         self._rec = None

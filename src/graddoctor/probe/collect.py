@@ -6,6 +6,7 @@ number (slots.py). `finish` copies every value of the step to the host at once.
 """
 from __future__ import annotations
 
+import weakref
 from functools import partial
 
 import numpy as np
@@ -39,6 +40,8 @@ from .slots import (
     ZERO,
 )
 
+HOST_READS = True  # CPU tensors: read small results to skip work they make unnecessary (stats.py)
+
 
 class StepRecord(Record):
     """Everything the hooks measured in one recorded step, filed by (slot, key)."""
@@ -49,6 +52,7 @@ class StepRecord(Record):
         self._zeros: tuple[int, np.ndarray] | None = None  # (start, numel) of the nonzero counts
         self.grad_vector: Tensor | None = None  # the parameter-gradient norms, stacked (device)
         self._caught: list[Tensor] = []  # norms of the error signals of the running backward
+        self._hooked: dict[int, tuple] = {}  # id(tensor) -> (weakref, version, targets) hooked this step
         self._keys: list[int] = []  # flat rows of each, index = position in _caught
         self.backward_open = False  # a backward started and has not finished (or raised)
         self.params_done = False
@@ -59,46 +63,64 @@ class StepRecord(Record):
     # -- hooks ----------------------------------------------------------------------------
     def forward(self, layer: int, x: Tensor | None, source: stats.Source | None, y: Tensor | None) -> None:
         """Reduce one call's input and output at once; hook their gradients."""
-        scalars: list[Tensor] = []
-        rows, at = self.rows, self.size  # value index of the next scalar
+        filed: list[tuple[int, int, Tensor | int | None]] = []  # (slot, count, value)
         with torch.no_grad():
             if x is not None and x.is_floating_point() and x.numel():
-                mean, centred, dead, sat, d_norm, d_sq = stats.input_stats(x, source, self.scratch)
+                host = HOST_READS and x.device.type == "cpu"
+                mean, centred, dead, sat, d_norm, d_sq = stats.input_stats(x, source, self.scratch, host)
                 n = x.numel()
-                scalars += (mean, centred, dead)
-                rows += (ACT_MEAN, layer, n, at, 1, ACT_MEAN + 1, layer, n, at + 1, 1,
-                         DEAD, layer, stats.per_sample(x), at + 2, 1)
-                at += 3
-                if isinstance(sat, Tensor):
-                    scalars.append(sat)
-                    rows += (SATURATED, layer, n, at, 1)
-                    at += 1
-                elif sat is not None:  # a known non-saturating activation: 0, no tensor needed
-                    rows += (SATURATED, layer, n, ZERO, 1)
-                for slot, value in ((DERIV, d_norm), (DERIV_SQ, d_sq)):
-                    if value is not None:
-                        scalars.append(value)
-                        rows += (slot, layer, n, at, 1)
-                        at += 1
+                filed += ((ACT_MEAN, n, mean), (ACT_MEAN + 1, n, centred), (DEAD, stats.per_sample(x), dead),
+                          (SATURATED, n, sat), (DERIV, n, d_norm), (DERIV_SQ, n, d_sq))
             if y is not None and y.is_floating_point() and y.numel():
-                scalars += stats.output_stats(y, self.scratch)
-                rows += (OUT, layer, y.numel(), at, 1, OUT_NONFINITE, layer, 0, at + 1, 1)
+                norm, bad = stats.output_stats(y, self.scratch, HOST_READS and y.device.type == "cpu")
+                filed += ((OUT, y.numel(), norm), (OUT_NONFINITE, 0, bad))
+            scalars: list[Tensor] = []
+            rows, at = self.rows, self.size  # value index of the next scalar
+            for slot, count, value in filed:
+                if isinstance(value, Tensor):
+                    rows += (slot, layer, count, at + len(scalars), 1)
+                    scalars.append(value)
+                elif value is not None:  # a number known on the host (0: no tensor, no number)
+                    rows += (slot, layer, count, self.number(value) if value else ZERO, 1)
             if scalars:
                 self.append(scalars)
         if y is not None and y.requires_grad:
-            y.register_hook(partial(self.signal, layer, DELTA))
+            self.hook(y, layer, DELTA)
         if x is not None and x.requires_grad:
-            x.register_hook(partial(self.signal, layer, INPUT_GRAD))
+            self.hook(x, layer, INPUT_GRAD)
+
+    def hook(self, t: Tensor, key: int, slot: int) -> None:
+        """File the norm of dL/dt under (slot, key) when backward computes it.
+
+        A tensor that is one layer's output and the next one's input (Conv -> BatchNorm,
+        LayerNorm -> Linear) gets one hook and one norm for both rows: a tensor hook sees the
+        gradient summed over all uses. Same object at the same version only (an in-place op in
+        between, e.g. ReLU(inplace=True), makes it another node of the graph).
+        """
+        entry = self._hooked.get(id(t))
+        if entry is not None and entry[0]() is t and entry[1] == t._version:
+            entry[2].append((slot, key))
+            return
+        targets = [(slot, key)]
+        t.register_hook(partial(self.signal_all, targets))
+        self._hooked[id(t)] = (weakref.ref(t), t._version, targets)
 
     def signal(self, key: int, slot: int, g: Tensor) -> None:
         """A tensor hook: file the norm of an error signal as it arrives during backward."""
+        self.signal_all([(slot, key)], g)
+
+    def signal_all(self, targets: list[tuple[int, int]], g: Tensor) -> None:
+        """A tensor hook: one norm of the error signal, filed under every (slot, key) in targets."""
         if self.closed:
             return
         if not self.backward_open:  # first signal of this backward: file all when it ends
             self.backward_open = True
             Variable._execution_engine.queue_callback(self._end_backward)
             self.scratch.clear()  # no activation statistics during backward
-        self._keys += (slot, key, g.numel(), len(self._caught), 1)
+            self._hooked = {}
+        at, n = len(self._caught), g.numel()
+        for slot, key in targets:
+            self._keys += (slot, key, n, at, 1)
         # reduced at once, while in cache; half precision in float32: a loss-scaled fp16 norm
         # overflows at 65504 (amp.py divides the scale out afterwards)
         self._caught.append(torch.linalg.vector_norm(g.detach(), dtype=torch.float32 if g.element_size() < 4 else None))

@@ -31,9 +31,7 @@ from .context import LOW_PRECISION, current_lr, describe_optimizer, dtypes_meta
 from .fsdp import local
 from .layout import Layout
 from .parts import make_parts
-from .pooling import pool_steps
-from .record import RawStep
-from .series import MODEL
+from .pipeline import Pipeline
 from .trace import Trace
 from .update import WeightSample
 from .wrappers import NO_FORWARD, resolve
@@ -41,7 +39,6 @@ from .wrappers import NO_FORWARD, resolve
 # Presets, cheapest first. norms: parameter gradient/weight norms, update ratios, loss (no
 # module hooks). full: + error signals dL/d(output), dL/d(input), activation statistics, blocks.
 STATS = ("norms", "full")
-POOL_EVERY = 64  # recorded steps buffered (~10 kB each) before they are pooled into the Trace
 
 _WATCHED: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # modules under an open probe
 
@@ -103,10 +100,10 @@ class Probe:
         self._parts = make_parts(model, self._layout, self._meta, stats, scaler, group, compiled, blocks, sharded)
         self._forward_parts = [p for p in self._parts if p.wants_forward]
         self._checks = Checks(model, hook_input=not compiled, meta=self._meta)
+        self._flow = Pipeline(self._trace, self._layout, self._parts, self._checks, self._sinks)
         self._trace.attach_source(self._pool_now)  # readers of probe.trace always see every step
         self._scaler, self._compiled = scaler, compiled
         self._low_params = any(d in LOW_PRECISION for d in self._meta["dtypes"]["params"])
-        self._pending: list[tuple[int, RawStep]] = []  # fetched, not yet pooled into the Trace
         self._n_recorded = 0
         self._last_recorded = -1  # index of the latest recorded step (its loss may come in step())
         self._modes = [(m, m.training) for m in modules]
@@ -144,21 +141,11 @@ class Probe:
             self._finish(loss)
             return
         self._loss_open = False
-        last = self._step - 1
         if loss is not None:
-            self._checks.loss(last, loss)
-        for part in self._parts:
-            if part.holding(last):  # DDP: that step's reduction waited for its loss
-                self._pending.extend(part.release(loss))
-                return
-        if loss is None:
-            return
-        value = loss.detach() if isinstance(loss, Tensor) else float(loss)
-        if self._pending and self._pending[-1][0] == last and self._pending[-1][1].recorded:
-            self._pending[-1][1].loss = value  # read when pooled
-        elif last == self._last_recorded and len(self._trace) and self._trace.steps[-1] == last:  # else: no flush
-            self._trace.set_step_metric("loss", float(value))
-            self._trace.set_step_metric("nonfinite_loss", float(not np.isfinite(float(value))))
+            self._checks.loss(self._step - 1, loss)
+            self._flow.add_loss(self._step - 1, loss, self._last_recorded)
+        else:
+            self._flow.release()  # DDP: a step held for a loss that is not coming
 
     def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Measure update ratios around `optimizer.step()`, which then also ends each step."""
@@ -193,12 +180,7 @@ class Probe:
             self._record.closed = True
         self._record, self._snapshot, self._update = None, None, None
         _WATCHED.difference_update(m for m, _ in self._modes)
-        for part in self._parts:
-            self._pending.extend(part.close())
-        tail = self._checks.tail()  # the checks of the steps after the last recorded one
-        if tail is not None:
-            self._pending.append((self._step, tail))
-        self._checks.close()
+        self._flow.close(self._step)
         self._pool()
         for sink in self._sinks:
             sink.close()
@@ -207,9 +189,8 @@ class Probe:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if exc[0] is not None:
-            for part in self._parts:
-                part.close(clean=False)  # no collective while other ranks may be elsewhere
+        if exc[0] is not None and not self._closed:
+            self._flow.close(self._step, clean=False)  # no collective while other ranks may be elsewhere
         self.close()
 
     def __repr__(self) -> str:
@@ -249,9 +230,18 @@ class Probe:
         with torch.no_grad():
             if self._snapshot is None or not self._snapshot.fits(params):
                 self._snapshot = WeightSample(params)
+            norms = None  # weight norms: from the sample copies (update.py), exact for frozen weights
             if params:
                 self._snapshot.take(params)
-            norms = torch._foreach_norm(weights) if weights else []
+                norms = self._snapshot.weight_norms()
+            if not train.all():  # frozen weights (rare): exact norms, put in plan order
+                exact = torch.stack(torch._foreach_norm([p for p, t in zip(weights, train) if not t]))
+                if norms is not None:
+                    full = torch.empty(len(train), dtype=norms.dtype, device=norms.device)
+                    full[torch.as_tensor(np.flatnonzero(train), device=norms.device)] = norms
+                    full[torch.as_tensor(np.flatnonzero(~train), device=norms.device)] = exact.to(norms)
+                    exact = full
+                norms = exact
         start = rec.params(plan, norms, zeros=self._zeros_wanted())
         self._checks.grads(self._step, norms=rec.grad_vector)
         rec.host["lr"] = current_lr(optimizer)
@@ -284,8 +274,7 @@ class Probe:
     def _finish(self, loss: Tensor | float | None) -> None:
         """End the current step: record it if it is a recorded one, then move on."""
         rec, step = self._record, self._step
-        for part in self._parts:  # DDP: a step still waiting for its loss
-            self._pending.extend(part.release())
+        self._flow.release()  # DDP: a step still waiting for its loss
         if loss is not None:
             self._checks.loss(step, loss)
         gradient_check = not self._grads_checked and self._scaler is None  # a scaler skips inf steps itself
@@ -317,25 +306,9 @@ class Probe:
         first_full = self._n_recorded == 0 and self.stats == "full" and not self._compiled
         if first_full and self._forwards == 0 and any(p.grad is not None for p in self._layout.params):
             warnings.warn(NO_FORWARD, stacklevel=4)
-        self._checks.file(rec)
-        spans = []
-        for part in self._parts:
-            start = rec.size
-            spans.append((part, part.file(rec), start, rec.size))
-        raw = rec.finish()  # the one host copy
-        owns = [raw.values[a:b].copy() for _, _, a, b in spans]
-        if spans:
-            raw = raw.cut(spans[0][2], spans[-1][3])  # the parts' own values leave the step
-        for (part, token, _, _), own in zip(spans, owns):
-            raw = part.finish(step, raw, token, own)
-            if raw is None:  # held until its loss is known (DDP)
-                break
-        if raw is not None:
-            self._pending.append((step, raw))
+        self._flow.ship(rec, step)
         self._n_recorded += 1
         self._last_recorded = step
-        if len(self._pending) >= POOL_EVERY:
-            self._pool()
 
     def _begin(self) -> None:
         """A step begins: a record if it is a recorded one; hooks attached only while needed."""
@@ -360,20 +333,5 @@ class Probe:
         self._trace._sync()
 
     def _pool_now(self) -> None:
-        """Turn the buffered steps into Trace rows (numpy, many steps at once)."""
-        if not self._pending:
-            return
-        pending, self._pending = self._pending, []
-        self._checks.scan([raw for _, raw in pending])
-        recorded = [(step, raw) for step, raw in pending if raw.recorded]
-        if not recorded:
-            return
-        layers = self._layout.layers
-        self._trace.add_layers([layer.info() for layer in layers[len(self._trace._layers):]])
-        pooled = pool_steps([raw for _, raw in recorded], len(layers), len(self._meta.get("blocks", ())))
-        for (step, _), lv, sv, series in zip(recorded, pooled.layer, pooled.step, pooled.series):
-            self._trace.append(step, lv, sv)
-            for (name, key), values in series.items():
-                self._trace.series.add(name, MODEL if key < 0 else layers[key].name, step, values)
-        for sink in self._sinks:
-            sink.write_new(self._trace)
+        """What the Trace calls before every read: pool the buffered steps."""
+        self._flow.pool()

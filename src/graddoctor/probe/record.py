@@ -4,7 +4,9 @@
 value) and rows with `file`/`file_many`: (slot, key, count, value index, length), slots as in
 slots.py. `fetch()` copies every value to the host at once and returns a `RawStep` (host side),
 which the parts (amp.py, distributed.py, ...) transform with `table`, `cut`, `scaled` and
-`keep`, and pooling.py turns into Trace rows, many steps at once.
+`keep`, and pooling.py turns into Trace rows, many steps at once. Numbers already on the host
+(CPU runs read some small results, stats.py) are filed with `number` and join the values at
+fetch, without a device round trip.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from .slots import ZERO, power
 
 SLOT, KEY, COUNT, INDEX, LENGTH = range(5)  # the columns of a row
 WIDTH = 5
+HOST = -2  # index HOST - k: the k-th host number of the step (remapped at fetch)
 _POWER = power()
 
 
@@ -102,6 +105,12 @@ class Record:
         self.chunks: list[np.ndarray] = []  # more rows as (k, WIDTH) blocks
         self.loss: Tensor | float | None = None
         self.host: dict[str, float] = {}
+        self.numbers: list[float] = []  # host numbers, indexed HOST - k until fetch
+
+    def number(self, value: float) -> int:
+        """A value already on the host; returns the index rows use for it."""
+        self.numbers.append(value)
+        return HOST - len(self.numbers) + 1
 
     def append(self, tensors: list[Tensor] | Tensor) -> int:
         """Add values (a list of 0-d tensors, stacked now while in cache, or one tensor); their offset."""
@@ -130,4 +139,11 @@ class Record:
         """Copy the values to the host (the one sync of the step) and hand the step over."""
         values = fetch(self.values)
         self.values = []
-        return RawStep(values, self.rows, self.chunks, self.loss, dict(self.host))
+        rows, chunks = self.rows, self.chunks
+        if self.numbers:  # host numbers follow the device values
+            table = rows_array(rows, chunks)
+            host = table[:, INDEX] <= HOST
+            table[host, INDEX] = len(values) + HOST - table[host, INDEX]
+            values = np.concatenate([values, np.array(self.numbers, dtype=np.float64)])
+            rows, chunks, self.numbers = [], [table], []
+        return RawStep(values, rows, chunks, self.loss, dict(self.host))
