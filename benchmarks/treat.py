@@ -34,7 +34,6 @@ from corpus import HEALTHY, PATHOLOGICAL, _digits
 
 import graddoctor as gd
 from graddoctor import data as gd_data
-from graddoctor.remedies.arguments import as_dataset
 from graddoctor.remedies.treat import BUDGET_STEPS
 
 FULL_EPOCHS = 10  # the full training run the cost is measured against (see the docstring)
@@ -49,7 +48,7 @@ def case_data(case, seed: int) -> gd.Dataset:
         ref = _digits(x.dim() == 4)[0]
         scale = float(x.std() / ref.std())  # the planted input scale (1 for most members)
         return gd.Dataset(d.name, d.x_train * scale, d.y_train, d.x_val * scale, d.y_val, d.n_classes)
-    return as_dataset((x, y), seed)
+    return gd.from_tensors(x, y, seed=seed)
 
 
 def full_run_seconds(model, data, config: gd.TrainConfig) -> tuple[float, bool]:

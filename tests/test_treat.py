@@ -86,17 +86,19 @@ class FunctionalSigmoidNet(nn.Module):
         return self.head(x)
 
 
-def test_user_model_is_never_modified_and_functional_activations_are_reported(digits):
+def test_user_model_is_never_modified_and_functional_activations_are_swapped(digits):
     torch.manual_seed(0)
     model = FunctionalSigmoidNet()
     state, text = copy.deepcopy(model.state_dict()), repr(model)
     r = gd.treat(model, digits, nn.CrossEntropyLoss(), budget_steps=40, seed=0, progress_bar=False)
     assert repr(model) == text and all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
-    swaps = [t for t in r.trials if t.label.startswith("swap_activation")]
-    assert swaps and all(t.status == "not applicable" and "functional" in t.note for t in swaps)
-    # re-initialising cannot help a sigmoid it cannot see: screening drops it before any training
-    reinits = [t for t in r.trials if t.label.startswith("reinit")]
-    assert reinits and all(t.status == "dropped at init" and t.steps == 0 for t in reinits)
+    assert not model._forward_hooks and not model._forward_pre_hooks
+    best = r.best
+    assert best is not None and best.label.startswith("swap_activation")
+    assert sum(c.op == "function" for c in best.changes) == 12  # torch.sigmoid in forward(), swapped
+    prelu = next(t for t in r.trials if t.label == "swap_activation(prelu)")
+    assert prelu.status == "not applicable" and "needs a module" in prelu.note
+    assert f"swap_activation(prelu): {prelu.note}" in str(r)  # every remedy that does not apply says why
 
 
 def test_healthy_model_gets_zero_changes(digits):
@@ -122,12 +124,17 @@ def test_exploding_learning_rate_is_tuned_down(digits):
 
 def test_bad_arguments_fail_with_one_clear_error(digits):
     spec = NetSpec(depth=3, width=8, in_shape=digits.in_shape)
-    with pytest.raises(GradDoctorError, match="loss_fn='cross_entropy' or 'mse'"):
-        gd.treat(spec, digits, loss_fn=lambda out, y: out.sum(), progress_bar=False)
     with pytest.raises(GradDoctorError, match="budget_steps must be at least 2"):
         gd.treat(spec, digits, budget_steps=1, progress_bar=False)
     with pytest.raises(GradDoctorError, match=r"must be a NetSpec, an nn\.Module or a function"):
         gd.treat(lambda: "not a model", digits, progress_bar=False)
+    with pytest.raises(GradDoctorError, match="one-shot iterator"):
+        gd.treat(nn.Linear(64, 10), iter([(digits.x_train[:8], digits.y_train[:8])]), progress_bar=False)
+    with pytest.raises(GradDoctorError, match=r"not \(inputs, targets\): pass train_step"):
+        gd.treat(nn.Linear(64, 10), [{"x": digits.x_train[:8]}], progress_bar=False)
+    with pytest.raises(GradDoctorError, match=r"make_optimizer\(params\) must return a torch\.optim\.Optimizer"):
+        gd.treat(nn.Linear(64, 10), [(digits.x_train[:8], digits.y_train[:8])], make_optimizer=lambda p: 3,
+                 progress_bar=False)
 
 
 def test_cli_treat_prints_the_table_and_the_flags_to_rerun(capsys):

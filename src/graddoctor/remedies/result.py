@@ -9,7 +9,8 @@ from torch import nn
 from ..diagnose.findings import Diagnosis
 from .base import Change, Patient
 
-STATUSES = ("baseline", "fixed", "not fixed", "stopped after pilot", "dropped at init", "not applicable")
+STATUSES = ("baseline", "fixed", "not fixed", "stopped after pilot", "dropped at init", "not applicable",
+            "failed")
 
 
 def signal_ratio(diagnosis: Diagnosis | None) -> float:
@@ -23,20 +24,22 @@ def signal_ratio(diagnosis: Diagnosis | None) -> float:
 class Trial:
     """One row of the treatment: the untreated baseline or one candidate (single or pair)."""
 
-    label: str  # "baseline", "swap_activation(selu)", "add_batchnorm + add_residual"
+    label: str  # "baseline", "swap_activation(selu)", "add_norm + add_residual"
     patient: Patient
     status: str  # one of STATUSES
     at_init: Diagnosis | None = None  # checkup(steps=0) of the network as built
     after: Diagnosis | None = None  # diagnosis of the probed training run
-    loss: float = math.nan  # training-set loss after the budget (inf if training diverged)
-    val_acc: float = math.nan  # validation accuracy after the budget
+    loss: float = math.nan  # training loss after the budget (inf if training diverged): on the whole
+    # training set for in-memory data, else the mean of the last quarter of the step losses
+    val_acc: float = math.nan  # validation accuracy after the budget (in-memory data only)
     seconds: float = 0.0  # surgery + screening + training + re-diagnosis
     steps: int = 0  # optimizer steps trained (the pilot only, for candidates stopped after it)
     min_step_loss: float = math.inf  # lowest finite mini-batch loss seen (the reference if it diverges)
     pilot_loss: float = math.nan  # training loss after the pilot segment (what ranks the candidates)
-    note: str = ""
+    note: str = ""  # why it does not apply, failed, was dropped or stopped
+    timing: dict = field(default_factory=dict)  # seconds per stage: changes, build, screen, pilot, finish
     model: nn.Module | None = field(default=None, repr=False)  # the trained network
-    optimizer: object | None = field(default=None, repr=False)  # its optimizer (between segments)
+    run: object | None = field(default=None, repr=False)  # loop.Run: optimizer, scheduler (between segments)
 
     @property
     def changes(self) -> tuple[Change, ...]:
@@ -55,7 +58,8 @@ class Trial:
                 "findings_after": sorted(self.after.kinds()) if self.after is not None else [],
                 "ratio_init": signal_ratio(self.at_init), "ratio_after": signal_ratio(self.after),
                 "pilot_loss": self.pilot_loss, "loss": self.loss, "val_acc": self.val_acc,
-                "steps": self.steps, "seconds": self.seconds, "note": self.note}
+                "steps": self.steps, "seconds": self.seconds, "note": self.note,
+                "changes": [str(c) for c in self.changes if c.op or c.scope == "training" or c.note]}
 
 
 def summarize(changes: tuple[Change, ...], limit: int = 12) -> list[str]:
@@ -68,6 +72,13 @@ def summarize(changes: tuple[Change, ...], limit: int = 12) -> list[str]:
         where = ", ".join(paths[:3]) + (f" (+{len(paths) - 3} more)" if len(paths) > 3 else "")
         lines.append(f"{where}: {before} -> {after}" + (f"  ({note})" if note else ""))
     return lines[:limit] + ([f"... {len(lines) - limit} more kinds of change"] if len(lines) > limit else [])
+
+
+def change_lines(changes: tuple[Change, ...]) -> list[str]:
+    """The changes, those to the network first, then those for the training loop."""
+    model = tuple(c for c in changes if c.scope != "training")
+    loop = tuple(c for c in changes if c.scope == "training")
+    return ([*summarize(model)] + (["in your training loop:"] + [f"  {x}" for x in summarize(loop)] if loop else []))
 
 
 def _num(x: float, fmt: str = ".3g") -> str:
@@ -109,6 +120,23 @@ class TreatResult:
         return b.loss if math.isfinite(b.loss) else min(b.min_step_loss, self.prior_loss)
 
     @property
+    def steps(self) -> int:
+        """Optimizer steps trained, all candidates and the baseline together."""
+        return sum(t.steps for t in self.trials)
+
+    def save(self, directory: str) -> str:
+        """Write the winner: DIRECTORY/changes.json and DIRECTORY/state_dict.pt (see load_treated)."""
+        from ..errors import GradDoctorError
+        from .replay import save_treated
+
+        best = self.best
+        if best is None or best.model is None:
+            raise GradDoctorError("nothing to save: no candidate fixed the problem (try a larger budget_steps)")
+        extra = {"remedy": best.label, "spec": best.patient.spec.to_dict() if best.patient.spec else None,
+                 "loss": best.loss, "baseline_loss": self.baseline.loss}
+        return str(save_treated(directory, best.model, best.changes, extra))
+
+    @property
     def target_kinds(self) -> set[str]:
         """The finding kinds a candidate must remove."""
         return self.diagnosis.kinds()
@@ -139,6 +167,12 @@ class TreatResult:
                              f"a constant class-frequency prediction's: {self.reference_loss:.4f}")
             lines.append(f"best: {best.label} (loss {best.loss:.4f} vs baseline {self.baseline.loss:.4f}, "
                          f"val acc {best.val_acc:.3f} vs {self.baseline.val_acc:.3f})")
-            lines += [f"  {line}" for line in summarize(best.changes)]
+            lines += [f"  {line}" for line in change_lines(best.changes)]
+            if best.patient.model is not None and any(c.op for c in best.changes):
+                lines.append("  re-apply to a fresh model: graddoctor.apply_changes(model, result.best.changes)")
+        notes = [t for t in self.trials if t.note and t.status in ("not applicable", "failed", "dropped at init")]
+        if notes:
+            lines.append("why not:")
+            lines += [f"  {t.label}: {t.note}" for t in notes]
         lines.append(f"total time {self.seconds:.1f} s")
         return "\n".join(lines)
