@@ -10,6 +10,7 @@ code from the files is ever executed, and module classes come from a fixed table
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -161,7 +162,12 @@ def load_changes(directory: str | Path) -> list[Change]:
 def load_treated(model: nn.Module, directory: str | Path) -> nn.Module:
     """A fresh instance of the user's class made into the saved winner: changes, then weights."""
     apply_changes(model, load_changes(directory))
-    state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+    path = Path(directory) / STATE_FILE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # tensors only: nothing is executed
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+        raise GradDoctorError(f"cannot load {path} as weights only (nothing in it is executed): "
+                              f"{str(exc).splitlines()[0]}") from None
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
