@@ -12,6 +12,7 @@ from graddoctor import data as data_mod
 from graddoctor.diagnose.findings import Cause, Diagnosis, Finding
 from graddoctor.errors import GradDoctorError
 from graddoctor.remedies import REMEDIES, Patient, Sample, get
+from graddoctor.remedies import apply_changes as gd_apply
 from graddoctor.remedies.candidates import pairs, ranked_labels, singles
 from graddoctor.remedies.recipe import supervised_step
 
@@ -101,8 +102,15 @@ class NoSkipBlock(PreLNBlock):
         return self.fc2(F.relu(self.fc1(self.ln(x))))
 
 
+class NormExitBlock(PreLNBlock):
+    """x + LN(W2 relu(W1 x)): a branch that ends in a norm (ResNet-style, post-branch norm)."""
+
+    def forward(self, x, scale: float = 1.0):
+        return x + self.ln(self.fc2(F.relu(self.fc1(x))))
+
+
 class Stack(nn.Module):
-    """Embedding-free stack of blocks over (batch, length, features) sequences, then a head."""
+    """A stack of blocks over features (batch, features) or sequences (batch, length, features), then a head."""
 
     def __init__(self, block: type, depth: int = 6) -> None:
         super().__init__()
@@ -114,7 +122,7 @@ class Stack(nn.Module):
         h = self.inp(x)
         for b in self.blocks:
             h = b(h, scale=1.0)
-        return self.head(h.mean(1))
+        return self.head(h.mean(1) if h.dim() == 3 else h)
 
 
 class ConvTanh(nn.Module):
@@ -184,7 +192,9 @@ def untouched(model: nn.Module, apply) -> object:
 # Every remedy, on a model it applies to.
 CASES = {label: DeepSigmoidSeq for label in REMEDIES}
 CASES.update({"swap_activation(prelu)": DeepSigmoidSeq, "reinit(library)": lambda: DeepSigmoidSeq(0.5),
-              "loss_scale": Half, "bf16": Half, "tune_optimizer(momentum)": DeepSigmoidSeq})
+              "loss_scale": Half, "bf16": Half, "tune_optimizer(momentum)": DeepSigmoidSeq,
+              "scale_branches": lambda: Stack(PreLNBlock), "layer_scale": lambda: Stack(PreLNBlock),
+              "zero_init_norms": lambda: Stack(NormExitBlock)})
 
 
 @pytest.mark.parametrize("label", list(REMEDIES))
@@ -472,3 +482,68 @@ def test_pairs_combine_the_best_singles_and_remedies_for_different_causes():
     assert ("add_residual", "normalize_inputs") in labels  # one per cause: input_scale x saturating
     assert ("add_norm", "add_residual") in labels  # the classic pair
     assert all(get(a).name != get(b).name for a, b in labels) and len(set(labels)) == len(labels)
+
+
+def test_scale_branches_gives_output_projections_gpt2s_scale(sequences):
+    torch.manual_seed(0)
+    model = Stack(PreLNBlock)
+    new = get("scale_branches").apply(Patient(TrainConfig(), model=model), sample_of(sequences))
+    assert [c.module_path for c in new.changes] == [f"blocks.{i}.fc2" for i in range(6)]  # the branch exits
+    net = new.build(0)
+    for old, b in zip(model.blocks, net.blocks):
+        assert b.fc2.weight.std().item() == pytest.approx(old.fc1.weight.std().item() / math.sqrt(12), rel=1e-4)
+        assert torch.equal(b.fc1.weight, old.fc1.weight)
+    again = Patient(TrainConfig(), model=net)
+    assert "scaled down already" in get("scale_branches").why_not(again, None, sample_of(sequences))
+
+
+def test_zero_init_norms_makes_every_block_the_identity(data):
+    model = Stack(NormExitBlock)
+    net = get("zero_init_norms").apply(Patient(TrainConfig(), model=model), sample_of(data)).build(0)
+    x = data.x_train[:8]
+    with torch.no_grad():
+        assert torch.equal(net(x), net.head(net.inp(x)))  # x + LN(...) * 0 = x in every block
+    assert "norm" in get("zero_init_norms").why_not(Patient(TrainConfig(), model=Stack(PreLNBlock)), None,
+                                                    sample_of(data))
+
+
+def test_layer_scale_multiplies_each_branch_by_a_small_learnable_gamma(data):
+    model = Stack(PreLNBlock)
+    new = get("layer_scale").apply(Patient(TrainConfig(), model=model), sample_of(data))
+    net = new.build(0)
+    gammas = [b.fc2.gd_layer_scale for b in net.blocks]
+    assert all(isinstance(g, nn.Parameter) and torch.equal(g, torch.full((WIDTH,), 0.1)) for g in gammas)
+    x = data.x_train[:8]
+    with torch.no_grad():  # oracle: x + 0.1 * branch(x) in every block
+        h = net.inp(x)
+        for b in model.blocks:
+            h = h + 0.1 * b.fc2(F.relu(b.fc1(b.ln(h))))
+        assert torch.allclose(net(x), net.head(h), atol=1e-6)
+    again = Patient(TrainConfig(), model=net)
+    assert "LayerScale already" in get("layer_scale").why_not(again, None, sample_of(data))
+
+
+def test_real_transformer_library_init_and_branches_replay_bit_identically():
+    transformers = pytest.importorskip("transformers")  # in the dev extra: CI installs it
+    cfg = transformers.GPT2Config(n_layer=4, n_embd=32, n_head=2, vocab_size=64, n_positions=16)
+    make = lambda: transformers.GPT2LMHeadModel(cfg)
+    torch.manual_seed(0)
+    model = make()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.mul_(10)  # planted: weights x10
+    ids = torch.randint(0, 64, (4, 16))
+    sample = Sample({"input_ids": ids, "labels": ids}, lambda m, b: m(**b).loss)
+    patient = Patient(TrainConfig(), model=model, own_optimizer=True)
+    assert get("scale_branches").why_not(patient, None, sample).startswith("the branch outputs are scaled")
+    new = get("layer_scale").apply(get("reinit(library)").apply(patient, sample), sample)
+    assert sum(c.op == "layer_scale" for c in new.changes) == 8  # attention and MLP c_proj in 4 blocks
+    net = new.build(0)
+    assert net.transformer.h[0].attn.c_attn.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    fresh = gd_apply(make(), new.changes)
+    fresh.load_state_dict(net.state_dict())
+    net.eval()
+    fresh.eval()
+    with torch.no_grad():
+        assert torch.equal(net(ids).logits, fresh(ids).logits)

@@ -25,13 +25,13 @@ TABLE: dict[str, CauseEntry] = {
         ("swap_activation", "add_norm", "add_residual")),
     "chain_product_depth": CauseEntry(
         "many per-layer factors slightly off 1 multiply to a large change over the depth",
-        ("add_residual", "add_norm", "reinit")),
+        ("add_residual", "add_norm", "reinit", "zero_init_norms", "layer_scale")),
     "init_too_small": CauseEntry(
         "the initial weights are too small for the signal to keep its size through each layer",
         ("reinit", "reinit(library)", "reinit(orthogonal)", "add_norm")),
     "init_too_large": CauseEntry(
         "the initial weights are too large: the signal grows through each layer",
-        ("reinit", "reinit(library)", "add_norm", "clip_gradients")),
+        ("reinit", "reinit(library)", "scale_branches", "add_norm", "clip_gradients", "layer_scale")),
     "learning_rate_too_high": CauseEntry(
         "the optimizer's steps are too large: the weights and gradients grow while training",
         ("tune_optimizer(lr/10)", "tune_optimizer(lr/100)", "clip_gradients", "warmup")),

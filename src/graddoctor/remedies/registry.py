@@ -11,6 +11,7 @@ from .optimizer import MOVES, TuneOptimizer
 from .precision import BFloat16, LossScale
 from .reinit import SCHEMES, Reinit
 from .residual import AddResidual
+from .scaling import LayerScale, ScaleBranches, ZeroInitNorms
 from .schedule import Warmup
 
 # In surgery order: a pair is applied in this order (activation, init, norm, skips, training).
@@ -18,6 +19,9 @@ VARIANTS: tuple[Remedy, ...] = (
     BFloat16(),
     *(SwapActivation(t) for t in TARGETS),
     *(Reinit(s) for s in SCHEMES),
+    ScaleBranches(),
+    ZeroInitNorms(),
+    LayerScale(),
     AddNorm(),
     AddResidual(),
     *(TuneOptimizer(m) for m in MOVES),

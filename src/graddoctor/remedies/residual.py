@@ -1,8 +1,8 @@
 """add_residual: skip connections around repeated same-shaped blocks that have none.
 
-Blocks are the repeated children of a ModuleList/Sequential (a transformer's layers, a
-ResNet stage's blocks, graddoctor's Layers) or, in a Sequential of single layers, a weight
-layer with the activations after it. A block that already has a skip is never wrapped: with
+Blocks are the innermost repeated children with two or more weight layers each (a
+transformer's layers, a ResNet's units); in a plain chain (no such blocks), its layers: a
+weight layer with the activations after it. A block that already has a skip is never wrapped: with
 its weight matrices zeroed (torch.func.functional_call, nothing copied), a block without a
 skip computes a constant, while one with a skip still passes its input through (x + f(x),
 LN(x + f(x)), ...). Wrapped blocks compute x + a * block(x), a = 1/sqrt(blocks in the run),
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections import Counter
 
 import torch
 from torch import Tensor, nn
@@ -35,22 +36,43 @@ def branch_scale(n_blocks: int) -> float:
     return 1.0 / math.sqrt(max(n_blocks, 1))
 
 
-def _has_weights(mod: nn.Module) -> bool:
-    return any(is_weight_layer(m) for m in mod.modules())
+def _weight_layers(mod: nn.Module) -> int:
+    return sum(is_weight_layer(m) for m in mod.modules())
 
 
-def _blocks(path: str, seq: nn.Module) -> list[tuple[str, str]]:
-    """(first, last) child paths of the blocks of one container (see the module docstring)."""
+def repeated_blocks(model: nn.Module) -> list[str]:
+    """The innermost repeated blocks: children of one module repeating one class, >= 2 weight layers each.
+
+    A transformer's layers, a ResNet's units (not their single conv layers, nor the stages
+    around them). [] for a plain chain of layers (an MLP), whose blocks are its layers.
+    """
+    out: list[str] = []
+
+    def visit(path: str, mod: nn.Module) -> bool:
+        kids = list(mod.named_children())
+        found = False
+        for n, c in kids:
+            found = visit(f"{path}.{n}" if path else n, c) or found
+        if found:
+            return True
+        multi = [(n, c) for n, c in kids if _weight_layers(c) >= 2]
+        classes = Counter(type(c) for _, c in multi)
+        rep = [(n, c) for n, c in multi if classes[type(c)] >= MIN_RUN]
+        out.extend(f"{path}.{n}" if path else n for n, _ in rep)
+        return bool(rep)
+
+    visit("", model)
+    return out
+
+
+def _chains(path: str, seq: nn.Module) -> list[tuple[str, str]]:
+    """(first, last) paths of the layers of a plain chain: a weight layer and what follows it."""
     kids = list(seq.named_children())
     full = lambda n: f"{path}.{n}" if path else n
-    composite = [(n, c) for n, c in kids if any(True for _ in c.children()) and _has_weights(c)]
-    if len(composite) >= MIN_RUN and len({type(c) for _, c in composite}) == 1:
-        return [(full(n), full(n)) for n, _ in composite]
-    if isinstance(seq, nn.ModuleList):  # a list of single layers, applied one after the other
-        layers = [(n, c) for n, c in kids if is_weight_layer(c)]
-        return [(full(n), full(n)) for n, _ in layers] if len({type(c) for _, c in layers}) == 1 else []
-    if composite:
-        return []
+    if isinstance(seq, nn.ModuleList) or any(any(True for _ in c.children()) for _, c in kids):
+        units = [(n, c) for n, c in kids if _weight_layers(c) == 1]  # a list of layers, or Layer modules
+        return [(full(n), full(n)) for n, _ in units] if len(units) >= MIN_RUN and \
+            len({type(c) for _, c in units}) == 1 else []
     out: list[list[str]] = []
     for n, c in kids:  # single layers: a weight layer starts a block, what follows joins it
         if is_weight_layer(c) or not out:
@@ -58,6 +80,18 @@ def _blocks(path: str, seq: nn.Module) -> list[tuple[str, str]]:
         else:
             out[-1].append(n)
     return [(full(b[0]), full(b[-1])) for b in out if is_weight_layer(seq.get_submodule(b[0]))]
+
+
+def candidate_blocks(model: nn.Module) -> list[list[tuple[str, str]]]:
+    """Groups (by parent) of consecutive (first, last) blocks: the repeated blocks, else the chain's layers."""
+    blocks = repeated_blocks(model)
+    if blocks:
+        groups: dict[str, list[tuple[str, str]]] = {}
+        for b in blocks:
+            groups.setdefault(b.rpartition(".")[0], []).append((b, b))
+        return list(groups.values())
+    return [c for p, m in model.named_modules() if isinstance(m, (nn.Sequential, nn.ModuleList))
+            for c in [_chains(p, m)] if len(c) >= MIN_RUN]
 
 
 def _capture(net: nn.Module, paths: list[str], sample: Sample) -> dict[str, tuple[tuple, dict]]:
@@ -93,7 +127,10 @@ def has_skip(block: nn.Module, args: tuple, kwargs: dict) -> bool:
     was = block.training
     block.eval()
     try:
-        for xi in (x, 0.5 * x + 0.25):
+        # a second input that no normalisation maps onto the first (LN(a x + c) = LN(x))
+        g = torch.Generator(device=x.device).manual_seed(0)
+        noise = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype) * (x.float().std() + 1)
+        for xi in (x, x + noise):
             a, k = copy.deepcopy(args[1:]), copy.deepcopy(kwargs)  # caches in kwargs are mutated
             call_args = (xi, *a) if args else ()
             if not args:
@@ -111,14 +148,11 @@ def has_skip(block: nn.Module, args: tuple, kwargs: dict) -> bool:
 
 def _runs(net: nn.Module, flow: Flow, sample: Sample) -> tuple[list[list[tuple[str, str]]], int]:
     """Runs of >= MIN_RUN consecutive skip-less, same-shaped blocks; and how many blocks had a skip."""
-    cands = [(p, _blocks(p, m)) for p, m in net.named_modules() if isinstance(m, (nn.Sequential, nn.ModuleList))]
-    cands = [(p, bs) for p, bs in cands if len(bs) >= MIN_RUN]
-    single = [f for _, bs in cands for f, last in bs if f == last]
+    groups = candidate_blocks(net)
+    single = [f for g in groups for f, last in g if f == last]
     inputs = _capture(net, single, sample) if single else {}
-    runs, done, with_skip = [], [], 0
-    for path, blocks in cands:  # outermost first; never inside a block already wrapped
-        if any(path == d or path.startswith(d + ".") for d in done):
-            continue
+    runs, with_skip = [], 0
+    for blocks in groups:
         cur: list[tuple[str, str]] = []
         for first, last in blocks + [(None, None)]:
             ok = first is not None and flow.in_shape.get(first) is not None \
@@ -132,7 +166,6 @@ def _runs(net: nn.Module, flow: Flow, sample: Sample) -> tuple[list[list[tuple[s
                 continue
             if len(cur) >= MIN_RUN:
                 runs.append(cur)
-                done += [f for f, _ in cur]
             cur = []
     return runs, with_skip
 
