@@ -23,8 +23,9 @@ import time
 import numpy as np
 import torch
 
-from graddoctor import theory, theory_measure
+from graddoctor import theory
 from graddoctor.nets import NetSpec
+from graddoctor.theory import measure as theory_measure
 
 WIDTH = 256
 DEPTHS = (10, 20, 50)

@@ -38,8 +38,9 @@ def store(tmp_path_factory):
     path = tmp_path_factory.mktemp("store") / "runs.db"
     with RunStore(path) as st:
         t = planted_trace("vanishing", depth=DEPTH, steps=10, first_name=XSS)
-        rid = st.save_run(spec_for("vanishing", DEPTH), {"lr": 0.1, "note": XSS}, t, planted_history(steps=10),
-                          planted_diagnosis(t))
+        d = planted_diagnosis(t)
+        d.context["structure"] = {"summary": f"chain of {DEPTH + 1} layers from {XSS}"}  # what diag adds
+        rid = st.save_run(spec_for("vanishing", DEPTH), {"lr": 0.1, "note": XSS}, t, planted_history(steps=10), d)
         st.add_treatment(rid, "relu+he_init", {"history": planted_history("healthy", steps=10).to_dict()},
                          True, 0.31, 0.947, 3.2)
         st.add_treatment(rid, "clip_gradients", {}, False, 2.3, 0.11, 3.0)
@@ -70,6 +71,7 @@ def test_report_shows_verdict_findings_layers_and_treatments(report):
     assert rows == [str(i) for i in range(1, DEPTH + 2)]  # one per layer, forward order
     assert "relu+he_init" in text and "0.947" in text and "clip_gradients" in text
     assert len(re.findall(r'<figure id="fig-', text)) == 5
+    assert f'<p class="meta" id="structure">structure: chain of {DEPTH + 1} layers from {html.escape(XSS)}</p>' in text
 
 
 def test_names_from_the_model_are_text_never_markup(report):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from graddoctor.errors import GradDoctorError
 from graddoctor.probe.trace import LAYER_METRICS, STEP_METRICS
 from graddoctor.report.csv_export import export_csv
 from graddoctor.store import SCHEMA_VERSION, RunStore
+from graddoctor.store.recorder import series_rows
 from graddoctor.training import TrainConfig, train
 
 
@@ -260,3 +262,120 @@ def test_tensorboard_events_carry_every_finite_statistic():
     assert len(scalars) == n_steps * per_step == 64
     assert len(hists) == n_steps * len(HISTOGRAM_METRICS)
     np.testing.assert_allclose(hists[0][1], np.log10(trace["grad_rms"][0]))
+
+
+# -- schema versions and Trace.series ---------------------------------------------------------
+V1_DUMP = Path(__file__).parent / "data" / "store_v1.sql"
+
+
+def _series_of(trace) -> dict:
+    """(name, layer) -> {step: values} in key order: everything Trace.series holds (read via its .npz form)."""
+    out: dict = {}
+    for name, layer, step, values in series_rows(trace.series):
+        out.setdefault((name, layer), {})[step] = values.tolist()
+    return out
+
+
+def test_a_version_1_store_is_upgraded_in_place_and_still_reads(tmp_path):
+    """tests/data/store_v1.sql is a file the old store.py wrote; opening it migrates it to the new schema."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(V1_DUMP.read_text())
+        assert db.execute("PRAGMA user_version").fetchone() == (1,)
+        assert "series" not in {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+    planted = planted_trace("vanishing", depth=3, steps=3)  # what the dump was written from
+    with RunStore(path, create=False) as store:
+        assert store._db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) and SCHEMA_VERSION == 2
+        (info,) = store.runs()
+        assert (info.status, info.verdict, info.n_steps, info.final_acc) == ("done", "vanishing", 3, 0.1)
+        back = store.load_trace(info.id)
+        assert back.layers == planted.layers and len(back.series) == 0
+        for m in LAYER_METRICS + STEP_METRICS:
+            assert _same(back[m], planted[m]), m
+        assert store.load_history(info.id) == planted_history(steps=3)
+        assert store.load_diagnosis(info.id).to_dict() == planted_diagnosis(planted).to_dict()
+        assert store.treatments(info.id)[0]["accuracy"] == 0.93
+        trace = planted_trace("healthy", depth=2, steps=2)
+        trace.series.add("time_input_grad", "head", 1, np.array([0.5, 0.25]))
+        rid = store.save_run({}, {}, trace)  # the upgraded file takes new runs, with series
+    with RunStore(path) as store:  # opened again: already current, nothing to do
+        assert _series_of(store.load_trace(rid)) == {("time_input_grad", "head"): {1: [0.5, 0.25]}}
+        assert [r.id for r in store.runs()] == [info.id, rid]
+
+
+def test_series_of_any_name_round_trip_with_exact_lengths_and_non_finite_values(tmp_path):
+    """Series are stored generically: any name, per-step lengths that vary, nan/inf kept, key order kept."""
+    trace = planted_trace("healthy", depth=3, steps=4)
+    rng = np.random.default_rng(0)
+    for s in trace.steps.tolist():
+        trace.series.add("block_delta", "body.2.linear", s, rng.normal(size=3 + s))  # lengths 3..6
+        trace.series.add("time_input_grad", "body.0.linear", s, [np.nan, np.inf, -1e-300, 1e300][: s + 1])
+    trace.series.add("block_delta", "body.1.linear", 3, np.array([]))  # an empty entry
+    with RunStore(tmp_path / "runs.db") as store:
+        rid = store.save_run({}, {}, trace)
+        back = store.load_trace(rid)
+        export_csv(store, rid, tmp_path / "csv")
+    got, want = _series_of(back), _series_of(trace)
+    assert list(got) == list(want) == [("block_delta", "body.2.linear"), ("time_input_grad", "body.0.linear"),
+                                       ("block_delta", "body.1.linear")]
+    for key in want:
+        assert got[key].keys() == want[key].keys()
+        for s in want[key]:
+            np.testing.assert_array_equal(got[key][s], want[key][s])  # nan == nan here, bit-exact otherwise
+    assert len(back.series.get("block_delta", "body.2.linear")[1][2]) == 6  # step 2: 5 values, nan-padded to 6
+    rows = list(csv.DictReader((tmp_path / "csv" / "series.csv").read_text().splitlines()))
+    assert len(rows) == (3 + 4 + 5 + 6) + (1 + 2 + 3 + 4)  # one row per value; the empty entry has none
+    assert rows[-1] == {"series": "time_input_grad", "layer": "body.0.linear", "step": "3", "index": "3",
+                        "value": "1e+300"}
+
+
+def test_recorder_writes_series_as_it_goes_and_late_entries_on_exit(tmp_path):
+    full = planted_trace("healthy", depth=2, steps=5)
+    path = tmp_path / "runs.db"
+    with RunStore(path) as writer, RunStore(path) as reader:
+        rid = writer.start_run({}, {})
+        live = full.select(slice(0, 0))
+        with writer.recorder(rid, live, commit_every=2) as rec:
+            for i in range(5):
+                live.series.add("time_input_grad", "head", i, [float(i), 1.0])
+                live.append(int(full.steps[i]), np.stack([full[m][i] for m in LAYER_METRICS], -1),
+                            np.array([full[m][i] for m in STEP_METRICS]))
+                rec(i, float(full["loss"][i]))
+                if i == 3:
+                    assert sorted(_series_of(reader.load_trace(rid))[("time_input_grad", "head")]) == [0, 1, 2, 3]
+            live.series.add("time_input_grad", "head", 0, [9.0])  # replaces an entry already written
+            live.series.add("late", "head", 1, [7.0])  # a new series at a step already written
+        back = _series_of(reader.load_trace(rid))
+    assert back[("time_input_grad", "head")] == {0: [9.0], **{i: [float(i), 1.0] for i in range(1, 5)}}
+    assert back[("late", "head")] == {1: [7.0]}
+
+
+def test_an_rnn_run_reloaded_from_the_store_keeps_its_through_time_data(tmp_path):
+    """The real probe on an nn.RNN: the per-time-step series come back, and the store's trace judges the same."""
+    import torch
+    from torch import nn
+
+    from graddoctor import diagnose
+    from graddoctor.probe.probe import watch
+
+    torch.manual_seed(0)
+    rnn, head = nn.RNN(3, 8, batch_first=True), nn.Linear(8, 1)
+    model = nn.ModuleDict({"rnn": rnn, "head": head})
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(4, 30, 3), torch.randn(4, 1)
+    with RunStore(tmp_path / "runs.db") as store:
+        rid = store.start_run({"model": "rnn"}, {})
+        with watch(model, optimizer=opt) as probe, store.recorder(rid, probe.trace) as rec:
+            for step in range(4):
+                loss = (head(rnn(x)[0][:, -1]) - y).square().mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                probe.step(loss)
+                rec(step, loss.item())
+        store.finish_run(rid, "done", diagnosis=diagnose(probe.trace))
+        back = store.load_trace(rid)
+    assert {name for name, _, _, _ in series_rows(probe.trace.series)} == {"time_input_grad", "time_output_grad"}
+    assert _series_of(back) == _series_of(probe.trace)
+    assert len(back.series.get("time_input_grad", "rnn")[1][0]) == 30  # one value per time step
+    assert diagnose(back).to_dict() == diagnose(probe.trace).to_dict()

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from graddoctor import GradDoctorError, activations, nets, theory, theory_measure
+from graddoctor import GradDoctorError, activations, nets, theory
 from graddoctor.cli import main
 from graddoctor.nets import NetSpec
+from graddoctor.theory import measure as theory_measure
 
 THEORY_PAGE = Path(__file__).resolve().parents[1] / "docs" / "theory.md"
 WIDTH = 256

@@ -10,6 +10,7 @@ from ..diagnose.api import checkup
 from ..report.terminal import print_diagnosis
 from .common import console
 from .factory import call_factory, first_batch, load_factory, parse_shape, resolve
+from .runs import add_wide_arg
 
 EXAMPLE = """examples:
   graddoctor check examples/models.py:deep_sigmoid --input-shape 64 --classes 10
@@ -34,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the diagnosis as JSON")
     p.add_argument("--strict", action="store_true", help="exit with code 1 when the verdict is not healthy")
+    add_wide_arg(p)
     p.set_defaults(run=run)
 
 
@@ -63,5 +65,5 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(diagnosis.to_dict(), indent=2, default=float))
     else:
-        print_diagnosis(diagnosis, console)
+        print_diagnosis(diagnosis, console, wide=args.wide)
     return 1 if args.strict and not diagnosis.healthy else 0

@@ -19,6 +19,7 @@ from ..report.terminal import print_diagnosis
 from ..store import RunStore
 from ..training import TrainConfig, train
 from .common import console, spec_flags
+from .runs import add_wide_arg
 
 EXAMPLE = """example:
   graddoctor demo                       # ~1 minute on 2 CPU cores; writes graddoctor-demo/
@@ -39,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="graddoctor-demo", help="output folder (default graddoctor-demo/)")
     p.add_argument("--store", default=None, help="run store (default OUT/runs.db)")
+    add_wide_arg(p)
     p.set_defaults(run=run)
 
 
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"validation accuracy after {args.epochs} epochs: {hist.final_val_acc:.3f} "
                       f"(chance is 0.10)")
         console.rule("[bold]2. diagnose[/bold]: where the gradient dies, and why")
-        print_diagnosis(diagnosis, console)
+        print_diagnosis(diagnosis, console, wide=args.wide)
         console.rule(f"[bold]3. treat[/bold]: try the remedies, {args.budget_steps} steps each")
         result = treat(spec, data, diagnosis=diagnosis, budget_steps=args.budget_steps, seed=args.seed,
                        config=cfg)

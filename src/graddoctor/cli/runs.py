@@ -1,4 +1,4 @@
-"""`graddoctor runs`: list the runs in a run store (and the --store / RUN arguments other commands share)."""
+"""`graddoctor runs`: list the runs in a run store (and the --store / RUN / --wide arguments other commands share)."""
 from __future__ import annotations
 
 import argparse
@@ -25,6 +25,13 @@ def add_store_arg(p: argparse.ArgumentParser) -> None:
     """--store PATH (default ./graddoctor-runs/runs.db)."""
     p.add_argument("--store", default=str(DEFAULT_PATH), metavar="PATH",
                    help=f"run store (sqlite file; default: {DEFAULT_PATH})")
+
+
+def add_wide_arg(p: argparse.ArgumentParser) -> None:
+    """--wide: the per-layer table with every column, whatever the terminal's width."""
+    p.add_argument("--wide", action="store_true",
+                   help="print the per-layer table with every column, at its full width (lines may wrap); "
+                        "without it, a narrow terminal or $COLUMNS leaves columns out, never digits")
 
 
 def add_run_arg(p: argparse.ArgumentParser) -> None:

@@ -9,9 +9,10 @@ import numpy as np
 from rich.markup import escape
 from rich.table import Table
 
-from .. import progress, theory, theory_measure
+from .. import progress, theory
 from ..errors import GradDoctorError
 from ..nets import NetSpec
+from ..theory import measure as theory_measure
 from .common import add_net_args, console, positive
 
 EXAMPLE = """examples:

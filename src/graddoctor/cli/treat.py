@@ -9,6 +9,7 @@ from ..remedies.treat import BUDGET_STEPS, treat
 from ..report.terminal import print_diagnosis
 from ..training import TrainConfig
 from .common import add_net_args, add_train_args, config_from_args, console, load_data, spec_flags, spec_from_args
+from .runs import add_wide_arg
 
 EXAMPLE = f"""examples:
   graddoctor treat --depth 20 --activation sigmoid --init xavier_normal --data digits --lr 0.01
@@ -34,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save", metavar="PATH", help="save the winning network's state dict (torch.save)")
     add_net_args(p)
     add_train_args(p)
+    add_wide_arg(p)
     p.set_defaults(run=run)
 
 
@@ -68,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"[bold]treating {what}[/bold]", highlight=False, soft_wrap=True)
     result = treat(subject, data, loss_fn, budget_steps=args.budget_steps, seed=args.seed, config=config,
                    pairs=not args.no_pairs)
-    print_diagnosis(result.diagnosis, console)
+    print_diagnosis(result.diagnosis, console, wide=args.wide)
     console.print(str(result), highlight=False, markup=False, soft_wrap=True)
     best = result.best
     if best is not None and best.patient.spec is not None:

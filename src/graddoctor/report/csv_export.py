@@ -10,6 +10,7 @@ import numpy as np
 
 from ..probe.trace import LAYER_METRICS, STEP_METRICS, LayerInfo
 from ..store import RunStore
+from ..store.recorder import series_rows
 
 
 def _csv(path: Path, header: list[str], rows: list) -> None:
@@ -23,7 +24,7 @@ def _csv(path: Path, header: list[str], rows: list) -> None:
 
 
 def export_csv(store: RunStore, run_id: int, out_dir: str | Path) -> list[Path]:
-    """Write one run as plain CSV files (run, layers, steps, layer_stats, history, findings, treatments)."""
+    """Write one run as plain CSV files (run, layers, steps, layer_stats, series, history, findings, treatments)."""
     run, trace, hist = store.get_run(run_id), store.load_trace(run_id), store.load_history(run_id)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -41,6 +42,9 @@ def export_csv(store: RunStore, run_id: int, out_dir: str | Path) -> list[Path]:
         "layer_stats.csv": (["step", "depth", "layer", *LAYER_METRICS],
                             [[int(s), j + 1, name, *lv[k, j].tolist()] for k, s in enumerate(trace.steps)
                              for j, name in enumerate(trace.layer_names)]),
+        "series.csv": (["series", "layer", "step", "index", "value"],  # index: time step, block, ... of the entry
+                       [[name, layer, step, i, v] for name, layer, step, values in series_rows(trace.series)
+                        for i, v in enumerate(values.tolist())]),
         "history.csv": (["epoch", "train_loss", "train_acc", "val_loss", "val_acc"],
                         list(zip(*(h[k] for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc"))))),
         "findings.csv": (["kind", "severity", "summary", "layers", "causes", "remedies", "evidence"],

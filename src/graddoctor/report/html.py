@@ -15,6 +15,7 @@ from ..errors import require
 from ..store import RunStore
 from . import figdata as fd
 from . import figures
+from .terminal import structure_summary
 
 TEMPLATE = "report.html"
 # Figure name -> (title, caption): what to look at in each picture.
@@ -91,6 +92,7 @@ def report_context(data: fd.ReportData, pngs: dict[str, bytes], store_path: str 
     return {
         "run": data.run, "spec_summary": fd.spec_summary(data.run.spec), "final_acc": data.run.final_acc,
         "verdict": _verdict(data), "findings": list(d.findings) if d is not None else [],
+        "structure": structure_summary(d),
         "layer_rows": table, "layer_cols": cols, "text_cols": TEXT_COLUMNS, "layer_note": note,
         "figures": [{"name": k, "title": FIGURE_TEXT[k][0], "caption": FIGURE_TEXT[k][1],
                      "b64": base64.b64encode(v).decode("ascii")} for k, v in pngs.items()],

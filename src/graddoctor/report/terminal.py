@@ -1,68 +1,74 @@
-"""The terminal report (rich): a per-layer table in forward order, the verdict, causes, remedies."""
+"""The terminal report (rich): the network's structure, the per-layer table, the verdict, causes
+and remedies — at any width, without cutting a number.
+
+Which width: a terminal's own; else the COLUMNS environment variable; else (a pipe, a CI log,
+a file) none: the table prints at its natural width with every default column. `wide=True`
+(the `--wide` flag) shows every column, wide-only ones included, at natural width. When
+columns are left out, a line names them and says how to see them. Fitting is columns.py's.
+"""
 from __future__ import annotations
 
-from rich.console import Console, Group
+import os
+
+from rich.console import Console, Group, RenderableType
+from rich.padding import Padding
 from rich.panel import Panel
-from rich.table import Table
+from rich.segment import Segment, Segments
 from rich.text import Text
 
 from ..diagnose.findings import Diagnosis
+from .columns import BAR, fit, signal_bar
 
-BAR_DECADES = 12  # the bar's full length, in decades of error signal
+__all__ = ["output_width", "print_diagnosis", "render_text", "signal_bar", "verdict"]
+
+PROSE_MIN = 80  # at natural width, prose (title, verdict) wraps at the table's width, but at least this
 _STYLE = {"info": "cyan", "warning": "yellow", "critical": "bold red"}
 
 
-def signal_bar(decades: float | None, width: int = 24) -> Text:
-    """A bar whose length is |log10(signal / reference)|: red when far off, green when near."""
-    if decades is None:
-        return Text("n/a", style="dim")
-    n = max(0, min(width, round(abs(decades) / BAR_DECADES * width)))
-    style = "green" if abs(decades) < 1 else "yellow" if abs(decades) < 2 else "red"
-    arrow = "▼" if decades < 0 else "▲"
-    return Text(f"{arrow}{'█' * n:<{width}} {decades:+.1f}", style=style)
+def output_width(console: Console, wide: bool = False) -> int | None:
+    """The width to fit the table to: the terminal's, else $COLUMNS, else None (natural width)."""
+    if wide:
+        return None
+    if console.is_terminal:
+        return console.width
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() and int(columns) > 0 else None
 
 
-def _pct(v: float | None) -> str:
-    return "" if v is None else f"{v:.0%}"
+def structure_summary(d: Diagnosis | None) -> str | None:
+    """The one-line description of the network's structure the diagnosis learned, if it has one."""
+    s = d.context.get("structure") if d is not None else None
+    summary = s.get("summary") if isinstance(s, dict) else None
+    return str(summary) if summary else None
 
 
-def layer_table(diagnosis: Diagnosis) -> Table:
-    """One row per layer: name, type, grad RMS, signal bar (decades vs the reference), gain, sat %, dead %."""
-    ref = diagnosis.context.get("reference_layer", "")
-    t = Table(title="error signal per layer (forward order; bar = log10 of the error signal "
-              f"relative to {ref})", title_justify="left", expand=False)
-    for col, just in (("#", "right"), ("layer", "left"), ("type", "left"), ("grad RMS", "right"),
-                      ("error signal vs reference", "left"), ("gain", "right"), ("sat", "right"),
-                      ("dead", "right")):
-        t.add_column(col, justify=just, no_wrap=True)
-    for i, row in enumerate(diagnosis.context.get("table", []), 1):
-        g = row.get("grad_rms")
-        gain = row.get("gain")
-        t.add_row(str(i), row["name"], row["type"], "" if g is None else f"{g:.2e}",
-                  signal_bar(row.get("signal_decades")), "" if gain is None else f"{gain:.2f}",
-                  _pct(row.get("saturated")), _pct(row.get("dead")))
-    return t
+def structure_line(diagnosis: Diagnosis) -> Text | None:
+    """'structure: ...': the one-line description of the network the diagnosis learned, if any."""
+    summary = structure_summary(diagnosis)
+    return Text.assemble(("structure: ", "bold"), summary) if summary else None
 
 
 def verdict(diagnosis: Diagnosis) -> Panel:
-    """The verdict panel: findings with their causes (and evidence) and the remedies to try."""
+    """The verdict panel: findings with their causes and the remedies to try."""
     if diagnosis.healthy:
         body: list = [Text("Gradients flow through every layer: no vanishing, exploding, saturation, "
                            "dead units or non-finite values.", style="green")]
+        for f in diagnosis.findings:  # info only: by-design patterns, with their evidence
+            body.append(Text.assemble((f"INFO {f.kind}", _STYLE["info"]), f": {f.summary}"))
         return Panel(Group(*body), title="verdict: HEALTHY", border_style="green")
     body = []
     for f in diagnosis.findings:
         body.append(Text.assemble((f"{f.severity.upper()} {f.kind}", _STYLE[f.severity]), f": {f.summary}"))
-        for i, c in enumerate(f.causes, 1):
-            body.append(Text(f"   cause {i}: {c.name} — {c.explanation}"))
+        for i, c in enumerate(f.causes, 1):  # indented as a block, so wrapped lines stay under their cause
+            body.append(Padding(Text(f"cause {i}: {c.name} — {c.explanation}"), (0, 0, 0, 3)))
         if f.remedies:
-            body.append(Text(f"   try: {', '.join(f.remedies)}", style="cyan"))
+            body.append(Padding(Text(f"try: {', '.join(f.remedies)}", style="cyan"), (0, 0, 0, 3)))
     kinds = ", ".join(sorted(diagnosis.kinds()))
     return Panel(Group(*body), title=f"verdict: {kinds.upper()}", border_style="red")
 
 
 def theory_line(diagnosis: Diagnosis) -> Text | None:
-    """'theory predicts 10^-24.0 ... measured 10^-23.9', when the checkup had a prediction."""
+    """'mean-field theory ... predicts 10^-24.0 ...; measured 10^-23.9', when the checkup had a prediction."""
     t = diagnosis.context.get("theory")
     if not t:
         return None
@@ -71,11 +77,64 @@ def theory_line(diagnosis: Diagnosis) -> Text | None:
                 f"measured 10^{t['measured_log10_sq_ratio']:.1f}", style="dim")
 
 
-def print_diagnosis(diagnosis: Diagnosis, console: Console | None = None) -> None:
-    """Print the per-layer table and the verdict."""
-    console = console or Console()
-    console.print(layer_table(diagnosis))
-    console.print(verdict(diagnosis))
+def report_parts(diagnosis: Diagnosis, width: int | None, wide: bool = False,
+                 hint: str = "--wide") -> tuple[list[RenderableType], int]:
+    """What to print, in order, and the width to print it at (never less than the table's)."""
+    width = None if wide else width  # wide: every column at its natural width
+    parts: list[RenderableType] = []
+    line = structure_line(diagnosis)
+    if line is not None:
+        parts.append(line)
+    rows = diagnosis.context.get("table", [])
+    out_w = width if width is not None else PROSE_MIN
+    if rows:
+        fitted = fit(rows, width, wide)
+        out_w = max(out_w, fitted.width)
+        ref = diagnosis.context.get("reference_layer", "")
+        drawn = " (the bar draws it)" if BAR not in fitted.hidden else ""
+        parts.append(Text(f"error signal per layer, forward order; signal = log10 of the layer's error signal "
+                          f"relative to {ref!r}{drawn}", style="bold"))
+        parts.append(fitted.table)
+        if fitted.hidden:
+            at = f" at {width} columns" if width is not None else ""
+            parts.append(Text(f"left out{at}: {', '.join(fitted.hidden)} (all columns: {hint})", style="dim"))
+    parts.append(verdict(diagnosis))
     line = theory_line(diagnosis)
     if line is not None:
-        console.print(line)
+        parts.append(line)
+    return parts, out_w
+
+
+def _rstrip(line: list[Segment]) -> list[Segment]:
+    """A rendered line without its trailing blanks (rich pads lines to the width)."""
+    line = list(line)
+    while line and not line[-1].control and not line[-1].text.rstrip():
+        line.pop()
+    if line and not line[-1].control:
+        line[-1] = Segment(line[-1].text.rstrip(), line[-1].style)
+    return line
+
+
+def _emit(console: Console, parts: list[RenderableType], width: int) -> None:
+    """Print at `width` even when the console is narrower: rendered here, then written uncropped."""
+    options = console.options.update_width(width)
+    segments = [seg for part in parts for line in console.render_lines(part, options, pad=False)
+                for seg in [*_rstrip(line), Segment.line()]]
+    console.print(Segments(segments), crop=False, end="")
+
+
+def print_diagnosis(diagnosis: Diagnosis, console: Console | None = None, wide: bool = False,
+                    hint: str = "--wide") -> None:
+    """Print the structure, the per-layer table and the verdict, fitted to the output (see output_width)."""
+    console = console or Console()
+    parts, width = report_parts(diagnosis, output_width(console, wide), wide, hint)
+    _emit(console, parts, width)
+
+
+def render_text(diagnosis: Diagnosis, width: int | None, wide: bool = False, hint: str = "--wide") -> str:
+    """The terminal report as plain text for `width` columns (None: natural width), e.g. for a file."""
+    console = Console(width=10_000, color_system=None, force_terminal=False, record=False)
+    parts, out_w = report_parts(diagnosis, width, wide, hint)
+    with console.capture() as cap:
+        _emit(console, parts, out_w)
+    return cap.get()

@@ -1,4 +1,6 @@
-"""RunStore: runs, per-step scalars, per-layer statistics, findings and treatments in one sqlite file.
+"""RunStore: one sqlite file of runs, per-step scalars, per-layer statistics, series, findings and
+treatments; writing (start, finish, save, treatments) and reading (listings, Trace, History,
+Diagnosis). The schema lives in schema.py, the row writer and the Recorder in recorder.py.
 
 A run is written while it trains (WAL journal, one transaction per `commit_every` recorded
 steps), so a process killed with SIGKILL leaves a readable partial run, which readers list as
@@ -7,48 +9,25 @@ steps), so a process killed with SIGKILL leaves a readable partial run, which re
 from __future__ import annotations
 
 import json
-import os
-import socket
 import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
-from datetime import UTC, datetime
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
-from .diagnose.findings import Diagnosis, Finding
-from .errors import GradDoctorError
-from .probe.trace import LAYER_METRICS, STEP_METRICS, LayerInfo, Trace
-from .training import History
+from ..diagnose.findings import Diagnosis, Finding
+from ..errors import GradDoctorError
+from ..probe.trace import LAYER_METRICS, STEP_METRICS, LayerInfo, Trace
+from ..training import History
+from . import schema
+from .recorder import Recorder
+from .rows import from_blob, nan_if_null, now, to_json, writer_alive, writer_id
 
 DEFAULT_PATH = Path("graddoctor-runs") / "runs.db"
-SCHEMA_VERSION = 1  # PRAGMA user_version; bump on any change older readers would misread
 STATUSES = ("running", "done", "failed", "interrupted")  # 'interrupted' is also derived on read
-# A writer on another host cannot be checked by pid: call its run interrupted after this long
-# without a commit (a recorded step commits at least every few seconds in practice).
-REMOTE_STALE_SECONDS = 3600.0
-
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY AUTOINCREMENT, created TEXT NOT NULL, kind TEXT NOT NULL,
-  parent INTEGER REFERENCES runs(id), spec TEXT NOT NULL, config TEXT NOT NULL, status TEXT NOT NULL,
-  writer TEXT, updated REAL, finished TEXT, verdict TEXT, final_acc REAL, history TEXT,
-  diagnosis TEXT, meta TEXT);
-CREATE TABLE IF NOT EXISTS layers (run_id INTEGER NOT NULL, idx INTEGER NOT NULL, name TEXT NOT NULL, type TEXT,
-  info TEXT NOT NULL, PRIMARY KEY (run_id, idx));
-CREATE TABLE IF NOT EXISTS steps (run_id INTEGER NOT NULL, step INTEGER NOT NULL,
-    {", ".join(f"{m} REAL" for m in STEP_METRICS)},
-  PRIMARY KEY (run_id, step));
-CREATE TABLE IF NOT EXISTS layer_stats (run_id INTEGER NOT NULL, step INTEGER NOT NULL, layer INTEGER NOT NULL,
-  {", ".join(f"{m} REAL" for m in LAYER_METRICS)}, PRIMARY KEY (run_id, step, layer)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS findings (run_id INTEGER NOT NULL, idx INTEGER NOT NULL, kind TEXT, severity TEXT,
-  summary TEXT, layers TEXT, detail TEXT NOT NULL, PRIMARY KEY (run_id, idx));
-CREATE TABLE IF NOT EXISTS treatments (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id INTEGER NOT NULL,
-    remedy TEXT NOT NULL,
-  healthy INTEGER, loss REAL, accuracy REAL, seconds REAL, payload TEXT NOT NULL, created TEXT NOT NULL);
-"""
 
 
 @dataclass(frozen=True)
@@ -67,59 +46,15 @@ class RunInfo:
     n_steps: int  # recorded steps with per-layer statistics
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _start_token(pid: int) -> str:
-    """The process start time from /proc (tells a live pid from a reused one); '' if unknown."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            rest = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return ""
-    return "" if rest[0] in "ZX" else rest[19]  # state, then field 22 = starttime
-
-
-def _writer_alive(writer: str | None, updated: float | None) -> bool:
-    host, _, rest = (writer or "").partition(":")
-    pid_s, _, token = rest.partition(":")
-    if host != socket.gethostname() or not pid_s.isdigit():
-        return updated is not None and time.time() - updated < REMOTE_STALE_SECONDS
-    if os.path.isdir("/proc"):
-        return bool(token) and _start_token(int(pid_s)) == token
-    try:
-        os.kill(int(pid_s), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _plain(o: object) -> object:
-    """JSON fallback for numpy values in specs, evidence and payloads."""
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
-
-
-def _json(o: object) -> str:
-    return json.dumps(o, default=_plain)
-
-
 def _verdict(d: Diagnosis) -> str:
     return "healthy" if d.healthy else ", ".join(sorted(d.kinds()))
 
 
-def _nan(v: object) -> float:
-    return float("nan") if v is None else float(v)
-
-
 class RunStore:
-    """One sqlite file of runs; a context manager. `create=False` refuses to make a new file."""
+    """One sqlite file of runs; a context manager. `create=False` refuses to make a new file.
+
+    Opening a file written by an older graddoctor upgrades it in place (schema.MIGRATIONS).
+    """
 
     def __init__(self, path: str | Path = DEFAULT_PATH, create: bool = True) -> None:
         self.path = Path(path)
@@ -130,39 +65,13 @@ class RunStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         try:
-            self._open()
+            self.columns = schema.prepare(self._db, self.path)  # table -> metric columns it has
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise GradDoctorError(f"{self.path} is not a graddoctor run store ({exc})") from None
-
-    def _open(self) -> None:
-        self._db.execute("BEGIN")  # version and tables from one snapshot (another process may be creating it)
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        self._db.execute("COMMIT")
-        if version > SCHEMA_VERSION:
+        except BaseException:
             self._db.close()
-            raise GradDoctorError(
-                f"{self.path} has run-store schema {version}, newer than this graddoctor reads "
-                f"({SCHEMA_VERSION}); upgrade graddoctor, or use another --store")
-        if version == 0 and tables - {"sqlite_sequence"}:
-            self._db.close()
-            raise GradDoctorError(f"{self.path} is an sqlite file but not a graddoctor run store; "
-                                  "pass another --store")
-        self._db.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
-        self._db.execute("PRAGMA synchronous=NORMAL")  # durable against a killed process
-        if version == 0:  # a new file (IF NOT EXISTS: two processes may create it at once)
-            self._db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
-        self._cols = {t: self._add_columns(t, ms) for t, ms in
-                      (("steps", STEP_METRICS), ("layer_stats", LAYER_METRICS))}
-
-    def _add_columns(self, table: str, metrics: tuple[str, ...]) -> list[str]:
-        """Metrics added to the Trace schema since the file was made become new (NULL) columns."""
-        have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
-        for m in metrics:
-            if m not in have and m.isidentifier():
-                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {m} REAL")
-        return [m for m in metrics if m.isidentifier()]
+            raise
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -191,42 +100,16 @@ class RunStore:
     # -- writing ----------------------------------------------------------------------
     def start_run(self, spec: dict, config: dict, kind: str = "train", parent: int | None = None) -> int:
         """Create a run in status 'running' owned by this process; returns its id."""
-        writer = f"{socket.gethostname()}:{os.getpid()}:{_start_token(os.getpid())}"
         with self.transaction() as db:
             cur = db.execute("INSERT INTO runs (created, kind, parent, spec, config, status, writer, updated)"
                              " VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
-                             (_now(), kind, parent, _json(spec), _json(config), writer, time.time()))
+                             (now(), kind, parent, to_json(spec), to_json(config), writer_id(), time.time()))
         return int(cur.lastrowid)
 
     def recorder(self, run_id: int, trace: Trace | None = None, commit_every: int = 1) -> Recorder:
         """A Recorder that writes `trace` (and per-step losses) into run `run_id` as it grows."""
         self.get_run(run_id)
         return Recorder(self, run_id, trace, commit_every)
-
-    def _write_rows(self, run_id: int, trace: Trace, start: int, layers_known: int,
-                   losses: dict[int, float]) -> None:
-        """Write trace rows [start:] (and any new layers, per-step losses) in the open transaction."""
-        db, lc, sc = self._db, self._cols["layer_stats"], self._cols["steps"]
-        if len(trace.layers) > layers_known:
-            db.executemany("INSERT OR REPLACE INTO layers VALUES (?, ?, ?, ?, ?)",
-                           [(run_id, i, x.name, x.type, json.dumps(asdict(x)))
-                            for i, x in enumerate(trace.layers) if i >= layers_known])
-            db.execute("UPDATE runs SET meta=? WHERE id=?", (_json(trace.meta), run_id))
-        if len(trace) > start:
-            part = trace.select(slice(start, len(trace)))
-            lv = np.stack([part[m] for m in lc], axis=-1)  # (k steps, layers, metrics)
-            sv = np.stack([part[m] for m in sc], axis=-1)  # (k steps, step metrics)
-            steps = part.steps.tolist()
-            db.executemany(f"INSERT OR REPLACE INTO layer_stats VALUES ({', '.join('?' * (3 + len(lc)))})",
-                           [(run_id, s, j, *row) for s, block in zip(steps, lv.tolist())
-                            for j, row in enumerate(block)])
-            db.executemany(f"INSERT OR REPLACE INTO steps (run_id, step, {', '.join(sc)}) "
-                           f"VALUES ({', '.join('?' * (2 + len(sc)))})",
-                           [(run_id, s, *row) for s, row in zip(steps, sv.tolist())])
-        db.executemany("INSERT INTO steps (run_id, step, loss) VALUES (?, ?, ?) "
-                       "ON CONFLICT (run_id, step) DO UPDATE SET loss=excluded.loss",
-                       [(run_id, s, v) for s, v in losses.items()])
-        db.execute("UPDATE runs SET updated=? WHERE id=?", (time.time(), run_id))
 
     def finish_run(self, run_id: int, status: str = "done", history: History | None = None,
                    diagnosis: Diagnosis | None = None) -> None:
@@ -236,25 +119,25 @@ class RunStore:
         self.get_run(run_id)
         with self.transaction() as db:
             db.execute("UPDATE runs SET status=?, finished=?, updated=? WHERE id=?",
-                       (status, _now(), time.time(), run_id))
+                       (status, now(), time.time(), run_id))
             if history is not None:
                 db.execute("UPDATE runs SET history=?, final_acc=? WHERE id=?",
-                           (_json(history.to_dict()), history.val_acc[-1] if history.val_acc else None, run_id))
+                           (to_json(history.to_dict()), history.val_acc[-1] if history.val_acc else None, run_id))
             if diagnosis is not None:
                 rest = {"layers": list(diagnosis.layers), "context": diagnosis.context}
                 db.execute("UPDATE runs SET diagnosis=?, verdict=? WHERE id=?",
-                           (_json(rest), _verdict(diagnosis), run_id))
+                           (to_json(rest), _verdict(diagnosis), run_id))
                 db.execute("DELETE FROM findings WHERE run_id=?", (run_id,))
                 db.executemany("INSERT INTO findings VALUES (?, ?, ?, ?, ?, ?, ?)",
                                [(run_id, i, f.kind, f.severity, f.summary, json.dumps(list(f.layers)),
-                                 _json(f.to_dict())) for i, f in enumerate(diagnosis.findings)])
+                                 to_json(f.to_dict())) for i, f in enumerate(diagnosis.findings)])
 
     def save_run(self, spec: dict, config: dict, trace: Trace, history: History | None = None,
                  diagnosis: Diagnosis | None = None, kind: str = "train", parent: int | None = None) -> int:
         """Store a finished run in one go (start, write the whole trace, finish); returns its id."""
         run_id = self.start_run(spec, config, kind, parent)
-        with self.recorder(run_id, trace, commit_every=10**9) as rec:
-            rec.flush()
+        with self.recorder(run_id, trace, commit_every=10**9):
+            pass  # the recorder's exit writes everything, series included
         self.finish_run(run_id, "done", history, diagnosis)
         return run_id
 
@@ -267,7 +150,7 @@ class RunStore:
             cur = db.execute("INSERT INTO treatments (run_id, remedy, healthy, loss, accuracy, seconds, payload, "
                              "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                              (run_id, remedy, None if healthy is None else int(healthy), loss, accuracy, seconds,
-                              _json(payload), _now()))
+                              to_json(payload), now()))
         return int(cur.lastrowid)
 
     # -- reading ----------------------------------------------------------------------
@@ -278,7 +161,7 @@ class RunStore:
         out = []
         for (i, created, k, parent, spec, config, status, writer, updated, verdict, acc, n) in \
                 self._db.execute(sql, args):
-            if status == "running" and not _writer_alive(writer, updated):
+            if status == "running" and not writer_alive(writer, updated):
                 status = "interrupted"
             out.append(RunInfo(i, created, k, parent, json.loads(spec), json.loads(config), status,
                                verdict, acc, n))
@@ -308,14 +191,17 @@ class RunStore:
         return [r for r in self.runs() if r.parent == run_id]
 
     def load_trace(self, run_id: int) -> Trace:
-        """The run's Trace, rebuilt from the rows written so far (partial runs included)."""
+        """The run's Trace, rebuilt from the rows written so far (partial runs included), with its series."""
         self.get_run(run_id)
         known = {f.name for f in fields(LayerInfo)}
         infos = [LayerInfo(**{k: v for k, v in json.loads(info).items() if k in known})
                  for (info,) in self._db.execute("SELECT info FROM layers WHERE run_id=? ORDER BY idx", (run_id,))]
         (meta,) = self._db.execute("SELECT meta FROM runs WHERE id=?", (run_id,)).fetchone()
         trace = Trace(infos, json.loads(meta) if meta else {})
-        lc, sc = self._cols["layer_stats"], self._cols["steps"]
+        for name, layer, step, data in self._db.execute(
+                "SELECT name, layer, step, data FROM series WHERE run_id=? ORDER BY rowid", (run_id,)):
+            trace.series.add(name, layer, step, from_blob(data))
+        lc, sc = self.columns["layer_stats"], self.columns["steps"]
         rows = self._db.execute(f"SELECT step, layer, {', '.join(lc)} FROM layer_stats WHERE run_id=? "
                                 "ORDER BY step, layer", (run_id,)).fetchall()
         if not rows:
@@ -328,14 +214,14 @@ class RunStore:
         where = {int(s): i for i, s in enumerate(steps)}
         for step, *vals in self._db.execute(f"SELECT step, {', '.join(sc)} FROM steps WHERE run_id=?", (run_id,)):
             if step in where:
-                sv[where[step], [STEP_METRICS.index(m) for m in sc]] = [_nan(v) for v in vals]
+                sv[where[step], [STEP_METRICS.index(m) for m in sc]] = [nan_if_null(v) for v in vals]
         for i, s in enumerate(steps):
             trace.append(int(s), lv[i], sv[i])
         return trace
 
     def steps(self, run_id: int) -> list[tuple]:
         """Per-step scalars (step, *STEP_METRICS) of every step written, recorded or loss-only."""
-        sc = self._cols["steps"]
+        sc = self.columns["steps"]
         return self._db.execute(f"SELECT step, {', '.join(sc)} FROM steps WHERE run_id=? ORDER BY step",
                                 (run_id,)).fetchall()
 
@@ -347,7 +233,7 @@ class RunStore:
             known = {f.name for f in fields(History)}
             return History(**{k: v for k, v in json.loads(h).items() if k in known})
         losses = self._db.execute("SELECT loss FROM steps WHERE run_id=? ORDER BY step", (run_id,)).fetchall()
-        return History(step_loss=[_nan(v) for (v,) in losses])
+        return History(step_loss=[nan_if_null(v) for (v,) in losses])
 
     def load_diagnosis(self, run_id: int) -> Diagnosis | None:
         """The stored Diagnosis, or None if the run was not diagnosed."""
@@ -367,47 +253,3 @@ class RunStore:
         return [{"id": i, "remedy": r, "healthy": None if h is None else bool(h), "loss": loss,
                  "accuracy": acc, "seconds": sec, "payload": json.loads(p), "created": c}
                 for i, r, h, loss, acc, sec, p, c in cur]
-
-
-class Recorder:
-    """Writes a run while it trains: pass it as `train(on_step=...)` and give it the probe's Trace.
-
-    Every `commit_every` calls it writes the new trace rows and losses in one transaction: a
-    SIGKILL loses at most the steps since the last commit. As a context manager it flushes on
-    exit, and marks the run 'failed' ('interrupted' on Ctrl-C) if the block raised.
-    """
-
-    def __init__(self, store: RunStore, run_id: int, trace: Trace | None = None, commit_every: int = 1) -> None:
-        if int(commit_every) < 1:
-            raise GradDoctorError(f"commit_every must be at least 1, got {commit_every}")
-        self.store, self.run_id, self.trace, self.commit_every = store, run_id, trace, int(commit_every)
-        self._rows = self._layers = self._calls = 0  # trace rows / layers already written; calls
-        self._losses: dict[int, float] = {}  # per-step losses not yet written
-
-    def attach(self, trace: Trace) -> None:
-        """Record this Trace from now on (e.g. the probe's, once it exists)."""
-        self.trace, self._rows, self._layers = trace, 0, 0
-
-    def __call__(self, step: int, loss: float) -> None:
-        """The `on_step(step, loss)` callback of `graddoctor.train`."""
-        self._losses[int(step)] = float(loss)
-        self._calls += 1
-        if self._calls % self.commit_every == 0:
-            self.flush()
-
-    def flush(self) -> None:
-        """Write everything new in one transaction."""
-        trace = self.trace if self.trace is not None else Trace()
-        with self.store.transaction():
-            self.store._write_rows(self.run_id, trace, self._rows, self._layers, self._losses)
-        self._rows, self._layers, self._losses = len(trace), len(trace.layers), {}
-
-    def __enter__(self) -> Recorder:
-        return self
-
-    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
-        self.flush()
-        if exc_type is not None:
-            status = "interrupted" if issubclass(exc_type, KeyboardInterrupt) else "failed"
-            self.store.finish_run(self.run_id, status)
-

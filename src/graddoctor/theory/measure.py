@@ -12,9 +12,10 @@ import math
 import numpy as np
 import torch
 
-from . import nets, theory
-from .errors import GradDoctorError
-from .nets import NetSpec
+from .. import nets
+from ..errors import GradDoctorError
+from ..nets import NetSpec
+from . import meanfield as theory
 
 BATCH = 256  # samples per seed; the ratio is of norms summed over the batch
 DATA_SEED_OFFSET = 10_000  # inputs/targets use seed + this, independent of the weights

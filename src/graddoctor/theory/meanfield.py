@@ -7,7 +7,7 @@ Schoenholz et al. (2017), "Deep Information Propagation". With z ~ N(0, 1):
     chi(q)  = sigma_w^2 E[phi'(sqrt(q) z)^2]                      (per-layer gain of ||delta||^2)
 
 sigma_w^2 is Var(w) x fan_in. Pure functions of numbers; phi and phi' come from the activation
-registry, evaluated on float64 tensors at the nodes of theory_quad. Vectorised over q.
+registry, evaluated on float64 tensors at the nodes of theory.quad. Vectorised over q.
 """
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import activations
-from . import init as init_mod
-from .nets import NetSpec
-from .theory_quad import NODES, Q_MAX, Q_MIN, gauss_expect
+from .. import activations
+from .. import init as init_mod
+from ..nets import NetSpec
+from .quad import NODES, Q_MAX, Q_MIN, gauss_expect
 
 FP_ITER = 100  # fixed-point iterations before polishing by bisection
 FP_TOL = 1e-14  # relative change that counts as converged

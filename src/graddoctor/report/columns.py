@@ -1,0 +1,132 @@
+"""The per-layer table's columns and how they fit a width: whole columns go, a number never shrinks.
+
+Pure: rows (the diagnosis's `context["table"]`) and a width in, a rich Table out. Every cell
+is formatted once, here, and each column is built exactly as wide as its widest cell, so rich
+never has to shorten one. When the columns do not fit the width, whole columns go in the
+order of their `drop` rank (the bar, type, dead, sat, gain) while the layer names fold onto
+lines of NAME_FOLD characters; then the names fold further (down to NAME_MIN). Room left over
+widens the names, then the signal bar (BAR_MIN to BAR_MAX). `#`, layer, grad RMS and signal
+are never dropped: if even they do not fit, the table is wider than the width (the terminal
+wraps its lines; nothing is cut).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from rich import box
+from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Column, Table
+from rich.text import Text
+
+BAR_MAX = 24  # the signal bar's length at full width, in characters
+BAR_MIN = 8  # narrower than this the bar says nothing: it is dropped instead
+BAR_DECADES = 12  # decades of error signal that fill the bar
+NAME_FOLD = 24  # a longer layer name folds onto more lines before a column is dropped for it
+NAME_MIN = 12  # ... and down to this many characters a line when even the kept columns do not fit
+
+
+def _num(key: str, spec: str) -> Callable[[int, dict], str]:
+    def cell(_: int, row: dict) -> str:
+        v = row.get(key)
+        return "" if v is None or not math.isfinite(v) else format(v, spec)
+    return cell
+
+
+def _text(key: str) -> Callable[[int, dict], str]:
+    return lambda _, row: str(row.get(key) or "")
+
+
+@dataclass(frozen=True)
+class Col:
+    """One column: header, how a row becomes its text, and when it goes."""
+
+    header: str
+    cell: Callable[[int, dict], str]  # (1-based row number, table row) -> the cell's text
+    drop: int = 0  # 0: always shown; when the width is short, the highest rank goes first
+    wide_only: bool = False  # shown only with --wide (wide=True)
+    left: bool = False  # left-justified (text) rather than right (numbers)
+
+
+BAR = "bar"  # the header of the one column drawn, not formatted (signal_bar)
+COLUMNS: tuple[Col, ...] = (
+    Col("#", lambda i, _: str(i)),
+    Col("layer", _text("name"), left=True),
+    Col("type", _text("type"), drop=4, left=True),
+    Col("activation", _text("activation"), wide_only=True, left=True),
+    Col("grad RMS", _num("grad_rms", ".2e")),
+    Col("signal", _num("signal_decades", "+.1f")),  # log10(error signal / the reference layer's)
+    Col(BAR, lambda _, row: "", drop=5, left=True),
+    Col("gain", _num("gain", ".3g"), drop=1),
+    Col("sat", _num("saturated", ".0%"), drop=2),
+    Col("dead", _num("dead", ".0%"), drop=3),
+    Col("update ratio", _num("update_ratio", ".2e"), wide_only=True),
+    Col("input std", _num("act_std", ".3g"), wide_only=True),
+)
+
+
+def signal_bar(decades: float | None, width: int = BAR_MAX) -> Text:
+    """|log10(signal / reference)| as a bar: ▼ below the reference, ▲ above; green near it, red far off."""
+    if decades is None or not math.isfinite(decades):
+        return Text("")
+    n = max(0, min(width - 1, round(abs(decades) / BAR_DECADES * (width - 1))))
+    style = "green" if abs(decades) < 1 else "yellow" if abs(decades) < 2 else "red"
+    return Text(("▼" if decades < 0 else "▲") + "█" * n, style=style)
+
+
+@dataclass
+class Fitted:
+    """The table to print, and what did not fit."""
+
+    table: Table
+    width: int  # characters a line
+    hidden: list[str]  # headers of the columns left out (wide-only ones included)
+
+
+def cells(rows: list[dict]) -> dict[str, list[str]]:
+    """Header -> the text of every row's cell (the bar's is empty: it is drawn)."""
+    return {c.header: [c.cell(i, row) for i, row in enumerate(rows, 1)] for c in COLUMNS}
+
+
+def _build(rows: list[dict], texts: dict[str, list[str]], cols: list[Col], name_w: int, bar_w: int) -> Table:
+    spec = []
+    for c in cols:
+        w = max([len(c.header)] + [len(t) for t in texts[c.header]])
+        if c.header == "layer":
+            spec.append(Column(c.header, width=max(min(w, name_w), len(c.header)), overflow="fold"))
+        elif c.header == BAR:
+            spec.append(Column(c.header, width=bar_w, no_wrap=True))
+        else:
+            spec.append(Column(c.header, width=w, no_wrap=True, justify="left" if c.left else "right"))
+    t = Table(*spec, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for i, row in enumerate(rows):
+        t.add_row(*[signal_bar(row.get("signal_decades"), bar_w) if c.header == BAR else texts[c.header][i]
+                    for c in cols])
+    return t
+
+
+def _measure(t: Table) -> int:
+    console = Console(width=10_000, file=None, color_system=None)
+    return Measurement.get(console, console.options, t).maximum
+
+
+def fit(rows: list[dict], width: int | None = None, wide: bool = False) -> Fitted:
+    """The table for `width` characters (None: its natural width, every default column)."""
+    texts = cells(rows)
+    cols = [c for c in COLUMNS if wide or not c.wide_only]
+    longest = max(len(t) for t in texts["layer"] + ["layer"])
+    name_w, bar_w = longest, BAR_MAX
+    if width is not None:
+        need = lambda name, bar: _measure(_build(rows, texts, cols, name, bar))
+        fold = min(longest, NAME_FOLD)
+        droppable = sorted((c for c in cols if c.drop), key=lambda c: -c.drop)
+        while need(fold, BAR_MIN) > width and droppable:
+            cols.remove(droppable.pop(0))
+        fold = max(min(longest, NAME_MIN), fold - max(0, need(fold, BAR_MIN) - width))  # still over: fold more
+        spare = max(0, width - need(fold, BAR_MIN))  # the room left goes to the names first, then the bar
+        name_w = fold + min(spare, longest - fold)
+        bar_w = BAR_MIN + min(BAR_MAX - BAR_MIN, spare - (name_w - fold))  # (unused when the bar went)
+    t = _build(rows, texts, cols, name_w, bar_w)
+    return Fitted(t, _measure(t), [c.header for c in COLUMNS if c not in cols])

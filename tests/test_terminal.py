@@ -1,0 +1,138 @@
+"""The terminal report at any width: golden files at 80 and 160 columns and in a pipe, plus invariants
+(every number of the table present in full on its row, names whole, nothing cut, nothing over the width).
+
+Regenerate the golden files after an intended change with:
+    UPDATE_GOLDEN=1 pytest tests/test_terminal.py
+and read the diff before committing it.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from graddoctor.cli import main
+from graddoctor.diagnose.findings import Diagnosis
+from graddoctor.report.columns import BAR, COLUMNS, cells, fit
+from graddoctor.report.terminal import output_width, print_diagnosis, render_text
+
+GOLDEN = Path(__file__).parent / "golden"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "models.py"
+# A real checkup of examples/models.py:deep_sigmoid with its layers renamed like a transformer's
+# (names of 7 to 37 characters), a three-digit exponent, a gain of 1.5e4 and a structure line.
+FIXTURE = Diagnosis.from_dict(json.loads((GOLDEN / "diagnosis.json").read_text()))
+ROWS = FIXTURE.context["table"]
+
+
+def _golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert path.exists(), f"{path} is missing: run UPDATE_GOLDEN=1 pytest {__file__}"
+    assert text == path.read_text(), f"{name} changed: compare, and regenerate with UPDATE_GOLDEN=1"
+
+
+@pytest.mark.parametrize("width", [80, 160, None], ids=["80", "160", "pipe"])
+def test_golden_output(width):
+    _golden(f"diagnosis_{width or 'pipe'}.txt", render_text(FIXTURE, width))
+
+
+def test_golden_output_wide():
+    _golden("diagnosis_wide.txt", render_text(FIXTURE, None, wide=True))
+
+
+def _table(text: str) -> tuple[list[str], list[str]]:
+    """(header line, table body lines) of the per-layer table in a rendered report."""
+    lines = text.splitlines()
+    h = next(i for i, line in enumerate(lines) if re.match(r"\s*# +layer", line))
+    end = next(i for i in range(h + 2, len(lines)) if not lines[i].strip() or lines[i].startswith(("left", "╭")))
+    return lines[h], lines[h + 2: end]
+
+
+def _check(text: str, width: int | None, wide: bool) -> list[str]:
+    """Assert the invariants; returns the headers shown."""
+    header, body = _table(text)
+    shown = [c.header for c in COLUMNS if re.search(rf"(^|\s){re.escape(c.header)}(\s|$)", header)]
+    assert shown == [c.header for c in COLUMNS if c.header not in fit(ROWS, width, wide).hidden]
+    assert {"#", "layer", "grad RMS", "signal"} <= set(shown)  # never dropped
+    assert "…" not in text and "..." not in text.replace("' .. '", "")
+    texts = cells(ROWS)
+    starts = [i for i, line in enumerate(body) if re.match(r"\s*\d+ ", line)]
+    assert len(starts) == len(ROWS)
+    lo = header.index("layer")  # left-justified: the column starts with its header
+    hi = lo + next(c.width for c in fit(ROWS, width, wide).table.columns if c.header == "layer")
+    for k, (row, i) in enumerate(zip(ROWS, starts)):
+        first = body[i]
+        numbers = [texts[h][k] for h in shown if h not in ("layer", "type", "activation", BAR)]
+        tokens = first[:lo].split() + first[hi:].split()
+        words = {texts["type"][k], texts["activation"][k]}  # the text columns
+        got = [t for t in tokens if t not in words and not set(t) <= set("▼▲█")]
+        assert got == [n for n in numbers if n], (width, first)  # every number, whole, in its row, in order
+        stop = starts[k + 1] if k + 1 < len(starts) else len(body)
+        assert "".join(line[lo:hi].strip() for line in body[i:stop]) == row["name"]  # names fold, never cut
+    if width is not None and width >= 60:
+        assert max(len(line) for line in text.splitlines()) <= width
+    hidden = fit(ROWS, width, wide).hidden
+    assert ("all columns: --wide" in " ".join(text.split())) == bool(hidden)  # (the line may wrap)
+    return shown
+
+
+@pytest.mark.parametrize("wide", [False, True], ids=["default", "wide"])
+def test_every_number_survives_every_width(wide):
+    seen = set()
+    for width in [*range(40, 201, 8), None]:
+        seen.add(tuple(_check(render_text(FIXTURE, width, wide), None if wide else width, wide)))
+    assert len(seen) >= (1 if wide else 4)  # columns really go and come back as the width changes
+
+
+def test_columns_go_in_their_order_and_only_when_the_width_is_short():
+    widest = {}  # header -> the widest width at which it is left out
+    for w in range(200, 39, -2):
+        for h in fit(ROWS, w).hidden:
+            widest.setdefault(h, w)
+    assert [h for h, w in widest.items() if w == 200] == ["activation", "update ratio", "input std"]  # wide-only
+    gone = [widest.get(h, 0) for h in (BAR, "type", "dead", "sat", "gain")]
+    assert gone == sorted(gone, reverse=True) and gone[0] < 200 and gone[3] > 40  # in drop order, all but gain
+    assert widest[BAR] >= 80  # at 80 columns the bar is the first thing to go
+    assert not {"#", "layer", "grad RMS", "signal"} & set(widest)
+
+
+def test_the_width_comes_from_the_terminal_then_columns_else_natural(monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)
+    pipe = Console(file=io.StringIO(), width=80)  # a pipe: rich would assume 80 columns
+    assert output_width(pipe) is None
+    assert output_width(Console(file=io.StringIO(), force_terminal=True, width=72)) == 72
+    assert output_width(Console(file=io.StringIO(), force_terminal=True, width=72), wide=True) is None
+    monkeypatch.setenv("COLUMNS", "100")
+    assert output_width(Console(file=io.StringIO())) == 100
+    monkeypatch.delenv("COLUMNS")
+    print_diagnosis(FIXTURE, pipe)
+    assert pipe.file.getvalue() == render_text(FIXTURE, None)  # a pipe gets the natural width, uncut
+    term = Console(file=io.StringIO(), force_terminal=True, width=80, color_system=None)
+    print_diagnosis(FIXTURE, term)
+    assert term.file.getvalue() == render_text(FIXTURE, 80)
+
+
+def test_structure_line_only_when_the_diagnosis_has_one():
+    assert "structure: chain of 21 layers" in render_text(FIXTURE, 80)
+    bare = Diagnosis(FIXTURE.findings, FIXTURE.layers, {k: v for k, v in FIXTURE.context.items() if k != "structure"})
+    assert "structure:" not in render_text(bare, 80)
+
+
+def test_check_at_80_columns_in_a_pipe_keeps_every_exponent(monkeypatch, capsys):
+    """The real command, as a CI log or `| less` with COLUMNS=80 sees it; and --wide adds the wide columns."""
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["check", f"{EXAMPLES}:deep_sigmoid", "--input-shape", "64"]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 80 and "…" not in out
+    exponents = re.findall(r"\b\d\.\d\de-\d\d\b", "\n".join(_table(out)[1]))
+    assert len(exponents) == 21  # one grad RMS per layer, each with its full exponent
+    assert "all columns: --wide" in " ".join(out.split())
+    assert main(["check", f"{EXAMPLES}:deep_sigmoid", "--input-shape", "64", "--wide"]) == 0
+    wide = capsys.readouterr().out
+    assert "update ratio" in _table(wide)[0] and "left out" not in wide
