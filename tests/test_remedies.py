@@ -194,7 +194,16 @@ CASES = {label: DeepSigmoidSeq for label in REMEDIES}
 CASES.update({"swap_activation(prelu)": DeepSigmoidSeq, "reinit(library)": lambda: DeepSigmoidSeq(0.5),
               "loss_scale": Half, "bf16": Half, "tune_optimizer(momentum)": DeepSigmoidSeq,
               "scale_branches": lambda: Stack(PreLNBlock), "layer_scale": lambda: Stack(PreLNBlock),
-              "zero_init_norms": lambda: Stack(NormExitBlock)})
+              "zero_init_norms": lambda: Stack(NormExitBlock), "reset_norms": lambda: small_norms(Stack(PreLNBlock))})
+
+
+def small_norms(model: nn.Module) -> nn.Module:
+    """EfficientNet's library init: norm weights drawn from N(0, 0.02) instead of 1."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.LayerNorm):
+                nn.init.normal_(m.weight, 0, 0.02)
+    return model
 
 
 @pytest.mark.parametrize("label", list(REMEDIES))
@@ -547,3 +556,17 @@ def test_real_transformer_library_init_and_branches_replay_bit_identically():
     fresh.eval()
     with torch.no_grad():
         assert torch.equal(net(ids).logits, fresh(ids).logits)
+
+
+def test_reset_norms_puts_random_small_norm_weights_back_to_one(data):
+    model = small_norms(Stack(PreLNBlock))
+    with torch.no_grad():
+        model.blocks[0].ln.weight.zero_()  # zero on purpose (a zero-init norm): left alone
+    new = get("reset_norms").apply(Patient(TrainConfig(), model=model), sample_of(data))
+    weights = [c.module_path for c in new.changes if c.args["param"] == "weight"]
+    assert weights == [f"blocks.{i}.ln" for i in range(1, 6)]
+    net = new.build(0)
+    assert all(torch.equal(b.ln.weight, torch.ones(WIDTH)) for b in net.blocks[1:])
+    assert torch.equal(net.blocks[0].ln.weight, torch.zeros(WIDTH))
+    assert "near 1" in get("reset_norms").why_not(Patient(TrainConfig(), model=Stack(PreLNBlock)), None,
+                                                  sample_of(data))

@@ -28,7 +28,7 @@ TABLE: dict[str, CauseEntry] = {
         ("add_residual", "add_norm", "reinit", "zero_init_norms", "layer_scale")),
     "init_too_small": CauseEntry(
         "the initial weights are too small for the signal to keep its size through each layer",
-        ("reinit", "reinit(library)", "reinit(orthogonal)", "add_norm")),
+        ("reinit", "reinit(library)", "reset_norms", "reinit(orthogonal)", "add_norm")),
     "init_too_large": CauseEntry(
         "the initial weights are too large: the signal grows through each layer",
         ("reinit", "reinit(library)", "scale_branches", "add_norm", "clip_gradients", "layer_scale")),

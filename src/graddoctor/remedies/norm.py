@@ -14,7 +14,7 @@ from torch import nn
 from ..diagnose.findings import Diagnosis
 from .base import Change, Patient, Sample
 from .surgery import current
-from .tracing import Flow
+from .tracing import Flow, is_norm
 
 # convolution -> (its BatchNorm, the rank of its batched output)
 CONVS = {nn.Conv1d: ("BatchNorm1d", 3), nn.Conv2d: ("BatchNorm2d", 4), nn.Conv3d: ("BatchNorm3d", 5)}
@@ -82,4 +82,47 @@ class AddNorm:
             arg = next(iter(kwargs.values()))
             changes.append(Change(path, "no norm", f"{cls}({arg}) on its output", op="norm_after",
                                   args={"cls": cls, "kwargs": kwargs}))
+        return patient.with_(self.label, changes)
+
+
+# A norm layer's weight (gamma) is 1 at torch's init; one whose mean |weight| is this far below
+# (or above) it rescales every normalised activation by that factor, layer after layer.
+GAMMA_RANGE = (0.5, 2.0)
+
+
+def _off_norms(net: nn.Module) -> list[tuple[str, float]]:
+    """Norm layers whose weight is random-small or large (not all zero: zero-init is by design)."""
+    out = []
+    for path, mod in net.named_modules():
+        w = getattr(mod, "weight", None)
+        if is_norm(mod) and isinstance(w, nn.Parameter) and w.dim() == 1:
+            m = float(w.detach().float().abs().mean())
+            if bool(w.detach().abs().max() > 0) and not GAMMA_RANGE[0] <= m <= GAMMA_RANGE[1]:
+                out.append((path, m))
+    return out
+
+
+class ResetNorms:
+    """Norm weights back to 1 and biases to 0 (torch's init) where they start far from 1."""
+
+    name = label = "reset_norms"
+
+    def why_not(self, patient: Patient, diagnosis: Diagnosis | None = None, sample: Sample | None = None) -> str:
+        """'' when some norm layer's weight starts far from 1 (and is not zero by design)."""
+        if patient.spec is not None:
+            return "a graddoctor network's norms start at 1"
+        if sample is None:
+            return "needs a sample batch"
+        return "" if _off_norms(current(patient, sample)[0]) else "every norm weight starts near 1 (or at 0 by design)"
+
+    def apply(self, patient: Patient, sample: Sample | None = None) -> Patient:
+        """A Patient whose off norms start at weight 1, bias 0."""
+        if why := self.why_not(patient, None, sample):
+            return patient.with_(self.label, [Change("<model>", "norms", "unchanged", note=why)])
+        net, changes = current(patient, sample)[0], []
+        for path, m in _off_norms(net):
+            changes.append(Change(path, f"weight mean |w| {m:.1g}", "1", op="fill",
+                                  args={"param": "weight", "value": 1.0}))
+            if getattr(net.get_submodule(path), "bias", None) is not None:
+                changes.append(Change(path, "bias", "0", op="fill", args={"param": "bias", "value": 0.0}))
         return patient.with_(self.label, changes)

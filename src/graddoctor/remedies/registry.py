@@ -6,7 +6,7 @@ from .activation import TARGETS, SwapActivation
 from .base import Remedy
 from .clipping import ClipGradients
 from .inputs import NormalizeInputs
-from .norm import AddNorm
+from .norm import AddNorm, ResetNorms
 from .optimizer import MOVES, TuneOptimizer
 from .precision import BFloat16, LossScale
 from .reinit import SCHEMES, Reinit
@@ -19,6 +19,7 @@ VARIANTS: tuple[Remedy, ...] = (
     BFloat16(),
     *(SwapActivation(t) for t in TARGETS),
     *(Reinit(s) for s in SCHEMES),
+    ResetNorms(),
     ScaleBranches(),
     ZeroInitNorms(),
     LayerScale(),

@@ -10,7 +10,7 @@ from ..diagnose.findings import Diagnosis
 from .base import Change, Patient
 
 STATUSES = ("baseline", "fixed", "not fixed", "stopped after pilot", "dropped at init", "not applicable",
-            "failed")
+            "failed", "not tried")
 
 
 def signal_ratio(diagnosis: Diagnosis | None) -> float:
@@ -95,6 +95,11 @@ class TreatResult:
     pilot_steps: int = 0  # the first segment, trained by every candidate that passed screening
     prior_loss: float = math.inf  # training loss of predicting the class frequencies (no learning)
     seconds: float = 0.0  # total wall time of treat()
+    max_steps: int | None = None  # cap on the optimizer steps of all trials together (None: no cap)
+
+    def affords(self, steps: int) -> bool:
+        """True when `steps` more optimizer steps stay within max_steps."""
+        return self.max_steps is None or self.steps + steps <= self.max_steps
 
     @property
     def baseline(self) -> Trial:
@@ -170,7 +175,8 @@ class TreatResult:
             lines += [f"  {line}" for line in change_lines(best.changes)]
             if best.patient.model is not None and any(c.op for c in best.changes):
                 lines.append("  re-apply to a fresh model: graddoctor.apply_changes(model, result.best.changes)")
-        notes = [t for t in self.trials if t.note and t.status in ("not applicable", "failed", "dropped at init")]
+        notes = [t for t in self.trials if t.note and t.status in ("not applicable", "failed", "dropped at init",
+                                                                   "not tried")]
         if notes:
             lines.append("why not:")
             lines += [f"  {t.label}: {t.note}" for t in notes]

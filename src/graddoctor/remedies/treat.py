@@ -181,6 +181,9 @@ def _run_round(result: TreatResult, groups: list[tuple[Remedy, ...]], recipe: Re
             trial = _candidate(group, base.patient, sample, seed)
             trial.timing["changes"] = trial.seconds = time.perf_counter() - t0
             bar.update(0, candidate=trial.label)
+            if trial.status == "not fixed" and not result.affords(pilot + FINALISTS * (budget - pilot)):
+                trial.status = "not tried"
+                trial.note = f"over the step budget (max_steps={result.max_steps}, {result.steps} used)"
             if trial.status == "not fixed":
                 _guarded(trial, "build", lambda: setattr(trial, "model", trial.patient.build(seed)))
             if trial.status == "not fixed":
@@ -227,7 +230,8 @@ def _patient(subject: NetSpec | nn.Module | Callable[[], nn.Module], config: Tra
 def treat(model_factory: NetSpec | nn.Module | Callable[[], nn.Module], data: object,
           loss_fn: object = None, diagnosis: Diagnosis | None = None, budget_steps: int = BUDGET_STEPS,
           seed: int = 0, *, train_step: Callable | None = None, make_optimizer: Callable | None = None,
-          config: TrainConfig | None = None, pairs: bool = True, progress_bar: bool = True) -> TreatResult:
+          config: TrainConfig | None = None, pairs: bool = True, max_steps: int | None = None,
+          progress_bar: bool = True) -> TreatResult:
     """Try the remedies for a diagnosis; measure which fix it, in your own training step (TreatResult).
 
     `data`: a DataLoader, a list of batches or a function returning a fresh iterable (streamed:
@@ -237,10 +241,15 @@ def treat(model_factory: NetSpec | nn.Module | Callable[[], nn.Module], data: ob
     `make_optimizer(params) -> optimizer` (or (optimizer, scheduler)) yours (default: the
     TrainConfig's SGD/Adam). Without `diagnosis`, the untreated network's own is used: its
     training run's findings plus those seen at initialisation that training did not show.
+    `max_steps` caps the optimizer steps of everything together (baseline and candidates, at
+    least 2 x budget_steps): candidates that would exceed it are listed as "not tried".
     """
     t0 = time.perf_counter()
     if budget_steps < 2:
         raise GradDoctorError(f"budget_steps must be at least 2, got {budget_steps}")
+    if max_steps is not None and max_steps < 2 * budget_steps:
+        raise GradDoctorError(f"max_steps must be at least 2 x budget_steps ({2 * budget_steps}): the untreated "
+                              f"run and one candidate; got {max_steps}")
     config = config or TrainConfig()
     cfg = replace(config, max_steps=budget_steps, seed=seed)
     recipe = recipe_from(model_factory, data, loss_fn, train_step, make_optimizer, cfg, seed)
@@ -259,7 +268,8 @@ def treat(model_factory: NetSpec | nn.Module | Callable[[], nn.Module], data: ob
     _finish(base, recipe, seed, budget_steps)
     base.seconds = time.perf_counter() - t0
     diagnosis = diagnosis or candidates.combined(base.after, base.at_init)
-    result = TreatResult(diagnosis, [base], budget_steps, pilot_steps=pilot, prior_loss=recipe.prior_loss)
+    result = TreatResult(diagnosis, [base], budget_steps, pilot_steps=pilot, prior_loss=recipe.prior_loss,
+                         max_steps=max_steps)
     sample = replace(recipe.sample(), budget_steps=budget_steps)
     ranked, skipped = candidates.singles(result.diagnosis, base.patient, sample)
     tried = _run_round(result, [(r,) for r in ranked], recipe, sample, seed, "treat: singles", progress_bar)
