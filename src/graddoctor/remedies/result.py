@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import statistics
+import time
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -97,9 +99,32 @@ class TreatResult:
     seconds: float = 0.0  # total wall time of treat()
     max_steps: int | None = None  # cap on the optimizer steps of all trials together (None: no cap)
 
+    started: float = field(default_factory=time.perf_counter, repr=False)  # when treat() began
+
+    def step_seconds(self) -> float | None:
+        """Median seconds of one unprobed step (the candidates' pilots); None before any ran."""
+        xs = [t.timing["pilot"] / t.steps for t in self.trials[1:] if t.timing.get("pilot") and t.steps]
+        return statistics.median(xs) if xs else None
+
     def affords(self, steps: int) -> bool:
-        """True when `steps` more optimizer steps stay within max_steps."""
-        return self.max_steps is None or self.steps + steps <= self.max_steps
+        """True when `steps` more steps for one more candidate stay within max_steps: in optimizer
+        steps, and in wall time against max_steps plain steps (at the pilots' step time, with the
+        fixed cost per candidate and the probe's cost on the baseline's measured so far)."""
+        if self.max_steps is None:
+            return True
+        if self.steps + steps > self.max_steps:
+            return False
+        s = self.step_seconds()
+        if s is None:
+            return True
+        tried = [t for t in self.trials[1:] if "build" in t.timing]
+        fixed = sum(t.timing.get(k, 0.0) for t in tried for k in ("changes", "build", "screen")) / max(1, len(tried))
+        b = self.baseline
+        probed = b.timing.get("finish", 0.0) / max(1, b.steps - self.pilot_steps) / s if b.steps > self.pilot_steps \
+            else 1.0  # the probe's cost factor on a finishing segment
+        rest = steps - self.pilot_steps
+        need = fixed + self.pilot_steps * s + rest * s * max(1.0, probed)
+        return time.perf_counter() - self.started + need <= self.max_steps * s
 
     @property
     def baseline(self) -> Trial:

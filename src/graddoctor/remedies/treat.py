@@ -44,6 +44,9 @@ SCREEN_BATCH = 128  # in-memory data: samples in the screening forward/backward 
 # Probed steps per segment: the diagnosis judges the last half of them and needs at least 3
 # (diagnose.thresholds.MIN_STEPS); recording is the probe's expensive part.
 RECORDS = 8
+# The untreated run's pilot is probed every PILOT_EVERY steps; one that diverges there (and so
+# has no second segment) is run again, probed at every step up to its divergence.
+PILOT_EVERY = 2
 # A candidate showing any of these at initialisation is dropped before training, as is one
 # still showing the finding being treated.
 FATAL_AT_INIT = frozenset({"vanishing", "exploding", "non_finite"})
@@ -183,7 +186,8 @@ def _run_round(result: TreatResult, groups: list[tuple[Remedy, ...]], recipe: Re
             bar.update(0, candidate=trial.label)
             if trial.status == "not fixed" and not result.affords(pilot + FINALISTS * (budget - pilot)):
                 trial.status = "not tried"
-                trial.note = f"over the step budget (max_steps={result.max_steps}, {result.steps} used)"
+                trial.note = (f"over the budget: max_steps={result.max_steps} steps, or their time "
+                              f"({result.steps} steps used)")
             if trial.status == "not fixed":
                 _guarded(trial, "build", lambda: setattr(trial, "model", trial.patient.build(seed)))
             if trial.status == "not fixed":
@@ -261,15 +265,21 @@ def treat(model_factory: NetSpec | nn.Module | Callable[[], nn.Module], data: ob
     _guarded(base, "build", lambda: setattr(base, "model", base.patient.build(seed)))
     if base.status == "failed":
         raise GradDoctorError(f"the untreated model cannot be built: {base.note}")
-    base.at_init = checkup_step(base.model, recipe.step, screen_batch(recipe, seed), seed)
-    # every pilot step probed: a baseline that diverges in its first steps is diagnosed too
-    _start(base, recipe, seed, pilot, every=1)
+    _guarded(base, "screen", lambda: setattr(base, "at_init", checkup_step(base.model, recipe.step,
+                                                                            screen_batch(recipe, seed), seed)))
+    # the pilot probed too: a baseline that diverges in its first steps is diagnosed as well
+    _guarded(base, "pilot", lambda: _start(base, recipe, seed, pilot, every=PILOT_EVERY))
+    if base.status != "failed" and not math.isfinite(base.loss) and PILOT_EVERY > 1:
+        base.model = None  # diverged between two recorded steps, maybe: again, every step recorded
+        _guarded(base, "pilot", lambda: _start(base, recipe, seed, pilot, every=1))
     base.pilot_loss = base.loss
-    _finish(base, recipe, seed, budget_steps)
+    _guarded(base, "finish", lambda: _finish(base, recipe, seed, budget_steps))
+    if base.status == "failed":
+        raise GradDoctorError(f"the untreated model cannot be trained with this step and data: {base.note}")
     base.seconds = time.perf_counter() - t0
     diagnosis = diagnosis or candidates.combined(base.after, base.at_init)
     result = TreatResult(diagnosis, [base], budget_steps, pilot_steps=pilot, prior_loss=recipe.prior_loss,
-                         max_steps=max_steps)
+                         max_steps=max_steps, started=t0)
     sample = replace(recipe.sample(), budget_steps=budget_steps)
     ranked, skipped = candidates.singles(result.diagnosis, base.patient, sample)
     tried = _run_round(result, [(r,) for r in ranked], recipe, sample, seed, "treat: singles", progress_bar)
