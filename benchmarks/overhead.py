@@ -101,7 +101,7 @@ def run(name: str, device: str, rounds: int | None = None) -> tuple[dict[str, fl
 
 PHASES = (  # (class, method, what it does): the probe's work, timed in place
     ("Probe", "_on_forward", "forward hooks: input/output statistics"),
-    ("StepRecord", "_grad", "tensor hooks: error-signal norms"),
+    ("StepRecord", "signal", "tensor hooks: error-signal norms"),
     ("StepRecord", "_end_backward", "end of backward: file the norms"),
     ("StepRecord", "params", "gradient norms (+ weight norms without optimizer)"),
     ("Probe", "_before_update", "optimizer pre-hook: params + weight copy + weight norms"),

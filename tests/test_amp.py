@@ -29,7 +29,9 @@ def run(scaler=None, tell=True, dtype=torch.bfloat16, steps=4, bound=True, model
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     xs, y = data()
     x = xs if x is None else x
-    with graddoctor.watch(model, optimizer=opt if bound else None, scaler=scaler if tell else None) as probe:
+    blocks = [n for n, _ in model.named_modules() if n.count(".") == 1 and n.startswith("body.")]
+    with graddoctor.watch(model, optimizer=opt if bound else None, scaler=scaler if tell else None,
+                          blocks=blocks) as probe:
         for _ in range(steps):
             with torch.autocast("cpu", dtype=dtype):
                 loss = F.cross_entropy(model(x), y)
@@ -52,6 +54,10 @@ def test_same_statistics_and_verdict_with_and_without_a_scaler(bound):
     for m in LAYER_METRICS:
         np.testing.assert_allclose(scaled[m], plain[m], rtol=1e-6, atol=0, err_msg=m)
     np.testing.assert_allclose(scaled["loss"], plain["loss"], rtol=1e-6)
+    for series in ("block_delta_rms", "block_delta_norm"):  # blocks: error signals, loss-scaled too
+        got, want = scaled.series.get(series)[1], plain.series.get(series)[1]
+        assert want.shape == (4, 6) and np.isfinite(want).all()
+        np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=series)
     verdict = graddoctor.diagnose(plain).kinds()
     assert graddoctor.diagnose(scaled).kinds() == verdict and "vanishing" in verdict
     assert scaled.meta["amp_skipped_steps"] == []

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import graddoctor
-from graddoctor.probe.distributed import is_main
+from graddoctor.probe.distributed import RanksPart, is_main
 from graddoctor.probe.trace import LAYER_METRICS, STEP_METRICS, Trace
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
@@ -59,11 +59,15 @@ def data(world: int = 1, rank: int = 0):
     return x.chunk(world)[rank], y.chunk(world)[rank]
 
 
-def train(model, probe_of, x, y, steps=STEPS):
+def train(model, probe_of, x, y, steps=STEPS, every=1, bad_input_at=None):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with graddoctor.watch(probe_of, optimizer=opt) as probe:
-        for _ in range(steps):
-            loss = F.cross_entropy(model(x), y)
+    inner = probe_of.module if isinstance(probe_of, nn.parallel.DistributedDataParallel) else probe_of
+    blocks = [n for n, _ in inner.named_modules() if n.count(".") == 1 and n.startswith("body.")]
+    bad = x.clone()
+    bad[0, 0] = float("inf")
+    with graddoctor.watch(probe_of, optimizer=opt, blocks=blocks, every=every) as probe:
+        for i in range(steps):
+            loss = F.cross_entropy(model(bad if i == bad_input_at else x), y)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -80,11 +84,16 @@ def worker(rank: int, port: int, out: str) -> None:
     for kind in ("mlp", "gru"):
         ddp = nn.parallel.DistributedDataParallel(make(kind))
         probe = train(ddp, ddp, x, y)
-        red = probe._extras.dist
+        red = next(p for p in probe._parts if isinstance(p, RanksPart))
         report[kind] = {"collectives": red.calls, "ms": 1e3 * red.seconds / red.calls,
                         "delta_sum": float(np.nansum(probe.trace["delta_rms"]))}
         if is_main():  # only rank 0 writes
             probe.trace.save(Path(out) / f"{kind}.npz")
+    # rank 1 alone gets an inf input on unrecorded step 1: its loss is NaN, rank 0 sees only the
+    # all-reduced NaN gradient; the check rows cross ranks, so rank 0's trace says what came first
+    ddp = nn.parallel.DistributedDataParallel(make("mlp"))
+    probe = train(ddp, ddp, x, y, steps=6, every=4, bad_input_at=1 if rank == 1 else None)
+    report["nonfinite"] = probe.trace.meta["nonfinite"]
     with warnings.catch_warnings(record=True) as caught:  # the inner module without a group: rank-local
         warnings.simplefilter("always")
         graddoctor.watch(make("mlp")).close()
@@ -125,6 +134,14 @@ def test_rank0_trace_matches_one_process_on_the_concatenated_batch(ddp_run, kind
         assert np.array_equal(np.isnan(a), np.isnan(b)), m
         exact = m in ("dead", "saturated", "nonfinite_grad", "nonfinite_act", "nonfinite_loss")
         np.testing.assert_allclose(b, a, rtol=0 if exact else 1e-5, atol=0, err_msg=m)
+    if kind == "mlp":  # the block series: per-rank error signals, reduced like the layers'
+        assert got.meta["blocks"] == ref.meta["blocks"] == [f"body.{i}" for i in range(4)]
+        for series in ("block_delta_rms", "block_delta_norm"):
+            want = ref.series.get(series)[1]
+            assert want.shape == (STEPS, 4) and np.isfinite(want).all()
+            np.testing.assert_allclose(got.series.get(series)[1], want, rtol=1e-5, err_msg=series)
+    assert got.meta["nonfinite"] == ref.meta["nonfinite"] == {"first_step": None, "what": None,
+                                                              "input_first_step": None}
     for name in ref.series.layers("time_input_grad"):
         for series in ("time_input_grad", "time_output_grad"):
             np.testing.assert_allclose(got.series.get(series, name)[1], ref.series.get(series, name)[1],
@@ -145,6 +162,12 @@ def test_dead_units_are_those_silent_on_every_rank(ddp_run):
     naive = np.mean([h["dead"][0] for h in halves], axis=0)  # what averaging the ranks would say
     assert np.nanmax(np.abs(naive - ref["dead"][0])) > 0  # this batch tells the two apart (a unit of 16)
     np.testing.assert_array_equal(got["dead"][0], ref["dead"][0])
+
+
+def test_a_nonfinite_input_on_one_rank_on_an_unrecorded_step_reaches_rank_0(ddp_run):
+    _, reports = ddp_run
+    want = {"first_step": 1, "what": "loss", "input_first_step": 1}
+    assert [r["nonfinite"] for r in reports] == [want, want]
 
 
 def test_a_rank_watching_the_inner_module_is_warned(ddp_run):

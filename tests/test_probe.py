@@ -26,8 +26,8 @@ from torch.nn import functional as F
 
 import graddoctor
 from graddoctor import GradDoctorError, Trace, activations, watch
-from graddoctor.probe import collect
-from graddoctor.probe.trace import LAYER_METRICS
+from graddoctor.probe import record
+from graddoctor.probe.trace import LAYER_METRICS, STEP_METRICS
 
 
 def mlp(activation: str = "tanh", depth: int = 4, dtype: str = "float32") -> nn.Module:
@@ -187,7 +187,7 @@ def test_train_loop_records_every_step_with_its_loss():
     assert len(trace) == len(hist.step_loss) == 6
     np.testing.assert_allclose(trace["loss"], hist.step_loss, rtol=1e-6)
     assert np.isfinite(trace["update_ratio"]).all() and np.isfinite(trace["delta_rms"]).all()
-    assert trace.meta["optimizer"] == "SGD"
+    assert trace.meta["optimizer"] == {"type": "SGD", "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0}
 
 
 def test_train_divergence_is_recorded_with_its_nan_loss():
@@ -368,8 +368,8 @@ def test_norms_preset_has_no_module_hooks_after_the_first_step():
 
 def test_one_host_copy_per_recorded_step(monkeypatch):
     calls = []
-    real = collect.fetch
-    monkeypatch.setattr(collect, "fetch", lambda values: calls.append(len(values)) or real(values))
+    real = record.fetch
+    monkeypatch.setattr(record, "fetch", lambda values: calls.append(len(values)) or real(values))
     model = mlp()
     x, y = torch.randn(16, 6), torch.randint(0, 5, (16,))
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -381,7 +381,8 @@ def test_one_host_copy_per_recorded_step(monkeypatch):
             loss.backward()
             opt.step()
         assert probe._record is not None and not probe._record.values  # nothing held between steps
-    assert len(calls) == 2 and len(probe.trace) == 2
+    # two recorded steps, and at close the every-step checks of step 3 (after the last recorded one)
+    assert len(calls) == 3 and len(probe.trace) == 2
 
 
 def test_backward_that_raises_records_nothing_half_done():
@@ -465,7 +466,8 @@ def test_trace_memory_for_1000_steps_x_100_layers():
             model(x).square().mean().backward()
             opt.step()
     assert probe.trace["grad_norm"].shape == (1000, 100)
-    assert probe.trace.nbytes() < 13e6  # 8 B x 1024 (capacity) x 100 x 15 metrics = 12.3 MB
+    # float64 x 1024 (capacity) x (step index + 100 layers x metrics + step metrics): 13 MB
+    assert probe.trace.nbytes() == 8 * 1024 * (1 + 100 * len(LAYER_METRICS) + len(STEP_METRICS))
 
 
 def test_low_precision_model_is_reduced_in_float32():

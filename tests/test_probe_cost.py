@@ -120,7 +120,7 @@ def test_statistics_with_reused_scratch_equal_fresh_temporaries(name):
 def test_unrecorded_steps_do_not_flush_the_trace(monkeypatch):
     calls = []
     real = pooling.pool_steps
-    monkeypatch.setattr(probe_module, "pool_steps", lambda raws, n: calls.append(len(raws)) or real(raws, n))
+    monkeypatch.setattr(probe_module, "pool_steps", lambda raws, *a: calls.append(len(raws)) or real(raws, *a))
     model = graddoctor.build(graddoctor.NetSpec(depth=3, width=8, in_shape=(6,), out_features=5), seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = torch.randn(16, 6), torch.randint(0, 5, (16,))

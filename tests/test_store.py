@@ -329,7 +329,7 @@ def test_series_of_any_name_round_trip_with_exact_lengths_and_non_finite_values(
                         "value": "1e+300"}
 
 
-def test_recorder_writes_series_as_it_goes_and_late_entries_on_exit(tmp_path):
+def test_recorder_writes_series_and_metadata_as_they_grow(tmp_path):
     full = planted_trace("healthy", depth=2, steps=5)
     path = tmp_path / "runs.db"
     with RunStore(path) as writer, RunStore(path) as reader:
@@ -343,11 +343,17 @@ def test_recorder_writes_series_as_it_goes_and_late_entries_on_exit(tmp_path):
                 rec(i, float(full["loss"][i]))
                 if i == 3:
                     assert sorted(_series_of(reader.load_trace(rid))[("time_input_grad", "head")]) == [0, 1, 2, 3]
+                if i == 1:  # metadata the probe learns while training (blocks seen, a first non-finite step)
+                    live.meta["blocks"] = ["body.0"]
             live.series.add("time_input_grad", "head", 0, [9.0])  # replaces an entry already written
             live.series.add("late", "head", 1, [7.0])  # a new series at a step already written
-        back = _series_of(reader.load_trace(rid))
-    assert back[("time_input_grad", "head")] == {0: [9.0], **{i: [float(i), 1.0] for i in range(1, 5)}}
-    assert back[("late", "head")] == {1: [7.0]}
+            live.series.add("block_delta_rms", "", 4, [0.5, 0.25])  # a model-level series (layer key "")
+            live.meta["nonfinite"] = {"first_step": 4, "what": "loss"}
+        back = reader.load_trace(rid)
+    series = _series_of(back)
+    assert series[("time_input_grad", "head")] == {0: [9.0], **{i: [float(i), 1.0] for i in range(1, 5)}}
+    assert series[("late", "head")] == {1: [7.0]} and series[("block_delta_rms", "")] == {4: [0.5, 0.25]}
+    assert back.meta == {**full.meta, "blocks": ["body.0"], "nonfinite": {"first_step": 4, "what": "loss"}}
 
 
 def test_an_rnn_run_reloaded_from_the_store_keeps_its_through_time_data(tmp_path):

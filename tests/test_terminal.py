@@ -136,3 +136,39 @@ def test_check_at_80_columns_in_a_pipe_keeps_every_exponent(monkeypatch, capsys)
     assert main(["check", f"{EXAMPLES}:deep_sigmoid", "--input-shape", "64", "--wide"]) == 0
     wide = capsys.readouterr().out
     assert "update ratio" in _table(wide)[0] and "left out" not in wide
+
+
+def test_the_width_fit_computes_is_the_width_rich_draws():
+    """fit() adds up column widths itself (fast); rich's own measurement of the table agrees."""
+    from rich.measure import Measurement
+
+    console = Console(width=1000, file=io.StringIO())
+    for width in (40, 64, 80, 100, 160, None):
+        for wide in (False, True):
+            f = fit(ROWS, width, wide)
+            assert Measurement.get(console, console.options, f.table).maximum == f.width, (width, wide)
+
+
+def test_runs_listing_keeps_every_number_in_a_pipe_and_in_a_narrow_terminal(tmp_path, monkeypatch):
+    """`graddoctor runs`: a pipe gets the natural width; 40 columns fold the text columns, never cut a number."""
+    from fakeruns import planted_trace
+
+    from graddoctor.cli.runs import runs_table
+    from graddoctor.report.terminal import print_uncut
+    from graddoctor.store import RunStore
+    from graddoctor.training import History
+
+    spec = {"kind": "mlp", "depth": 20, "width": 64, "activation": "sigmoid", "init": "xavier_normal",
+            "in_shape": [64], "out_features": 10}
+    with RunStore(tmp_path / "runs.db") as store:
+        for _ in range(2):
+            store.save_run(spec, {}, planted_trace(steps=3), History(val_acc=[0.123456]))
+        rows = store.runs()
+    monkeypatch.delenv("COLUMNS", raising=False)
+    for console in (Console(file=io.StringIO(), width=80),  # a pipe
+                    Console(file=io.StringIO(), force_terminal=True, width=40, color_system=None)):
+        print_uncut(console, runs_table(rows, "runs.db"))
+        out = console.file.getvalue()
+        assert "…" not in out and out.count("0.123") == 2 and re.search(r"^\s*1\s", out, re.M)
+        assert len(re.findall(r"\d{4}-\d\d-\d\d \d\d:\d\d", out)) == 2  # the time, whole
+        assert ("init=xavier_normal" in out) != console.is_terminal  # 40 columns: the network folds

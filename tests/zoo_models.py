@@ -7,6 +7,7 @@ LSTM/GRU language models use 3e-3. Measured with `python benchmarks/zoo.py --lr-
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from functools import partial
 
@@ -32,6 +33,7 @@ from zoo_base import (
 )
 
 T.logging.set_verbosity_error()
+logging.getLogger("kernels").setLevel(logging.ERROR)  # offline: 'Skipping publisher trust check' per model
 
 TOKENS = {"vocab_size": VOCAB, "pad_token_id": PAD, "bos_token_id": BOS, "eos_token_id": EOS}
 
@@ -42,7 +44,20 @@ def hf(model_cls: str, config_cls: str, **config) -> Callable[[int], nn.Module]:
         torch.manual_seed(seed)
         return getattr(T, model_cls)(getattr(T, config_cls)(**config)).train()
     make.__qualname__ = f"hf({model_cls})"
+    make.hf = (model_cls, config_cls, config)  # read by zoo_planted to rebuild with config changes
     return make
+
+
+def batchnorm_weights_one(make: Callable[[int], nn.Module]) -> Callable[[int], nn.Module]:
+    """`make`, then every BatchNorm weight set to 1."""
+    def fixed(seed: int) -> nn.Module:
+        model = make(seed)
+        for mod in model.modules():
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                nn.init.ones_(mod.weight)
+        return model
+    fixed.hf = make.hf
+    return fixed
 
 
 def vision(model_cls: str, config_cls: str, **config) -> Callable[[int], nn.Module]:
@@ -85,6 +100,7 @@ def torch_model(cls: type, **kw) -> Callable[[int], nn.Module]:
     def make(seed: int) -> nn.Module:
         torch.manual_seed(seed)
         return cls(**kw)
+    make.torch = (cls, kw)
     return make
 
 
@@ -107,6 +123,9 @@ _DECODER = {"hidden_size": 64, "num_hidden_layers": 12, "num_attention_heads": 4
             **TOKENS}
 SEQ_CLS, MLM, CLM, S2S = "sequence-classification", "masked-lm", "causal-lm", "seq2seq"
 _STAGES = r"{}\.encoder\.stages\.\d+\.layers\.\d+"
+
+_EFFICIENTNET = vision("EfficientNetForImageClassification", "EfficientNetConfig", image_size=IMAGE,
+                       width_coefficient=0.25, depth_coefficient=1.0, hidden_dim=320)
 
 MODELS: tuple[ZooModel, ...] = (
     # -- vision ------------------------------------------------------------------------------
@@ -152,13 +171,14 @@ MODELS: tuple[ZooModel, ...] = (
     entry("mobilenet-v2", "mobilenet", IMG, vision(
         "MobileNetV2ForImageClassification", "MobileNetV2Config", image_size=IMAGE, depth_multiplier=0.35), 1e-3,
         r"mobilenet_v2\.layer\.\d+", notes="17 inverted-residual blocks"),
-    entry("efficientnet", "efficientnet", IMG, vision(
-        "EfficientNetForImageClassification", "EfficientNetConfig", image_size=IMAGE, width_coefficient=0.25,
-        depth_coefficient=1.0, hidden_dim=320), 1e-3, r"efficientnet\.encoder\.blocks\.\d+",
-        expected="vanishing",
-        notes="EfficientNet-B0 depths, squeeze-excitation, swish. NOT healthy at its library init: "
-              "BatchNorm weights are drawn from N(0, 0.02), so activations shrink ~50x per norm layer "
-              "(1e-35 at the head) and the loss stays at ln(10)"),
+    entry("efficientnet", "efficientnet", IMG, _EFFICIENTNET, 1e-3, r"efficientnet\.encoder\.blocks\.\d+",
+          expected="vanishing",
+          notes="EfficientNet-B0 depths, squeeze-excitation, swish. NOT healthy at its library init: BatchNorm "
+                "weights are drawn from N(0, 0.02), so activations shrink ~50x per norm layer (1e-35 at the head) "
+                "and the loss stays at ln(10); scored as the planted case efficientnet-library-init"),
+    entry("efficientnet-bn1", "efficientnet", IMG, batchnorm_weights_one(_EFFICIENTNET), 1e-3,
+          r"efficientnet\.encoder\.blocks\.\d+",
+          notes="the same with BatchNorm weights 1, as in the reference implementations (timm, torchvision)"),
     entry("bit", "bit", IMG, vision(
         "BitForImageClassification", "BitConfig", embedding_size=16, hidden_sizes=[32, 64, 128, 256],
         depths=[3, 4, 6, 3], layer_type="preactivation", num_groups=8), 1e-3, _STAGES.format("bit"),

@@ -12,7 +12,8 @@ from rich.table import Column, Table
 
 from ..errors import GradDoctorError
 from ..report.figdata import spec_summary
-from ..store import DEFAULT_PATH, RunStore
+from ..report.terminal import print_uncut
+from ..store import DEFAULT_PATH, RunInfo, RunStore
 from .common import console
 
 EXAMPLE = """example:
@@ -57,6 +58,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def runs_table(rows: list[RunInfo], store_path: str) -> Table:
+    """The listing: id, when, (kind), network, status, verdict, val acc, steps."""
+    kinds = len({r.kind for r in rows}) > 1  # the kind column only when there is a choice
+    fixed = {"no_wrap": True, "justify": "right"}
+    t = Table(Column("id", **fixed), Column("when (UTC)", no_wrap=True), *(["kind"] if kinds else []),
+              Column("network", overflow="fold"), Column("status", no_wrap=True), Column("verdict", overflow="fold"),
+              Column("val acc", **fixed), Column("steps", **fixed), title=f"runs in {escape(str(store_path))}",
+              box=box.SIMPLE_HEAD)
+    for r in rows:
+        acc = "—" if r.final_acc is None or not math.isfinite(r.final_acc) else f"{r.final_acc:.3f}"
+        t.add_row(str(r.id), r.created.replace("T", " ")[:16], *([escape(r.kind)] if kinds else []),
+                  escape(spec_summary(r.spec)), r.status, escape(r.verdict or "—"), acc, str(r.n_steps))
+    return t
+
+
 def run(args: argparse.Namespace) -> int:
     with RunStore(args.store, create=False) as store:
         rows = store.runs(args.kind)
@@ -64,17 +80,8 @@ def run(args: argparse.Namespace) -> int:
         clean = lambda v: None if isinstance(v, float) and not math.isfinite(v) else v
         print(json.dumps([{k: clean(v) for k, v in asdict(r).items()} for r in rows], indent=2))
         return 0
-    kinds = len({r.kind for r in rows}) > 1  # the kind column only when there is a choice
-    fixed = {"no_wrap": True, "justify": "right"}
-    t = Table(Column("id", **fixed), Column("when (UTC)", no_wrap=True), *(["kind"] if kinds else []),
-              Column("network", overflow="fold"), Column("status", no_wrap=True), Column("verdict", overflow="fold"),
-              Column("val acc", **fixed), Column("steps", **fixed), title=f"runs in {escape(args.store)}",
-              box=box.SIMPLE_HEAD)
-    for r in rows:
-        acc = "—" if r.final_acc is None or not math.isfinite(r.final_acc) else f"{r.final_acc:.3f}"
-        t.add_row(str(r.id), r.created.replace("T", " ")[:16], *([escape(r.kind)] if kinds else []),
-                  escape(spec_summary(r.spec)), r.status, escape(r.verdict or "—"), acc, str(r.n_steps))
-    console.print(t)
+    t = runs_table(rows, args.store)
+    print_uncut(console, t)  # a narrow terminal folds the network and verdict, never an id or a number
     if not rows:
         console.print("no runs yet")
     return 0

@@ -5,7 +5,8 @@ S (2^16 at first), so the error signals the probe's tensor hooks catch are S tim
 ones. Parameter gradients are unscaled in place by `scaler.step(opt)` (its `unscale_` runs
 before `optimizer.step()` and so before the probe's optimizer pre-hook) or by an explicit
 `scaler.unscale_(opt)`: by the time the probe reads them, they are the true gradients.
-So only the error signals (and the recurrent per-time-step series) are divided by S here,
+So only the error signals (the slots declared `loss_scaled` in slots.py: per layer, per
+block, per time step) are divided by S here (S^2 for sums of squares),
 with S read as it was during the step's forward pass: `scaler.update()` may change it before
 the step ends.
 
@@ -21,9 +22,12 @@ import torch
 from torch import Tensor
 
 from ..errors import GradDoctorError
-from .pooling import DELTA, INPUT_GRAD, RawStep
+from .parts import Part
+from .record import SLOT, RawStep
+from .slots import mask
 
-SCALED_SLOTS = (DELTA, INPUT_GRAD)  # filed during backward: multiplied by the loss scale
+LOSS_SCALED = mask(loss_scaled=True)  # filed during backward: multiplied by the loss scale
+CHECKS = mask(axis="check")  # the every-step checks: kept from a skipped step
 
 
 def check_scaler(scaler: object) -> object:
@@ -44,36 +48,41 @@ def current_scale(scaler: object) -> Tensor:
     return s.detach().reshape(()).float().clone()
 
 
-def unscale(raw: RawStep, scale: float) -> RawStep:
-    """The step with its error-signal norms divided by the loss scale."""
-    if scale == 1.0:
-        return raw
-    table = np.concatenate([np.array(raw.rows, dtype=np.int64).reshape(-1, 4)] + list(raw.chunks))
-    idx = table[np.isin(table[:, 0], SCALED_SLOTS), 3]
-    values = raw.values.copy()
-    values[np.unique(idx[idx >= 0])] /= scale
-    return raw._replace(values=values)
+def skipped(at_forward: float, now: float, optimizer_skipped: bool) -> bool:
+    """Did the scaler skip this step's optimizer step?"""
+    return optimizer_skipped or now < at_forward or not np.isfinite(at_forward)
 
 
-class LossScale:
-    """Follows one GradScaler through a recorded step: the scale at forward, and at the step's end."""
+class LossScalePart(Part):
+    """Follows one GradScaler through each recorded step: the scale at forward, and at the step's end."""
 
-    def __init__(self, scaler: object) -> None:
+    wants_forward = True
+
+    def __init__(self, scaler: object, meta: dict) -> None:
         self.scaler = check_scaler(scaler)
+        self.meta = meta
         self._at_forward: Tensor | None = None
+        meta["amp_skipped_steps"] = []
 
-    def forward(self) -> None:
-        """Called on each recorded forward; keeps the scale of the step's first one."""
-        if self._at_forward is None:
+    def begin(self, rec, full: bool) -> None:
+        self._at_forward = None
+
+    def forward(self, layer: int, x: Tensor | None) -> None:
+        if self._at_forward is None:  # the scale of the step's first recorded forward
             self._at_forward = current_scale(self.scaler)
 
-    def take(self) -> list[Tensor]:
-        """[scale at forward, scale now] for this step's host copy; resets for the next step."""
+    def file(self, rec) -> object:
         now = current_scale(self.scaler)
-        first, self._at_forward = (self._at_forward if self._at_forward is not None else now), None
-        return [first.to(now.device), now]
+        first = self._at_forward if self._at_forward is not None else now
+        rec.append([first.to(now.device), now])
+        return rec.optimizer_skipped
 
-    @staticmethod
-    def skipped(at_forward: float, now: float, optimizer_skipped: bool) -> bool:
-        """Did the scaler skip this step's optimizer step?"""
-        return optimizer_skipped or now < at_forward or not np.isfinite(at_forward)
+    def finish(self, step: int, raw: RawStep, token: object, own: np.ndarray) -> RawStep | None:
+        at_forward, now = float(own[0]), float(own[1])
+        loss_ok = raw.loss is None or np.isfinite(float(raw.loss))  # a NaN loss is no scale problem
+        if loss_ok and skipped(at_forward, now, bool(token)):
+            self.meta["amp_skipped_steps"].append(int(step))
+            out = raw.keep(CHECKS[raw.table()[:, SLOT]])  # the checks of the steps before still count
+            out.recorded = False
+            return out
+        return raw.scaled(LOSS_SCALED, 1.0 / at_forward)

@@ -3,12 +3,19 @@
 The Probe is the one object that owns hooks: forward hooks on the modules that own parameters
 (only during recorded steps, and only with stats="full"; with "norms" only during the first
 step, to learn the layer order), tensor hooks on each recorded call's output and input (the
-error signals dL/d(output), dL/d(input), reduced to a norm as they arrive), and optimizer
-step pre/post hooks (gradient and weight norms before the update, update norms after it).
-Closing it removes every handle and restores every module's train/eval mode.
+error signals dL/d(output), dL/d(input), reduced to a norm as they arrive), optimizer step
+pre/post hooks (gradient and weight norms before the update, update norms after it), one
+top-level forward pre-hook (the every-step non-finite check of the input, checks.py) and
+those of its parts (parts.py: loss scale, DDP ranks, time steps, blocks). Closing it removes
+every handle and restores every module's train/eval mode.
+
+Each recorded step: the hooks file numbers into a StepRecord (collect.py, record.py), the
+parts add theirs, one host copy, the parts transform the fetched step, and pooling.py turns
+buffered steps into Trace rows; the sinks it was given (sinks.py) see each new batch of rows.
 """
 from __future__ import annotations
 
+import warnings
 import weakref
 
 import numpy as np
@@ -16,17 +23,22 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import GradDoctorError, unknown
+from . import sinks as sink_lib
 from . import stats
+from .checks import Checks
 from .collect import StepRecord
-from .extras import Extras
+from .context import LOW_PRECISION, current_lr, describe_optimizer, dtypes_meta
 from .layout import Layout
-from .pooling import RawStep, pool_steps
+from .parts import make_parts
+from .pooling import pool_steps
+from .record import RawStep
+from .series import MODEL
 from .trace import Trace
 from .update import WeightSample
-from .wrappers import resolve
+from .wrappers import NO_FORWARD, resolve
 
 # Presets, cheapest first. norms: parameter gradient/weight norms, update ratios, loss (no
-# module hooks). full: + error signals dL/d(output), dL/d(input), activation statistics.
+# module hooks). full: + error signals dL/d(output), dL/d(input), activation statistics, blocks.
 STATS = ("norms", "full")
 POOL_EVERY = 64  # recorded steps buffered (~10 kB each) before they are pooled into the Trace
 
@@ -35,25 +47,18 @@ _WATCHED: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # modules under an ope
 
 def watch(model: nn.Module, *, every: int = 1, stats: str = "full",
           optimizer: torch.optim.Optimizer | None = None, tensorboard: str | None = None,
-          scaler: object | None = None, process_group: object | None = None) -> Probe:
+          scaler: object | None = None, process_group: object | None = None,
+          blocks: str | list[str] | None = "auto", sinks: list | tuple = ()) -> Probe:
     """Start recording `model` (a context manager: hooks are removed on exit). See Probe.
 
-    `tensorboard=DIR` also streams the statistics to TensorBoard event files in DIR.
-    `scaler=` the torch.amp.GradScaler in use: error signals are recorded unscaled (extras.py).
+    `tensorboard=DIR` also streams the statistics to TensorBoard event files in DIR (a sink).
+    `scaler=` the torch.amp.GradScaler in use: error signals are recorded unscaled (amp.py).
     `process_group=` reduce over these ranks (default: the group of a DDP-wrapped model).
+    `blocks=` "auto" | None | [module names]: the error signal at each block's output (blocks.py).
+    `sinks=` objects with write_new(trace) and close() that see the trace as it grows (sinks.py).
     """
     return Probe(model, every=every, stats=stats, optimizer=optimizer, tensorboard=tensorboard,
-                 scaler=scaler, process_group=process_group)
-
-
-def _first_tensor(obj: object) -> Tensor | None:
-    if isinstance(obj, Tensor):
-        return obj
-    if isinstance(obj, (tuple, list)):
-        return next((t for t in map(_first_tensor, obj) if t is not None), None)
-    if isinstance(obj, dict):
-        return _first_tensor(list(obj.values()))
-    return None
+                 scaler=scaler, process_group=process_group, blocks=blocks, sinks=sinks)
 
 
 class Probe:
@@ -65,7 +70,8 @@ class Probe:
 
     def __init__(self, model: nn.Module, *, every: int = 1, stats: str = "full",
                  optimizer: torch.optim.Optimizer | None = None, tensorboard: str | None = None,
-                 scaler: object | None = None, process_group: object | None = None) -> None:
+                 scaler: object | None = None, process_group: object | None = None,
+                 blocks: str | list[str] | None = "auto", sinks: list | tuple = ()) -> None:
         if not isinstance(model, nn.Module):
             raise GradDoctorError(f"watch() needs a torch.nn.Module, got {type(model).__name__}")
         if stats not in STATS:
@@ -85,31 +91,39 @@ class Probe:
             raise GradDoctorError(f"model is already being watched ({type(model).__name__}); close the first "
                                   "probe (leave its `with graddoctor.watch(...)` block) before watching again")
         self.model, self.every, self.stats = model, every, stats
+        self._sinks = sink_lib.check(list(sinks))
+        if tensorboard is not None:  # fails at once, with the install hint, if missing
+            self._sinks.append(sink_lib.named("tensorboard", tensorboard))
         self._trace = Trace(meta={"every": every, "stats": stats, "model": type(model).__name__})
+        self._meta = self._trace.meta
+        self._meta["dtypes"] = dtypes_meta(model, None, scaler)
+        self._meta["blocks"] = []  # names of the blocks in forward order, as they are first seen (blocks.py)
+        self._layout = Layout(model)
+        self._parts = make_parts(model, self._layout, self._meta, stats, scaler, group, compiled, blocks)
+        self._forward_parts = [p for p in self._parts if p.wants_forward]
+        self._checks = Checks(model, hook_input=not compiled, meta=self._meta)
         self._trace.attach_source(self._pool_now)  # readers of probe.trace always see every step
-        self._tb = None
-        if tensorboard is not None:
-            from ..report.tensorboard import TraceWriter
-
-            self._tb = TraceWriter(tensorboard)  # fails at once, with the install hint, if missing
-        self._pending: list[tuple[int, RawStep]] = []  # recorded, not yet pooled into the Trace
+        self._scaler, self._compiled = scaler, compiled
+        self._low_params = any(d in LOW_PRECISION for d in self._meta["dtypes"]["params"])
+        self._pending: list[tuple[int, RawStep]] = []  # fetched, not yet pooled into the Trace
         self._n_recorded = 0
         self._last_recorded = -1  # index of the latest recorded step (its loss may come in step())
-        self._layout = Layout(model)
-        self._extras = Extras(self._layout, self._trace, stats, scaler, group, compiled)
         self._modes = [(m, m.training) for m in modules]
         self._module_hooks: list = []
         self._opt_hooks: list = []
+        self._optimizer: torch.optim.Optimizer | None = None
         self._snapshot: WeightSample | None = None  # sampled weight copies, for update ratios (update.py)
         self._update: tuple | None = None  # (layers, trainable weights, indices of their norms before)
         self._step = 0
-        self._record: StepRecord | None = StepRecord()
+        self._record: StepRecord | None = None
+        self._grads_checked = False  # the every-step gradient check ran for this step
+        self._forwards = 0  # recorded layer calls in the first recorded full step (NO_FORWARD warning)
         self._loss_open = False  # the optimizer ended a step; probe.step(loss) may add its loss
         self._closed = False
         _WATCHED.update(modules)
         if optimizer is not None:
             self.bind_optimizer(optimizer)
-        self._sync_hooks()
+        self._begin()
 
     # -- public ---------------------------------------------------------------------------
     @property
@@ -129,14 +143,18 @@ class Probe:
             self._finish(loss)
             return
         self._loss_open = False
-        if self._extras.holding(self._step - 1):  # DDP: that step's reduction waited for its loss
-            self._pending.extend(self._extras.release(loss))
-            return
+        last = self._step - 1
+        if loss is not None:
+            self._checks.loss(last, loss)
+        for part in self._parts:
+            if part.holding(last):  # DDP: that step's reduction waited for its loss
+                self._pending.extend(part.release(loss))
+                return
         if loss is None:
             return
-        value, last = loss.detach() if isinstance(loss, Tensor) else float(loss), self._step - 1
-        if self._pending and self._pending[-1][0] == last:  # that step was recorded: add its loss
-            self._pending[-1] = (last, self._pending[-1][1]._replace(loss=value))  # read when pooled
+        value = loss.detach() if isinstance(loss, Tensor) else float(loss)
+        if self._pending and self._pending[-1][0] == last and self._pending[-1][1].recorded:
+            self._pending[-1][1].loss = value  # read when pooled
         elif last == self._last_recorded and len(self._trace) and self._trace.steps[-1] == last:  # else: no flush
             self._trace.set_step_metric("loss", float(value))
             self._trace.set_step_metric("nonfinite_loss", float(not np.isfinite(float(value))))
@@ -148,7 +166,7 @@ class Probe:
             h.remove()
         self._opt_hooks = [optimizer.register_step_pre_hook(self._before_update),
                            optimizer.register_step_post_hook(self._after_update)]
-        self._trace.meta["optimizer"] = type(optimizer).__name__
+        self._note_optimizer(optimizer)
 
     def before_update(self, optimizer: torch.optim.Optimizer) -> None:
         """Gradients are final and `optimizer` is about to step (for loops that own the step, e.g. Lightning)."""
@@ -174,17 +192,23 @@ class Probe:
             self._record.closed = True
         self._record, self._snapshot, self._update = None, None, None
         _WATCHED.difference_update(m for m, _ in self._modes)
-        self._pending.extend(self._extras.close())
+        for part in self._parts:
+            self._pending.extend(part.close())
+        tail = self._checks.tail()  # the checks of the steps after the last recorded one
+        if tail is not None:
+            self._pending.append((self._step, tail))
+        self._checks.close()
         self._pool()
-        if self._tb is not None:
-            self._tb.close()
+        for sink in self._sinks:
+            sink.close()
 
     def __enter__(self) -> Probe:
         return self
 
     def __exit__(self, *exc: object) -> None:
         if exc[0] is not None:
-            self._extras.close(clean=False)  # no collective while other ranks may be elsewhere
+            for part in self._parts:
+                part.close(clean=False)  # no collective while other ranks may be elsewhere
         self.close()
 
     def __repr__(self) -> str:
@@ -195,7 +219,7 @@ class Probe:
     # -- hooks ----------------------------------------------------------------------------
     def _on_forward(self, module: nn.Module, args: tuple, out: object) -> None:
         layer = self._layout.index.get(module)
-        x, y = _first_tensor(args), _first_tensor(out)
+        x, y = stats.first_tensor(args), stats.first_tensor(out)
         src = stats.activation_of(x)
         if layer is None:
             layer = self._layout.discover(module, src.name if src else None, stats.per_sample(x),
@@ -204,12 +228,17 @@ class Probe:
         if rec is None or self.stats != "full" or not torch.is_grad_enabled():
             return  # evaluation passes under no_grad are not training steps
         rec.forward(layer, x, src, y)
-        self._extras.forward(layer, x)
+        self._forwards += 1
+        for part in self._forward_parts:
+            part.forward(layer, x)
 
     def _before_update(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         self._loss_open = False
+        self._note_optimizer(optimizer)
         rec = self._record
+        self._grads_checked = True
         if rec is None:
+            self._checks.grads(self._step, params=self._layout.params)
             return
         self._layout.adopt_orphans(first=self._n_recorded == 0)
         plan = self._layout.plan()
@@ -221,7 +250,9 @@ class Probe:
             if params:
                 self._snapshot.take(params)
             norms = torch._foreach_norm(plan.weights) if plan.weights else []
-        start = rec.params(plan, norms)
+        start = rec.params(plan, norms, zeros=self._zeros_wanted())
+        self._checks.grads(self._step, norms=rec.grad_vector)
+        rec.host["lr"] = current_lr(optimizer)
         self._update = (plan.w_layer[train], params, start + np.flatnonzero(train))
 
     def _after_update(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
@@ -239,30 +270,88 @@ class Probe:
         if self._closed:
             raise GradDoctorError("this probe is closed; start a new one with graddoctor.watch(model)")
 
+    def _note_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        if optimizer is not self._optimizer:
+            self._optimizer = optimizer
+            self._meta["optimizer"] = describe_optimizer(optimizer)
+
+    def _zeros_wanted(self) -> bool:
+        """Count exactly-zero gradient elements? Only where 16-bit arithmetic can underflow them."""
+        return self._low_params or self._checks.autocast in LOW_PRECISION
+
     def _finish(self, loss: Tensor | float | None) -> None:
         """End the current step: record it if it is a recorded one, then move on."""
-        rec = self._record
-        self._pending.extend(self._extras.release())  # DDP: a step still waiting for its loss
+        rec, step = self._record, self._step
+        for part in self._parts:  # DDP: a step still waiting for its loss
+            self._pending.extend(part.release())
+        if loss is not None:
+            self._checks.loss(step, loss)
+        gradient_check = not self._grads_checked and self._scaler is None  # a scaler skips inf steps itself
         if rec is not None and not rec.backward_open:  # a backward that raised records nothing
-            skipped = bool(self._opt_hooks) and not rec.params_done  # a bound optimizer did not step
-            if not rec.params_done:
-                self._layout.adopt_orphans(first=self._n_recorded == 0)
-                rec.params(self._layout.plan())
-            if loss is not None:
-                rec.set_loss(loss)
-            token = self._extras.file(rec, skipped)
-            self._pending.extend(self._extras.finish(self._step, rec.finish(), token))
-            self._n_recorded += 1
-            self._last_recorded = self._step
-            if len(self._pending) >= POOL_EVERY:
-                self._pool()
+            self._file(rec, step, loss, gradient_check)
+        elif rec is None and gradient_check:
+            self._checks.grads(step, params=self._layout.params)
         if rec is not None:
             rec.closed = True
         self._step += 1
-        self._record = StepRecord() if self._step % self.every == 0 else None
         if self.every > 1:
             self._snapshot = None  # sampled weight copies: kept only while consecutive steps need them
-        self._sync_hooks()
+        self._begin()
+
+    def _file(self, rec: StepRecord, step: int, loss: Tensor | float | None, gradient_check: bool) -> None:
+        """A recorded step ends: the parts add theirs, one host copy, the parts transform it."""
+        rec.optimizer_skipped = bool(self._opt_hooks) and not rec.params_done  # a bound optimizer did not step
+        if not rec.params_done:
+            self._layout.adopt_orphans(first=self._n_recorded == 0)
+            rec.params(self._layout.plan(), zeros=self._zeros_wanted())
+        if gradient_check and rec.grad_vector is not None:
+            self._checks.grads(step, norms=rec.grad_vector)
+        if loss is not None:
+            rec.set_loss(loss)
+        if self._optimizer is not None and "lr" not in rec.host:
+            rec.host["lr"] = current_lr(self._optimizer)
+        if self._checks.forward_seen:
+            self._meta["dtypes"]["autocast"] = self._checks.autocast
+        first_full = self._n_recorded == 0 and self.stats == "full" and not self._compiled
+        if first_full and self._forwards == 0 and any(p.grad is not None for p in self._layout.params):
+            warnings.warn(NO_FORWARD, stacklevel=4)
+        self._checks.file(rec)
+        spans = []
+        for part in self._parts:
+            start = rec.size
+            spans.append((part, part.file(rec), start, rec.size))
+        raw = rec.finish()  # the one host copy
+        owns = [raw.values[a:b].copy() for _, _, a, b in spans]
+        if spans:
+            raw = raw.cut(spans[0][2], spans[-1][3])  # the parts' own values leave the step
+        for (part, token, _, _), own in zip(spans, owns):
+            raw = part.finish(step, raw, token, own)
+            if raw is None:  # held until its loss is known (DDP)
+                break
+        if raw is not None:
+            self._pending.append((step, raw))
+        self._n_recorded += 1
+        self._last_recorded = step
+        if len(self._pending) >= POOL_EVERY:
+            self._pool()
+
+    def _begin(self) -> None:
+        """A step begins: a record if it is a recorded one; hooks attached only while needed."""
+        recorded = self._step % self.every == 0
+        self._record = StepRecord() if recorded else None
+        self._grads_checked = False
+        self._checks.step, self._checks.forward_seen = self._step, False
+        full = recorded and self.stats == "full" and not self._compiled
+        for part in self._parts:
+            part.begin(self._record, full)
+        # module hooks: recorded steps (full); the first step (norms), to learn the layer order
+        want = recorded and not self._compiled and (self.stats == "full" or self._n_recorded == 0)
+        if want and not self._module_hooks:
+            self._module_hooks = [m.register_forward_hook(self._on_forward) for m in self._layout.candidates()]
+        elif not want and self._module_hooks:
+            for h in self._module_hooks:
+                h.remove()
+            self._module_hooks = []
 
     def _pool(self) -> None:
         """Flush the buffered steps into the Trace (through the Trace, which guards re-entry)."""
@@ -272,24 +361,17 @@ class Probe:
         """Turn the buffered steps into Trace rows (numpy, many steps at once)."""
         if not self._pending:
             return
+        pending, self._pending = self._pending, []
+        self._checks.scan([raw for _, raw in pending])
+        recorded = [(step, raw) for step, raw in pending if raw.recorded]
+        if not recorded:
+            return
         layers = self._layout.layers
-        self._trace.add_layers([layer.info() for layer in layers[len(self._trace.layers):]])
-        values, step_values = pool_steps([raw for _, raw in self._pending], len(layers))
-        for (step, _), lv, sv in zip(self._pending, values, step_values):
+        self._trace.add_layers([layer.info() for layer in layers[len(self._trace._layers):]])
+        pooled = pool_steps([raw for _, raw in recorded], len(layers), len(self._meta.get("blocks", ())))
+        for (step, _), lv, sv, series in zip(recorded, pooled.layer, pooled.step, pooled.series):
             self._trace.append(step, lv, sv)
-        self._pending = []
-        if self._tb is not None:
-            self._tb.write_new(self._trace)
-
-    def _sync_hooks(self) -> None:
-        """Module hooks exist only while needed: recorded steps (full), the first step (norms)."""
-        want = self._record is not None and (self.stats == "full" or self._n_recorded == 0)
-        want = want and self._extras.module_hooks
-        self._extras.sync(self._record is not None and self.stats == "full")
-        if want and not self._module_hooks:
-            self._module_hooks = [m.register_forward_hook(self._on_forward)
-                                  for m in self._layout.candidates()]
-        elif not want and self._module_hooks:
-            for h in self._module_hooks:
-                h.remove()
-            self._module_hooks = []
+            for (name, key), values in series.items():
+                self._trace.series.add(name, MODEL if key < 0 else layers[key].name, step, values)
+        for sink in self._sinks:
+            sink.write_new(self._trace)

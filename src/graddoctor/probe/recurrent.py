@@ -17,6 +17,10 @@ detached copy that requires one, on recorded steps only: same values, same param
 gradients, plus one (B, T, input) gradient the backward computes; the probe's own
 input_grad_rms of that layer stays nan, as for any raw input. PackedSequence inputs
 and outputs are skipped (their time axis is packed away).
+
+Each call's gradient is reduced at once to a vector of sums of squares over time steps and
+filed as one row of slot time_input / time_output (slots.py: pooled, unscaled and reduced
+across ranks like every other error signal).
 """
 from __future__ import annotations
 
@@ -26,9 +30,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .parts import Part
+from .record import KEY, SLOT, RawStep
+from .slots import INPUT_GRAD, TIME_INPUT, TIME_OUTPUT
+
 # Dispatch: recurrent module class -> how to find its time axis (RNN, LSTM and GRU derive
 # from RNNBase, whose `batch_first` says where time is). Other modules are not recurrent here.
 RECURRENT: tuple[type[nn.Module], ...] = (nn.RNNBase,)
+SLOT_OF = {"input": TIME_INPUT, "output": TIME_OUTPUT}
 SERIES = {"input": "time_input_grad", "output": "time_output_grad"}  # kind -> Trace.series name
 
 
@@ -58,48 +67,27 @@ def per_step_sq(g: Tensor, axis: int) -> Tensor:
     return torch.linalg.vector_norm(g, dim=dims).square() if dims else g.square()
 
 
-def pool_calls(calls: list[tuple[str, str, int, np.ndarray]]) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
-    """(kind, layer, batch, sums of squares (T,)) per call -> (kind, layer): (sums, sequences) per t.
+class TimePart(Part):
+    """Hooks on the recurrent layers, attached during recorded full steps only; one row per call."""
 
-    A layer called twice in a step pools both calls position by position (as the probe pools
-    every metric), so sequences of different lengths add where both have a step t.
-    """
-    out: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
-    for kind, layer, batch, sq in calls:
-        s, n = out.get((kind, layer), (np.zeros(0), np.zeros(0)))
-        width = max(len(s), len(sq))
-        s, n = np.pad(s, (0, width - len(s))), np.pad(n, (0, width - len(n)))
-        s[: len(sq)] += sq
-        n[: len(sq)] += batch
-        out[(kind, layer)] = (s, n)
-    return out
-
-
-def per_sample_norm(sums: np.ndarray, sequences: np.ndarray) -> np.ndarray:
-    """sqrt(sum of squares / sequences) at each t: the per-sample norm the series store."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.sqrt(sums / sequences)
-
-
-class TimeRecorder:
-    """Hooks on the recurrent layers, attached during recorded steps only; one step's norms per t."""
-
-    def __init__(self, names: dict[nn.Module, str], modules: list[nn.Module]) -> None:
-        self.names = names
+    def __init__(self, layout, modules: list[nn.Module], meta: dict) -> None:
+        self.layout = layout
         self.modules = [m for m in modules if is_recurrent(m)]
         self._handles: list = []
-        self._pending: list[tuple[str, str, int, Tensor]] = []  # (kind, layer, batch, (T,) device)
+        self._rec = None
         self.substituted: set[nn.Module] = set()  # layers handed a grad-requiring copy of their input
-        self.closed = False
+        meta["recurrent"] = {layout.names[m]: {"type": type(m).__name__, "bidirectional": m.bidirectional,
+                                                     "batch_first": m.batch_first} for m in self.modules}
 
-    def attach(self) -> None:
-        """Hook every recurrent layer (no-op if attached)."""
-        if not self._handles:
+    def begin(self, rec, full: bool) -> None:
+        self._rec, self.substituted = (rec if full else None), set()
+        if self._rec is not None and not self._handles:
             for m in self.modules:
                 self._handles += [m.register_forward_pre_hook(self._pre), m.register_forward_hook(self._post)]
+        elif self._rec is None:
+            self._detach()
 
-    def detach(self) -> None:
-        """Remove the hooks."""
+    def _detach(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []
@@ -114,24 +102,30 @@ class TimeRecorder:
         return None
 
     def _post(self, module: nn.Module, args: tuple, out: object) -> None:
-        if not torch.is_grad_enabled() or self.closed:
+        if not torch.is_grad_enabled() or self._rec is None:
             return
-        name = self.names[module]
         y = out[0] if isinstance(out, tuple) else out
         for kind, t in (("input", args[0] if args else None), ("output", y)):
             if isinstance(t, Tensor) and t.requires_grad and t.dim() >= 2:
-                t.register_hook(partial(self._grad, kind, name, time_axis(module, t), batch_of(module, t)))
+                t.register_hook(partial(self._grad, self._rec, module, SLOT_OF[kind], time_axis(module, t),
+                                        batch_of(module, t)))
 
-    def _grad(self, kind: str, name: str, axis: int, batch: int, g: Tensor) -> None:
-        if not self.closed:
-            self._pending.append((kind, name, batch, per_step_sq(g.detach(), axis)))  # reduced at once
+    def _grad(self, rec, module: nn.Module, slot: int, axis: int, batch: int, g: Tensor) -> None:
+        layer = self.layout.index.get(module)
+        if rec.closed or layer is None:
+            return
+        v = per_step_sq(g.detach(), axis)  # reduced at once
+        rec.file(slot, layer, batch, rec.append(v), len(v))
 
-    def take(self) -> tuple[list[tuple[str, str, int, int]], list[Tensor]]:
-        """This step's calls as (kind, layer, batch, length) and their (T,) device tensors; resets."""
-        pending, self._pending = self._pending, []
-        return [(k, n, b, len(v)) for k, n, b, v in pending], [v for *_, v in pending]
+    def finish(self, step: int, raw: RawStep, token: object, own: np.ndarray) -> RawStep | None:
+        """Without the input_grad rows of layers whose input needed no gradient by itself."""
+        layers = [self.layout.index[m] for m in self.substituted if m in self.layout.index]
+        if not layers:
+            return raw
+        t = raw.table()
+        return raw.keep(~((t[:, SLOT] == INPUT_GRAD) & np.isin(t[:, KEY], layers)))
 
-    def reset(self) -> None:
-        """Forget what a step that will not be recorded left behind (e.g. a backward that raised)."""
-        self._pending = []
-        self.substituted = set()
+    def close(self, clean: bool = True) -> list:
+        self._rec = None
+        self._detach()
+        return []

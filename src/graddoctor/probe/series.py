@@ -4,10 +4,14 @@ A series is named (e.g. "time_input_grad": the error signal per time step of a r
 layer) and keyed by layer name; each recorded step stores one 1-D float64 array, whose length
 may change from step to step (sequence lengths vary). Saved into the Trace's .npz as plain
 arrays (nan-padded), so files stay pickle-free, and files without series load as before.
+Series of the whole model (e.g. "block_delta_rms": one value per block, in forward order,
+named in trace.meta["blocks"]) use the layer key MODEL ("").
 """
 from __future__ import annotations
 
 import numpy as np
+
+MODEL = ""  # the layer key of a model-level series
 
 
 class Series:
@@ -28,7 +32,7 @@ class Series:
         """Layers that have series `name`."""
         return [layer for n, layer in self._data if n == name]
 
-    def get(self, name: str, layer: str) -> tuple[np.ndarray, np.ndarray]:
+    def get(self, name: str, layer: str = MODEL) -> tuple[np.ndarray, np.ndarray]:
         """(steps (k,), values (k, longest length)), ordered by step, nan-padded; empty if absent."""
         by_step = self._data.get((name, layer), {})
         steps = np.array(sorted(by_step), dtype=np.int64)

@@ -75,6 +75,17 @@ def _slope(source: Source) -> float | Tensor:
     return 0.0
 
 
+def first_tensor(obj: object) -> Tensor | None:
+    """The first tensor in a module's arguments or output (tuples, lists, dicts, ModelOutputs), depth first."""
+    if isinstance(obj, Tensor):
+        return obj
+    if isinstance(obj, (tuple, list)):
+        return next((t for t in map(first_tensor, obj) if t is not None), None)
+    if isinstance(obj, dict):  # transformers' ModelOutput is an OrderedDict of its non-None fields
+        return first_tensor(list(obj.values()))
+    return None
+
+
 def per_sample(t: Tensor | None) -> int:
     """Elements per sample: dimension 0 is the batch (0 for no tensor)."""
     if t is None:

@@ -32,12 +32,14 @@ LAYER_METRICS: tuple[str, ...] = (
     "dead",            # fraction of input units that are exactly zero for every sample in the batch
     "nonfinite_grad",  # count of NaN/Inf entries in the layer's parameter gradients
     "nonfinite_act",   # count of NaN/Inf entries in the layer's output
+    "grad_zero_frac",  # fraction of exactly-zero parameter-gradient elements (16-bit runs only, else nan)
 )
 # Per step, model-level.
 STEP_METRICS: tuple[str, ...] = (
     "loss",
     "global_grad_norm",  # ||all parameter gradients||
     "nonfinite_loss",    # 1 if the loss was NaN/Inf
+    "lr",                # learning rate of the optimizer's first param group (nan without an optimizer)
 )
 FORMAT_VERSION = 1
 
@@ -61,7 +63,7 @@ class Trace:
         self._layers: list[LayerInfo] = list(layers or [])
         self._source = None  # the recorder that buffers rows (a Probe): flushed before any read
         self._syncing = False
-        self.meta: dict = dict(meta or {})
+        self._meta: dict = dict(meta or {})
         self.series = Series()  # per-layer arrays beside the metrics (e.g. per time step, recurrent.py)
         self._n = 0
         self._steps = np.zeros(16, dtype=np.int64)
@@ -82,6 +84,16 @@ class Trace:
                 self._syncing = False
 
     @property
+    def meta(self) -> dict:
+        """Run metadata (JSON-able): what the recorder knows beyond the arrays (optimizer, dtypes, ...)."""
+        self._sync()
+        return self._meta
+
+    @meta.setter
+    def meta(self, value: dict) -> None:
+        self._meta = dict(value)
+
+    @property
     def layers(self) -> list[LayerInfo]:
         """The probed layers, in forward order."""
         self._sync()
@@ -96,15 +108,16 @@ class Trace:
         self._layer = np.concatenate([self._layer, pad], axis=1)
 
     def append(self, step: int, layer_values: np.ndarray, step_values: np.ndarray) -> None:
-        """Record one step: layer_values (n_layers, n_metrics), step_values (n_step_metrics,)."""
+        """Record one step: layer_values (n_layers, n_metrics), step_values (n_step_metrics,), in schema order."""
         if self._n == len(self._steps):  # amortised doubling, no per-step reallocation
             grow = len(self._steps)
             self._steps = np.concatenate([self._steps, np.zeros(grow, np.int64)])
             self._layer = np.concatenate([self._layer, np.full((grow,) + self._layer.shape[1:], np.nan)])
             self._step = np.concatenate([self._step, np.full((grow, len(STEP_METRICS)), np.nan)])
         self._steps[self._n] = step
-        self._layer[self._n, : layer_values.shape[0]] = layer_values
-        self._step[self._n] = step_values
+        # metrics are only ever appended to the schema: shorter rows (older writers) leave the rest nan
+        self._layer[self._n, : layer_values.shape[0], : layer_values.shape[1]] = layer_values
+        self._step[self._n, : len(step_values)] = step_values
         self._n += 1
 
     def set_step_metric(self, metric: str, value: float) -> None:

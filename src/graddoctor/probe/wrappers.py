@@ -3,7 +3,7 @@
 - torch.compile: a compiled graph does not run module hooks added after it was traced (dynamo
   skips hook guards), so stats="full" on an OptimizedModule is refused with what to do
   instead; stats="norms" (optimizer hooks and parameter gradients only) works on it, with no
-  module hook at all. Calling a compiled copy of a watched module is warned about (extras.py).
+  module hook at all. Calling a compiled copy of a watched module is warned about (probe.py).
 - DistributedDataParallel: the wrapped module is watched (its names, as in a single process),
   and the DDP's process group is the one each recorded step is reduced over.
 """

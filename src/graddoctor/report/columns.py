@@ -16,8 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from rich import box
-from rich.console import Console
-from rich.measure import Measurement
 from rich.table import Column, Table
 from rich.text import Text
 
@@ -90,14 +88,27 @@ def cells(rows: list[dict]) -> dict[str, list[str]]:
     return {c.header: [c.cell(i, row) for i, row in enumerate(rows, 1)] for c in COLUMNS}
 
 
+SEP = 3  # characters between two columns (box.SIMPLE_HEAD, no edge, no edge padding)
+
+
+def _width(c: Col, texts: dict[str, list[str]], name_w: int, bar_w: int) -> int:
+    """A column's width: its widest cell or header (the layer column: name_w; the bar: bar_w)."""
+    w = max([len(c.header)] + [len(t) for t in texts[c.header]])
+    if c.header == "layer":
+        return max(min(w, name_w), len(c.header))
+    return bar_w if c.header == BAR else w
+
+
+def _total(cols: list[Col], texts: dict[str, list[str]], name_w: int, bar_w: int) -> int:
+    return sum(_width(c, texts, name_w, bar_w) for c in cols) + SEP * (len(cols) - 1)
+
+
 def _build(rows: list[dict], texts: dict[str, list[str]], cols: list[Col], name_w: int, bar_w: int) -> Table:
     spec = []
     for c in cols:
-        w = max([len(c.header)] + [len(t) for t in texts[c.header]])
-        if c.header == "layer":
-            spec.append(Column(c.header, width=max(min(w, name_w), len(c.header)), overflow="fold"))
-        elif c.header == BAR:
-            spec.append(Column(c.header, width=bar_w, no_wrap=True))
+        w = _width(c, texts, name_w, bar_w)
+        if c.header == "layer":  # folds: a long name takes more lines, never loses a character
+            spec.append(Column(c.header, width=w, overflow="fold"))
         else:
             spec.append(Column(c.header, width=w, no_wrap=True, justify="left" if c.left else "right"))
     t = Table(*spec, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
@@ -107,11 +118,6 @@ def _build(rows: list[dict], texts: dict[str, list[str]], cols: list[Col], name_
     return t
 
 
-def _measure(t: Table) -> int:
-    console = Console(width=10_000, file=None, color_system=None)
-    return Measurement.get(console, console.options, t).maximum
-
-
 def fit(rows: list[dict], width: int | None = None, wide: bool = False) -> Fitted:
     """The table for `width` characters (None: its natural width, every default column)."""
     texts = cells(rows)
@@ -119,7 +125,7 @@ def fit(rows: list[dict], width: int | None = None, wide: bool = False) -> Fitte
     longest = max(len(t) for t in texts["layer"] + ["layer"])
     name_w, bar_w = longest, BAR_MAX
     if width is not None:
-        need = lambda name, bar: _measure(_build(rows, texts, cols, name, bar))
+        need = lambda name, bar: _total(cols, texts, name, bar)
         fold = min(longest, NAME_FOLD)
         droppable = sorted((c for c in cols if c.drop), key=lambda c: -c.drop)
         while need(fold, BAR_MIN) > width and droppable:
@@ -128,5 +134,5 @@ def fit(rows: list[dict], width: int | None = None, wide: bool = False) -> Fitte
         spare = max(0, width - need(fold, BAR_MIN))  # the room left goes to the names first, then the bar
         name_w = fold + min(spare, longest - fold)
         bar_w = BAR_MIN + min(BAR_MAX - BAR_MIN, spare - (name_w - fold))  # (unused when the bar went)
-    t = _build(rows, texts, cols, name_w, bar_w)
-    return Fitted(t, _measure(t), [c.header for c in COLUMNS if c not in cols])
+    return Fitted(_build(rows, texts, cols, name_w, bar_w), _total(cols, texts, name_w, bar_w),
+                  [c.header for c in COLUMNS if c not in cols])

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import GradDoctorError
 from ..probe.trace import Trace
-from ..store import RunStore
+
+if TYPE_CHECKING:
+    from ..store import RunStore
 
 SCALAR_METRICS = ("grad_rms", "delta_rms", "update_ratio", "saturated", "dead")  # one chart per layer
 HISTOGRAM_METRICS = ("grad_rms", "delta_rms")  # log10 across layers, one histogram per step
@@ -61,7 +64,11 @@ def write_trace(trace: Trace, log_dir: str | Path) -> int:
 
 
 class TraceWriter:
-    """Streams a growing Trace to TensorBoard: each call writes the rows added since the last."""
+    """Streams a growing Trace to TensorBoard: each call writes the rows added since the last.
+
+    A probe sink (graddoctor.probe.sinks): watch(model, sinks=[TraceWriter(DIR)]), or
+    watch(model, tensorboard=DIR) for short.
+    """
 
     def __init__(self, log_dir: str | Path) -> None:
         self.writer = summary_writer(log_dir)

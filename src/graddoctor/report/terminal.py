@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from rich.console import Console, Group, RenderableType
+from rich.measure import Measurement
 from rich.padding import Padding
 from rich.panel import Panel
 from rich.segment import Segment, Segments
@@ -19,7 +20,7 @@ from rich.text import Text
 from ..diagnose.findings import Diagnosis
 from .columns import BAR, fit, signal_bar
 
-__all__ = ["output_width", "print_diagnosis", "render_text", "signal_bar", "verdict"]
+__all__ = ["output_width", "print_diagnosis", "print_uncut", "render_text", "signal_bar", "verdict"]
 
 PROSE_MIN = 80  # at natural width, prose (title, verdict) wraps at the table's width, but at least this
 _STYLE = {"info": "cyan", "warning": "yellow", "critical": "bold red"}
@@ -121,6 +122,17 @@ def _emit(console: Console, parts: list[RenderableType], width: int) -> None:
     segments = [seg for part in parts for line in console.render_lines(part, options, pad=False)
                 for seg in [*_rstrip(line), Segment.line()]]
     console.print(Segments(segments), crop=False, end="")
+
+
+def print_uncut(console: Console, renderable: RenderableType) -> None:
+    """Print a table (or any renderable) without rich shortening a cell to fit the width.
+
+    In a pipe without $COLUMNS it is printed at its natural width; otherwise at the output
+    width, or at the least width that keeps every no-wrap cell whole if that is wider.
+    """
+    width = output_width(console)
+    need = Measurement.get(console, console.options.update_width(10_000), renderable)
+    _emit(console, [renderable], need.maximum if width is None else max(width, need.minimum))
 
 
 def print_diagnosis(diagnosis: Diagnosis, console: Console | None = None, wide: bool = False,

@@ -1,8 +1,9 @@
 """Writing a run while it trains: the Recorder (`train(on_step=...)`) and the rows it writes.
 
 Each flush writes, in one transaction, the Trace rows recorded since the last one (per-layer
-statistics, per-step scalars, new layers), the Trace.series entries of those steps, and the
-per-step losses; a SIGKILL loses at most the steps since the last commit.
+statistics, per-step scalars, new layers), the Trace.series entries of those steps, the
+per-step losses and trace.meta if it changed; a SIGKILL loses at most the steps since the
+last commit.
 """
 from __future__ import annotations
 
@@ -41,14 +42,17 @@ def write_series(db: sqlite3.Connection, run_id: int, rows: list[tuple[str, str,
 
 
 def write_rows(db: sqlite3.Connection, cols: dict[str, list[str]], run_id: int, trace: Trace, start: int,
-               layers_known: int, losses: dict[int, float]) -> None:
-    """Write trace rows [start:], their series entries, new layers and losses in the open transaction."""
+               layers_known: int, losses: dict[int, float], meta_written: str | None = None) -> str:
+    """Write trace rows [start:], their series entries, new layers, losses and changed metadata in the
+    open transaction; returns the metadata as written (pass it back next time)."""
     lc, sc = cols["layer_stats"], cols["steps"]
     if len(trace.layers) > layers_known:
         db.executemany("INSERT OR REPLACE INTO layers VALUES (?, ?, ?, ?, ?)",
                        [(run_id, i, x.name, x.type, json.dumps(asdict(x)))
                         for i, x in enumerate(trace.layers) if i >= layers_known])
-        db.execute("UPDATE runs SET meta=? WHERE id=?", (to_json(trace.meta), run_id))
+    meta = to_json(trace.meta)  # grows while training (blocks seen, AMP-skipped steps, first non-finite step)
+    if meta != meta_written:
+        db.execute("UPDATE runs SET meta=? WHERE id=?", (meta, run_id))
     if len(trace) > start:
         part = trace.select(slice(start, len(trace)))  # its .series: the entries at these steps
         lv = np.stack([part[m] for m in lc], axis=-1)  # (k steps, layers, metrics)
@@ -64,6 +68,7 @@ def write_rows(db: sqlite3.Connection, cols: dict[str, list[str]], run_id: int, 
                    "ON CONFLICT (run_id, step) DO UPDATE SET loss=excluded.loss",
                    [(run_id, s, v) for s, v in losses.items()])
     db.execute("UPDATE runs SET updated=? WHERE id=?", (time.time(), run_id))
+    return meta
 
 
 class Recorder:
@@ -82,10 +87,11 @@ class Recorder:
         self.store, self.run_id, self.trace, self.commit_every = store, run_id, trace, int(commit_every)
         self._rows = self._layers = self._calls = 0  # trace rows / layers already written; calls
         self._losses: dict[int, float] = {}  # per-step losses not yet written
+        self._meta: str | None = None  # trace.meta as last written (JSON)
 
     def attach(self, trace: Trace) -> None:
         """Record this Trace from now on (e.g. the probe's, once it exists)."""
-        self.trace, self._rows, self._layers = trace, 0, 0
+        self.trace, self._rows, self._layers, self._meta = trace, 0, 0, None
 
     def __call__(self, step: int, loss: float) -> None:
         """The `on_step(step, loss)` callback of `graddoctor.train`."""
@@ -98,7 +104,8 @@ class Recorder:
         """Write everything new in one transaction (`all_series`: every series entry, not only new steps')."""
         trace = self.trace if self.trace is not None else Trace()
         with self.store.transaction() as db:
-            write_rows(db, self.store.columns, self.run_id, trace, self._rows, self._layers, self._losses)
+            self._meta = write_rows(db, self.store.columns, self.run_id, trace, self._rows, self._layers,
+                                    self._losses, self._meta)
             if all_series and len(trace.series):  # O(all entries): once, when the run ends
                 write_series(db, self.run_id, series_rows(trace.series))
         self._rows, self._layers, self._losses = len(trace), len(trace.layers), {}

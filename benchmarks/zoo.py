@@ -1,0 +1,295 @@
+"""graddoctor's verdicts on the zoo of real architectures (tests/zoo.py), calibration vs held-out.
+
+Every zoo model is judged at init (one forward/backward under watch) and after `--steps` steps of
+its own recipe (AdamW, its loss) under watch(optimizer=); every planted pathology likewise. For
+each: the verdict at init and after training, the expected one, seconds. Summary lines, apart for
+the calibration and the held-out half (families split before any tuning, tests/zoo.py):
+- false alarms: healthy models with any finding worse than info, at init / after training;
+- detection: planted cases where a finding of an acceptable kind was made in the phase(s) where
+  the pathology is visible (for exploding, a non_finite finding counts: it is where it ends);
+- cause in the top two: such a finding ranks an acceptable cause first or second;
+- localised: such a finding names layers of which at least half lie in the planted blocks;
+- exceptions raised, and runs that left a hook behind.
+Writes docs/results/zoo.json and docs/results/zoo.md (the table + summary).
+
+    python benchmarks/zoo.py                     # everything, seed 0, 50 steps
+    python benchmarks/zoo.py --only gpt2,bert    # a few models (zoo or planted names)
+    python benchmarks/zoo.py --oracle            # the plain-autograd measurements behind each planted truth
+    python benchmarks/zoo.py --lr-sweep          # loss drop per learning rate (the recipes' lr choice)
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import transformers
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+import zoo  # noqa: E402
+import zoo_oracle  # noqa: E402
+import zoo_planted  # noqa: E402
+
+from graddoctor.progress import bar  # noqa: E402
+
+RESULTS = ROOT / "docs" / "results"
+
+
+# -- scoring (pure) -----------------------------------------------------------------------------
+def verdict(d) -> dict | None:
+    """A Diagnosis reduced to what the table and the scores need."""
+    if d is None:
+        return None
+    bad = [f for f in d.findings if f.severity != "info"]
+    return {"healthy": d.healthy, "kinds": sorted(d.kinds()),
+            "findings": [{"kind": f.kind, "severity": f.severity, "layers": list(f.layers),
+                          "causes": [c.name for c in f.causes[:2]]} for f in bad],
+            "info": sorted({f.kind for f in d.findings if f.severity == "info"})}
+
+
+def show(v: dict | None) -> str:
+    """The verdict as the table prints it."""
+    if v is None:
+        return "-"
+    if v["healthy"]:
+        return "healthy"
+    return ", ".join(f"{f['kind']} ({f['severity'][:4]}, {f['causes'][0] if f['causes'] else '?'})"
+                     for f in v["findings"])
+
+
+def score_planted(p: zoo.Planted, v: dict | None) -> dict:
+    """Detection, cause in the top two, localisation of one planted case in one phase."""
+    if v is None:
+        return {"detected": False, "cause": False, "localised": None if not p.blocks else False}
+    want = set(p.kinds)
+    match = [f for f in v["findings"] if f["kind"] in want or (f["kind"] == "non_finite" and "exploding" in want)]
+    loc = None
+    if p.blocks:
+        loc = any(f["layers"] and sum(any(x.startswith(b) for b in p.blocks) for x in f["layers"])
+                  >= len(f["layers"]) / 2 for f in match)
+    return {"detected": bool(match), "cause": any(set(f["causes"]) & set(p.causes) for f in match),
+            "localised": loc}
+
+
+def phases(when: str) -> tuple[str, ...]:
+    """The phases in which a pathology visible `when` is scored."""
+    return {"init": ("init",), "trained": ("trained",), "both": ("init", "trained")}[when]
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Per half: false alarms, detection, cause top-2, localisation, exceptions, hooks left behind."""
+    out = {}
+    for half in zoo.HALVES:
+        rs = [r for r in rows if r["half"] == half]
+        healthy = [r for r in rs if r["kind"] == "zoo" and r["expected"] == "healthy"]
+        harmless = [r for r in rs if r["kind"] == "harmless"]
+        planted = [s for r in rs if r["kind"] == "planted" for s in r["scores"].values()]
+        frac = lambda xs: [sum(xs), len(xs)]
+        alarm = lambda r, ph: not (r[ph] or {"healthy": False})["healthy"]
+        out[half] = {
+            "false_alarms_init": frac([alarm(r, "init") for r in healthy]),
+            "false_alarms_trained": frac([alarm(r, "trained") for r in healthy]),
+            "harmless_alarms_init": frac([alarm(r, "init") for r in harmless]),
+            "harmless_alarms_trained": frac([alarm(r, "trained") for r in harmless]),
+            "detection": frac([s["detected"] for s in planted]),
+            "cause_top2": frac([s["cause"] for s in planted]),
+            "localised": frac([s["localised"] for s in planted if s["localised"] is not None]),
+            "exceptions": frac([r["error"] is not None for r in rs]),
+            "hooks_left": frac([not r["hooks_clean"] for r in rs]),
+        }
+    return out
+
+
+# -- running ------------------------------------------------------------------------------------
+def run_one(kind: str, m: zoo.ZooModel, seed: int, steps: int, every: int, planted: zoo.Planted | None) -> dict:
+    """Judge one recipe and score it."""
+    v = zoo.judge(m, seed=seed, steps=steps, every=every)
+    init, trained = verdict(v.init), verdict(v.trained)
+    expected = {"zoo": m.expected, "harmless": "healthy", "unscored": "(not scored)"}.get(kind)
+    row = {"name": m.name, "kind": kind, "family": m.family, "half": m.half, "seed": seed,
+           "expected": expected or "+".join(sorted(planted.kinds)), "fault": planted.fault if planted else None,
+           "when": planted.when if kind == "planted" else None, "init": init, "trained": trained,
+           "seconds": round(v.seconds, 2), "loss_first": v.losses[0] if v.losses else None,
+           "loss_last": statistics.fmean(v.losses[-5:]) if v.losses else None,
+           "error": v.error, "hooks_clean": v.hooks_clean}
+    if kind == "planted":
+        row["scores"] = {ph: score_planted(planted, init if ph == "init" else trained) for ph in phases(planted.when)}
+    return row
+
+
+def fmt(x: float | None) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:.2f}"
+
+
+TITLES = {"zoo": "The zoo (unmodified; a model expected unhealthy is scored as a planted case)",
+          "planted": "Planted pathologies (scored)",
+          "harmless": "Harmless plantings (expected healthy)", "unscored": "Unscored plantings (harm without a "
+          "gradient signature, or mild; shown, not counted)"}
+
+
+def table(rows: list[dict]) -> str:
+    """The per-model markdown tables, one per row kind."""
+    out = []
+    for kind in KINDS:
+        rs = [r for r in rows if r["kind"] == kind]
+        if not rs:
+            continue
+        out += [f"\n**{TITLES[kind]}**\n", "| model | half | fault | expected | at init | after training | loss | s |",
+                "|---|---|---|---|---|---|---|---|"]
+        for r in rs:
+            exp = r["expected"] + (f" ({r['when']})" if r["when"] else "")
+            err = f" **error:** {r['error']}" if r["error"] else ""
+            hooks = "" if r["hooks_clean"] else " **hooks left**"
+            seed = f" (seed {r['seed']})" if r["seed"] else ""
+            out.append(f"| {r['name']}{seed} | {r['half']} | {r['fault'] or '-'} | {exp} | {show(r['init'])} | "
+                       f"{show(r['trained'])}{err}{hooks} | {fmt(r['loss_first'])} → {fmt(r['loss_last'])} | "
+                       f"{r['seconds']:.1f} |")
+    return "\n".join(out)
+
+
+def summary_lines(s: dict) -> list[str]:
+    """One line per half and measure."""
+    pct = lambda a: f"{a[0]}/{a[1]}" + (f" ({100 * a[0] / a[1]:.0f}%)" if a[1] else "")
+    out = []
+    for half, v in s.items():
+        out.append(f"{half}: false alarms on the healthy zoo at init {pct(v['false_alarms_init'])}, after "
+                   f"training {pct(v['false_alarms_trained'])}; on harmless plantings at init "
+                   f"{pct(v['harmless_alarms_init'])}, after training {pct(v['harmless_alarms_trained'])}; planted "
+                   f"detection {pct(v['detection'])}, cause in top two {pct(v['cause_top2'])}, localised "
+                   f"{pct(v['localised'])}; exceptions {pct(v['exceptions'])}, hooks left {pct(v['hooks_left'])}")
+    return out
+
+
+def wrong(rows: list[dict]) -> list[str]:
+    """The names of the models (and planted cases) that got a wrong verdict, per phase."""
+    out = []
+    for r in rows:
+        if r["expected"] == "healthy":
+            ph = [p for p in ("init", "trained") if not (r[p] or {"healthy": False})["healthy"]]
+        elif r["kind"] == "planted":
+            ph = [p for p, s in r["scores"].items() if not s["detected"]]
+        else:
+            continue
+        if ph or r["error"]:
+            out.append(f"{r['name']} ({r['half']}): {', '.join(ph) or 'error'}")
+    return out
+
+
+KINDS = ("zoo", "planted", "harmless", "unscored")  # row kinds, in table order
+
+
+def select(only: str | None) -> list[tuple[str, zoo.ZooModel, zoo.Planted | None]]:
+    """The recipes to judge: the healthy zoo, planted, harmless and unscored plantings (or the named subset)."""
+    items = [("zoo", m, None) for m in zoo.ZOO]
+    items += [(p.extra["category"], p.model, p) for p in zoo_planted.ALL]
+    items.sort(key=lambda it: KINDS.index(it[0]))
+    if only:
+        names = set(only.split(","))
+        unknown = names - {m.name for _, m, _ in items}
+        if unknown:
+            sys.exit(f"zoo: error: unknown name(s) {', '.join(sorted(unknown))}; choose from: "
+                     f"{', '.join(m.name for _, m, _ in items)}")
+        items = [it for it in items if it[1].name in names]
+    return items
+
+
+def bench(args: argparse.Namespace) -> None:
+    torch.set_num_threads(1)
+    items = select(args.only)
+    rows = []
+    with bar(len(items) * args.seeds, "judging the zoo") as b:
+        for seed in range(args.seeds):
+            for kind, m, p in items:
+                rows.append(run_one(kind, m, seed, args.steps, args.every, p))
+                b.update(1, model=m.name)
+    s = summarise(rows)
+    n = {k: sum(it[0] == k for it in items) for k in KINDS}
+    head = (f"{len(items)} recipes ({n['zoo']} zoo models, {n['planted']} planted pathologies, {n['harmless']} "
+            f"harmless and {n['unscored']} unscored plantings), seeds 0..{args.seeds - 1}, {args.steps} steps, "
+            f"every={args.every}; torch {torch.__version__}, transformers {transformers.__version__}, one CPU thread")
+    lines = summary_lines(s)
+    wr = wrong(rows)
+    md = "\n".join([f"{head}\n", "**Summary**\n", *[f"- {x}" for x in lines], "",
+                    "**Wrong verdicts** (phase)\n", *([f"- {x}" for x in wr] or ["- none"]), "",
+                    table(rows), ""])
+    print(table(rows), "", *lines, "", "wrong verdicts:", *(wr or ["none"]), sep="\n")
+    if not args.only:  # the results files hold full runs only
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "zoo.md").write_text(md)
+    if args.json or not args.only:
+        path = Path(args.json) if args.json else RESULTS / "zoo.json"
+        path.write_text(json.dumps({"config": vars(args), "header": head, "summary": s, "wrong": wr,
+                                    "rows": rows}, indent=1))
+        print(f"\nwrote {path}" + ("" if args.only else f" and {RESULTS / 'zoo.md'}"))
+
+
+def oracle(args: argparse.Namespace) -> None:
+    """Re-measure each planting by plain autograd: does its claim hold, and which category is it?"""
+    torch.set_num_threads(1)
+    cases = [p for p in zoo_planted.ALL if not args.only or p.name in args.only.split(",")]
+    seeds = tuple(range(args.seeds or 3))
+    found = {}
+    with bar(len(cases), "measuring plantings") as b:
+        for p in cases:
+            m = zoo_oracle.measure(p, zoo.get(p.base), seeds=seeds, steps=args.steps)
+            why = m.holds(p)[1]
+            cat = m.category(p)
+            text = f"{m.summary()}. {why}"
+            if "precision_underflow" in p.causes and p.extra["truth"] == "cost":
+                u = zoo_oracle.optimizer_underflow(p.model)
+                text += (f". After one {u['dtype']} step: {100 * u['second_moment_zero']:.0f}% of the AdamW second-"
+                         f"moment entries with a non-zero gradient are 0 (g*g underflows), eps rounds to 0: "
+                         f"{u['eps_is_zero']}, {u['nonfinite_params']}/{u['params']} parameter tensors non-finite")
+            found[p.name] = {"category": cat, "claimed": p.extra["category"], "text": text, "seeds": len(seeds),
+                             "steps": args.steps}
+            flag = "" if cat == p.extra["category"] else f"  (claimed {p.extra['category']})"
+            print(f"{p.name}: {cat}{flag}\n    {text}", flush=True)
+            b.update(1, case=p.name)
+    if args.write:
+        old = json.loads(zoo_planted.EVIDENCE_FILE.read_text()) if zoo_planted.EVIDENCE_FILE.exists() else {}
+        zoo_planted.EVIDENCE_FILE.write_text(json.dumps(old | found, indent=1, sort_keys=True) + "\n")
+        print(f"wrote {zoo_planted.EVIDENCE_FILE}")
+
+
+def lr_sweep(args: argparse.Namespace) -> None:
+    """Loss drop over `steps` at a few learning rates, per healthy zoo model (seed 0)."""
+    torch.set_num_threads(1)
+    lrs = (1e-4, 3e-4, 1e-3, 3e-3)
+    for _, m, _ in select(args.only):
+        base_lr = m.make_optimizer([torch.nn.Parameter(torch.zeros(1))]).param_groups[0]["lr"]
+        cells = []
+        for lr in lrs:
+            r = zoo_planted.lr_times(m, m.name, lr / base_lr)
+            cells.append(f"{lr:g}: {zoo_oracle.drop(zoo_oracle.losses(r, 0, args.steps)):.2f}")
+        print(f"{m.name:18s} (recipe lr {base_lr:g})  " + "  ".join(cells), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", help="comma-separated zoo / planted names")
+    ap.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 1; --oracle: 3)")
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--every", type=int, default=1, help="watch(every=) during training")
+    ap.add_argument("--json", help="also write the results JSON here (default with a full run: docs/results/zoo.json)")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--oracle", action="store_true", help="print the autograd measurements behind each truth")
+    ap.add_argument("--write", action="store_true", help="--oracle: record the measurements in tests/zoo_evidence.json")
+    mode.add_argument("--lr-sweep", action="store_true", help="loss drop per learning rate, per healthy model")
+    args = ap.parse_args()
+    if not args.oracle:
+        args.seeds = args.seeds or 1
+    (oracle if args.oracle else lr_sweep if args.lr_sweep else bench)(args)
+
+
+if __name__ == "__main__":
+    main()

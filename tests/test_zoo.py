@@ -1,0 +1,153 @@
+"""The zoo itself: every model builds, trains under watch() and leaves nothing behind; the split
+is by family and mixes vision and text; planted ground truths hold by the autograd oracle.
+
+The diagnosis' accuracy on the zoo is NOT asserted here (benchmarks/zoo.py measures it).
+"""
+from __future__ import annotations
+
+import functools
+import math
+import re
+
+import pytest
+import torch
+import zoo
+import zoo_base
+import zoo_oracle
+import zoo_planted
+
+import graddoctor as gd
+
+VISION = {"image-classification"}
+
+
+@pytest.mark.parametrize("m", zoo.ZOO, ids=lambda m: m.name)
+def test_every_model_trains_two_steps_under_watch_and_leaves_no_hook(m):
+    v = zoo.judge(m, seed=0, steps=2)
+    assert v.error is None, v.error
+    assert v.hooks_clean
+    assert v.init is not None and v.trained is not None
+    assert len(v.losses) == 2 and all(math.isfinite(x) for x in v.losses)
+    blocks = zoo_oracle.block_modules(m.make(0), m.blocks)
+    assert blocks, f"{m.name}: its blocks pattern {m.blocks!r} matches no module"
+
+
+def test_hooks_of_sees_a_hook_left_behind():
+    m = zoo.get("lstm-lm")
+    model = m.make(0)
+    before = zoo.hooks_of(model)
+    h = model.decoder.register_forward_hook(lambda *a: None)
+    assert zoo.hooks_of(model) != before
+    h.remove()
+    assert zoo.hooks_of(model) == before
+    opt = m.make_optimizer(model.parameters())
+    with_opt = zoo.hooks_of(model, opt)
+    with gd.watch(model, optimizer=opt):
+        assert zoo.hooks_of(model, opt) != with_opt  # the probe's optimizer hooks are seen
+    assert zoo.hooks_of(model, opt) == with_opt
+
+
+def test_split_is_by_family_and_each_half_mixes_vision_and_text():
+    assert len(zoo.ZOO) >= 30
+    assert len({m.name for m in zoo.ZOO}) == len(zoo.ZOO)
+    for m in zoo.ZOO:
+        assert m.half == zoo.half_of(m.family) and m.half in zoo.HALVES
+    for p in zoo.PLANTED:
+        assert p.model.half == zoo.get(p.base).half and p.model.family == zoo.get(p.base).family
+    for half in zoo.HALVES:
+        tasks = {m.task for m in zoo.ZOO if m.half == half}
+        assert tasks & VISION and tasks - VISION, half
+    # the fixed table: alternate halves over the sorted family names of the first commit
+    names = sorted(zoo.FAMILIES)
+    assert [zoo.FAMILIES[f] for f in names] == [zoo.HALVES[i % 2] for i in range(len(names))]
+
+
+@pytest.mark.parametrize("task", sorted(zoo_base.BATCHES))
+def test_batches_are_fixed_per_seed_and_labels_are_not_constant(task):
+    make = zoo_base.BATCHES[task]
+    a, b, c = make(0, 2), make(0, 2), make(1, 2)
+    for x, y in zip(a, b):
+        assert all(torch.equal(x[k], y[k]) for k in x)
+    assert not torch.equal(a[0]["labels"], c[0]["labels"])
+    labels = a[0]["labels"]
+    assert labels[labels >= 0].unique().numel() > 1
+
+
+def test_every_planted_case_names_known_kinds_and_blocks_that_exist():
+    from graddoctor.diagnose.findings import CAUSES, KINDS
+
+    new_causes = {"non_finite_input", "non_finite_forward", "precision_underflow"}
+    assert len(zoo.PLANTED) >= 10 and {p.model.half for p in zoo.PLANTED} == set(zoo.HALVES)
+    for p in zoo.PLANTED:
+        assert p.kinds and p.kinds <= set(KINDS), p.name
+        assert p.causes and set(p.causes) <= set(CAUSES) | new_causes, p.name
+        assert p.when in ("init", "trained", "both")
+        names = [n for n, _ in p.model.make(0).named_modules()]
+        for b in p.blocks:
+            assert any(n == b or n.startswith(b + ".") for n in names), (p.name, b)
+
+
+def test_recorded_evidence_agrees_with_every_claim():
+    """tests/zoo_evidence.json (benchmarks/zoo.py --oracle --write) measured each planting's declared category."""
+    assert {p.name for p in zoo_planted.ALL} <= set(zoo_planted.EVIDENCE)
+    for p in zoo_planted.ALL:
+        measured = zoo_planted.EVIDENCE[p.name]
+        assert measured["category"] == p.extra["category"], (p.name, measured["text"])
+        assert p.evidence == measured["text"] and "median of" in p.evidence
+        assert measured["seeds"] >= (3 if p.extra["category"] != "unscored" else 1)
+
+
+@functools.cache
+def _trained(name: str, steps: int = 50):
+    return zoo_oracle.train(zoo.get(name), 0, steps)
+
+
+GRADIENT = [p for p in zoo_planted.PLANTED if p.extra["truth"] == "gradient"]
+COST = [p for p in zoo_planted.PLANTED if p.extra["truth"] == "cost"]
+
+
+@pytest.mark.parametrize("p", [p for p in GRADIENT if p.when in ("init", "both")], ids=lambda p: p.name)
+def test_planted_gradient_fault_at_init_holds_by_the_oracle(p):
+    """The cheap part of the oracle: one seed, the gradient profile at init against the healthy base."""
+    ph = zoo_oracle.profile_phase(p, zoo.get(p.base))
+    assert zoo_oracle.phase_holds(ph, p.kinds, p.causes), ph.text()
+
+
+@pytest.mark.parametrize("p", [p for p in GRADIENT if p.when == "trained"], ids=lambda p: p.name)
+def test_planted_gradient_fault_after_training_holds_by_the_oracle(p):
+    """One seed: the gradient profile after 50 steps against the healthy base's after 50 steps."""
+    model, _ = _trained(p.name)
+    base_model, _ = _trained(p.base)
+    ph = zoo_oracle._phase([zoo_oracle.block_profile(p.model, 0, model)],
+                           [zoo_oracle.block_profile(zoo.get(p.base), 0, base_model)])
+    assert zoo_oracle.phase_holds(ph, p.kinds, p.causes), ph.text()
+
+
+@pytest.mark.parametrize("p", COST, ids=lambda p: p.name)
+def test_planted_training_fault_costs_training_by_the_oracle(p):
+    """One seed: the loss goes non-finite, or ends HARM x the healthy drop above the healthy loss."""
+    if p.kinds == {"non_finite"}:  # 16-bit parameters: the first update already writes NaN
+        assert not all(map(math.isfinite, zoo_oracle.losses(p.model, 0, 3)))
+        u = zoo_oracle.optimizer_underflow(p.model)
+        assert u["eps_is_zero"] and u["second_moment_zero"] > 0.5 and u["nonfinite_params"] > 0
+        return
+    got, base = _trained(p.name)[1], _trained(p.base)[1]
+    assert zoo_oracle.final(got) - zoo_oracle.final(base) >= zoo_oracle.HARM * zoo_oracle.drop(base)
+
+
+def test_oracle_profile_matches_a_direct_autograd_computation():
+    """block_profile's output-gradient RMS equals dL/d(block output) computed by hand on a small model."""
+    m = zoo.get("torch-transformer")
+    prof = zoo_oracle.block_profile(m, 0)
+    model = m.make(0)
+    batch = m.batches(0, zoo.N_BATCHES)[0]
+    outs = []
+    hooks = [mod.register_forward_hook(lambda _m, _a, o: outs.append(o))
+             for n, mod in model.named_modules() if re.fullmatch(m.blocks, n)]
+    torch.manual_seed(0)
+    loss = m.train_step(model, batch)
+    for h in hooks:
+        h.remove()
+    grads = torch.autograd.grad(loss, outs)
+    want = [float(g.pow(2).mean().sqrt()) for g in grads]
+    assert prof.out_rms == pytest.approx(want, rel=1e-5)
