@@ -144,13 +144,19 @@ def test_cli_treat_prints_the_table_and_the_flags_to_rerun(capsys):
     assert code == 0 and "baseline" in out and "re-run the winner: graddoctor train --kind mlp" in out
 
 
-def test_cli_treat_user_factory_saves_the_winner(tmp_path, capsys):
-    path = tmp_path / "best.pt"
-    code = main(["treat", f"{EXAMPLES}:deep_sigmoid", "--budget-steps", "40", "--no-pairs", "--save", str(path)])
-    out = capsys.readouterr().out
-    assert code == 0 and "best: " in out and path.exists()
-    state = torch.load(path)
-    assert any(k.endswith("weight") for k in state)
+def test_cli_treat_user_factory_saves_the_winner_and_it_reloads(tmp_path, capsys):
+    import importlib.util
+
+    out = tmp_path / "treated"
+    code = main(["treat", f"{EXAMPLES}:deep_sigmoid", "--budget-steps", "40", "--no-pairs", "--save", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0 and "best: " in text and (out / "changes.json").exists() and (out / "state_dict.pt").exists()
+    spec = importlib.util.spec_from_file_location("examples_models", EXAMPLES)
+    examples = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(examples)
+    model = gd.load_treated(examples.deep_sigmoid(), out)  # the user's class, made the winner
+    state = torch.load(out / "state_dict.pt", weights_only=True)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
 def test_cli_treat_bad_input_is_one_line_and_exit_2(capsys):
