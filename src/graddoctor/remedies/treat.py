@@ -5,29 +5,26 @@ Cost model, in optimizer steps (B = budget_steps, N = candidates that survive sc
 (finalists in pilot-loss order until one fixes the problem).
 Every run, baseline included, trains in the same two segments (B/4 with the data order of
 `seed`, then 3B/4 with that of `seed + 1`) from the same initial weights, with the user's own
-step and optimizer (recipe.py, loop.py), so the finalists and the baseline see exactly the
+step and optimizer (recipe.py, loop.py, stages.py), so the finalists and the baseline see exactly the
 same batches. Pairs are tried only when no single remedy fixes it.
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
 from torch import nn
 
 from .. import progress
-from ..diagnose.api import diagnose
 from ..diagnose.findings import Diagnosis
 from ..errors import GradDoctorError
 from ..nets import NetSpec
 from ..training import TrainConfig
-from . import candidates
+from . import candidates, stages
 from .base import Patient, Remedy, Sample
-from .loop import start_run, train_steps
 from .recipe import Recipe, recipe_from
 from .result import TreatResult, Trial
 
@@ -40,148 +37,25 @@ FINALISTS = 2  # at most this many (lowest pilot loss first) train the rest; the
 # the budget differ by a few percent between seeds, and a loss that merely stays at its
 # initial value (chance) next to a diverged baseline is not a fix.
 LOSS_MARGIN = 0.1
-SCREEN_BATCH = 128  # in-memory data: samples in the screening forward/backward (the first rows)
-# Probed steps per segment: the diagnosis judges the last half of them and needs at least 3
-# (diagnose.thresholds.MIN_STEPS); recording is the probe's expensive part.
-RECORDS = 8
 # The untreated run's pilot is probed every PILOT_EVERY steps; one that diverges there (and so
 # has no second segment) is run again, probed at every step up to its divergence.
 PILOT_EVERY = 2
 # A candidate showing any of these at initialisation is dropped before training, as is one
 # still showing the finding being treated.
 FATAL_AT_INIT = frozenset({"vanishing", "exploding", "non_finite"})
-WINDOW = 0.25  # streamed data: a segment's loss is the mean of its last quarter of step losses
-
-
-def _same_network(a: Patient, b: Patient) -> bool:
-    """True when two patients build the same initial network (only training settings differ)."""
-    ops = lambda p: [c for c in p.changes if c.op]
-    return a.spec == b.spec and a.model is b.model and ops(a) == ops(b)
-
-
-def screen_batch(recipe: Recipe, seed: int) -> object:
-    """The batch every candidate is checked on at initialisation."""
-    d = recipe.dataset
-    return (d.x_train[:SCREEN_BATCH], d.y_train[:SCREEN_BATCH]) if d is not None else next(recipe.batches(seed))
-
-
-def checkup_step(model: nn.Module, step: Callable, batch: object, seed: int) -> Diagnosis:
-    """Diagnosis of one forward/backward of the user's step at init; the weights and buffers are restored."""
-    from ..probe.probe import watch
-
-    saved = copy.deepcopy(model.state_dict())
-    torch.manual_seed(seed)
-    try:
-        with watch(model, every=1, stats="full") as probe:
-            model.train()
-            loss = step(model, batch)
-            loss.backward()
-            probe.step(loss)
-        return diagnose(probe.trace)
-    finally:
-        with torch.no_grad():
-            model.load_state_dict(saved)
-        for p in model.parameters():
-            p.grad = None
-
-
-def _screen(trial: Trial, recipe: Recipe, batch: object, seed: int, drop: set[str],
-            base: Trial | None = None) -> None:
-    """Checkup at init of the candidate as built; drop it if the treated finding is still there.
-
-    A training-only candidate (learning rate, clipping, warmup) builds the baseline's network:
-    its checkup is the baseline's, reused.
-    """
-    if trial.model is None:
-        trial.model = trial.patient.build(seed)
-    if base is not None and base.at_init is not None and _same_network(trial.patient, base.patient):
-        trial.at_init = base.at_init
-    else:
-        trial.at_init = checkup_step(trial.model, recipe.step, batch, seed)
-    bad = trial.at_init.kinds() & drop
-    if bad:
-        trial.status, trial.note = "dropped at init", "still " + ", ".join(sorted(bad)) + " at initialisation"
-        trial.model = None
-
-
-def _segment(trial: Trial, recipe: Recipe, steps: int, data_seed: int, every: int | None) -> None:
-    """Train `steps` more steps; probe every `every` steps and diagnose, if given."""
-    from ..probe.probe import watch
-
-    run, batches = trial.run, recipe.batches(data_seed)
-    if every is not None:
-        with watch(trial.model, every=every, stats="full", scaler=run.scaler) as probe:
-            losses = train_steps(run, batches, recipe.step, steps, probe)
-        trial.after = diagnose(probe.trace) if len(probe.trace) else trial.after
-    else:
-        losses = train_steps(run, batches, recipe.step, steps)
-    finite = [v for v in losses if math.isfinite(v)]
-    measured = recipe.evaluate(trial.model) if len(finite) == len(losses) else None
-    if measured is not None:
-        loss, trial.val_acc = measured
-    else:
-        tail = finite[-max(1, math.ceil(len(losses) * WINDOW)):]
-        loss = sum(tail) / len(tail) if tail and len(finite) == len(losses) else math.inf
-    trial.loss = loss if math.isfinite(loss) else math.inf
-    trial.min_step_loss = min([trial.min_step_loss, *finite])
-    trial.steps += len(losses)
-
-
-def _start(trial: Trial, recipe: Recipe, seed: int, pilot: int, every: int | None = None) -> None:
-    """Train the pilot segment of the network as built (seeded), building it if not screened."""
-    if trial.model is None:
-        trial.model = trial.patient.build(seed)
-    torch.manual_seed(seed)  # dropout and other randomness inside the model
-    trial.run = start_run(trial.model, recipe.optimizer_factory(trial.patient), trial.patient.step_settings())
-    _segment(trial, recipe, pilot, seed, every)
-
-
-def _finish(trial: Trial, recipe: Recipe, seed: int, budget: int) -> None:
-    """Train the rest of the budget under a probe (unless it diverged) and re-diagnose."""
-    if math.isfinite(trial.loss) and budget > trial.steps:
-        rest = budget - trial.steps
-        _segment(trial, recipe, rest, seed + 1, every=max(1, math.ceil(rest / RECORDS)))
-
-
-def _candidate(remedies: Sequence[Remedy], base: Patient, sample: Sample, seed: int) -> Trial:
-    """Apply the remedies in order to the untreated patient."""
-    patient, idle = base, []
-    for r in remedies:
-        before = len(patient.changes)
-        patient = r.apply(patient, sample)
-        new = patient.changes[before:]
-        if all(c.note for c in new):  # this member changed nothing (and says why)
-            idle.append("; ".join(c.note for c in new) or f"{r.label}: nothing to change")
-    trial = Trial(" + ".join(r.label for r in remedies), patient, "not fixed")
-    if idle:
-        trial.status, trial.note = "not applicable", "; ".join(dict.fromkeys(idle))
-    return trial
-
-
-def _guarded(trial: Trial, stage: str, fn: Callable[[], None]) -> None:
-    """Run one stage of a candidate, timed; a remedy that breaks the model marks the trial, never treat()."""
-    t0 = time.perf_counter()
-    try:
-        fn()
-    except (GradDoctorError, RuntimeError, ValueError, TypeError) as exc:
-        trial.status, trial.note = "failed", f"{stage}: {type(exc).__name__}: {str(exc).splitlines()[0]}"
-        trial.model = trial.run = None
-    dt = time.perf_counter() - t0
-    trial.seconds += dt
-    trial.timing[stage] = trial.timing.get(stage, 0.0) + dt
 
 
 def _run_round(result: TreatResult, groups: list[tuple[Remedy, ...]], recipe: Recipe, sample: Sample,
                seed: int, desc: str, progress_bar: bool) -> list[Trial]:
     """Screen every candidate, pilot the survivors, finish the best FINALISTS; append the Trials."""
     base, bad = result.baseline, result.target_kinds | FATAL_AT_INIT
-    batch = screen_batch(recipe, seed)
+    batch = stages.screen_batch(recipe, seed)
     pilot, budget = result.pilot_steps, result.budget_steps
     trials = []
     with progress.bar(len(groups) + FINALISTS, desc, enabled=progress_bar) as bar:
         for group in groups:
             t0 = time.perf_counter()
-            trial = _candidate(group, base.patient, sample, seed)
+            trial = stages.candidate(group, base.patient, sample, seed)
             trial.timing["changes"] = trial.seconds = time.perf_counter() - t0
             bar.update(0, candidate=trial.label)
             if trial.status == "not fixed" and not result.affords(pilot + FINALISTS * (budget - pilot)):
@@ -189,11 +63,11 @@ def _run_round(result: TreatResult, groups: list[tuple[Remedy, ...]], recipe: Re
                 trial.note = (f"over the budget: max_steps={result.max_steps} steps, or their time "
                               f"({result.steps} steps used)")
             if trial.status == "not fixed":
-                _guarded(trial, "build", lambda: setattr(trial, "model", trial.patient.build(seed)))
+                stages.guarded(trial, "build", lambda: setattr(trial, "model", trial.patient.build(seed)))
             if trial.status == "not fixed":
-                _guarded(trial, "screen", lambda: _screen(trial, recipe, batch, seed, bad, base))
+                stages.guarded(trial, "screen", lambda: stages.screen(trial, recipe, batch, seed, bad, base))
             if trial.status == "not fixed":
-                _guarded(trial, "pilot", lambda: _start(trial, recipe, seed, pilot))
+                stages.guarded(trial, "pilot", lambda: stages.start(trial, recipe, seed, pilot))
             trials.append(trial)
             result.trials.append(trial)
             bar.update(1)
@@ -206,7 +80,7 @@ def _run_round(result: TreatResult, groups: list[tuple[Remedy, ...]], recipe: Re
                 trial.model = trial.run = None
                 continue
             bar.update(0, candidate=trial.label)
-            _guarded(trial, "finish", lambda: _finish(trial, recipe, seed, budget))
+            stages.guarded(trial, "finish", lambda: stages.finish(trial, recipe, seed, budget))
             # the treated finding is gone, and no other gradient pathology took its place
             gone = trial.after is not None and not (trial.after.kinds() & bad)
             beats = trial.loss < (1 - LOSS_MARGIN) * result.reference_loss
@@ -262,18 +136,18 @@ def treat(model_factory: NetSpec | nn.Module | Callable[[], nn.Module], data: ob
     if diagnosis is not None and diagnosis.healthy:  # nothing to treat: no run, no changes
         return TreatResult(diagnosis, [base], budget_steps, pilot_steps=pilot,
                            seconds=time.perf_counter() - t0)
-    _guarded(base, "build", lambda: setattr(base, "model", base.patient.build(seed)))
+    stages.guarded(base, "build", lambda: setattr(base, "model", base.patient.build(seed)))
     if base.status == "failed":
         raise GradDoctorError(f"the untreated model cannot be built: {base.note}")
-    _guarded(base, "screen", lambda: setattr(base, "at_init", checkup_step(base.model, recipe.step,
-                                                                            screen_batch(recipe, seed), seed)))
+    stages.guarded(base, "screen", lambda: setattr(base, "at_init", stages.checkup_step(base.model, recipe.step,
+                                                                            stages.screen_batch(recipe, seed), seed)))
     # the pilot probed too: a baseline that diverges in its first steps is diagnosed as well
-    _guarded(base, "pilot", lambda: _start(base, recipe, seed, pilot, every=PILOT_EVERY))
+    stages.guarded(base, "pilot", lambda: stages.start(base, recipe, seed, pilot, every=PILOT_EVERY))
     if base.status != "failed" and not math.isfinite(base.loss) and PILOT_EVERY > 1:
         base.model = None  # diverged between two recorded steps, maybe: again, every step recorded
-        _guarded(base, "pilot", lambda: _start(base, recipe, seed, pilot, every=1))
+        stages.guarded(base, "pilot", lambda: stages.start(base, recipe, seed, pilot, every=1))
     base.pilot_loss = base.loss
-    _guarded(base, "finish", lambda: _finish(base, recipe, seed, budget_steps))
+    stages.guarded(base, "finish", lambda: stages.finish(base, recipe, seed, budget_steps))
     if base.status == "failed":
         raise GradDoctorError(f"the untreated model cannot be trained with this step and data: {base.note}")
     base.seconds = time.perf_counter() - t0
