@@ -7,7 +7,7 @@ LM, masked LM, seq2seq, classification) and `make_optimizer` (AdamW), on its 4 f
 
     treat(planted model, batches, train_step=..., make_optimizer=..., budget_steps=B, max_steps=S)
 
-B steps per candidate, S = 4B for everything (baseline and candidates). Reported per case:
+B steps per candidate, S = 5B for everything (baseline and candidates). Reported per case:
 - repaired: treat found a fix (TreatResult.best: the treated finding gone, no other gradient
   pathology, training loss >= 10% below the untreated run's);
 - healthy level: the winner's loss after B steps within 20% of the healthy recipe's after B
@@ -56,7 +56,7 @@ from graddoctor.progress import bar  # noqa: E402
 
 RESULTS = ROOT / "docs" / "results"
 BUDGET = 40  # optimizer steps per candidate (the zoo's recipes learn within 50)
-TOTAL = 4  # S = TOTAL x BUDGET: the step budget of the whole treatment, and the reference run
+TOTAL = 5  # S = TOTAL x BUDGET: the step budget of the whole treatment, and the reference run
 HEALTHY_LEVEL = 1.2  # "healthy level": the winner's loss <= this x the healthy recipe's
 SLOW_STEP_MS = 20.0  # wall-time cost is judged on models whose plain step takes at least this
 STAGES = ("changes", "build", "screen", "pilot", "finish")

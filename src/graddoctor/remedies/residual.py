@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..diagnose.findings import Diagnosis
-from .base import Change, Patient, Sample, with_hooks
+from .base import Change, Patient, Sample, run_forward, with_hooks
 from .surgery import current
 from .tracing import Flow, is_weight_layer
 
@@ -94,19 +94,28 @@ def candidate_blocks(model: nn.Module) -> list[list[tuple[str, str]]]:
             for c in [_chains(p, m)] if len(c) >= MIN_RUN]
 
 
+def _plain(v: object) -> object:
+    """A call argument kept for a second call: tensors detached; state objects (a KV cache) dropped."""
+    if isinstance(v, Tensor):
+        return v.detach().clone()
+    if isinstance(v, (tuple, list)) and all(isinstance(t, Tensor) for t in v):
+        return type(v)(t.detach().clone() for t in v)
+    return v if v is None or isinstance(v, (bool, int, float, str)) else None
+
+
 def _capture(net: nn.Module, paths: list[str], sample: Sample) -> dict[str, tuple[tuple, dict]]:
-    """The (args, kwargs) each module got on its first call in one forward (detached copies)."""
+    """The (args, kwargs) each module got on its first call in one forward (copies, caches left out)."""
     got: dict[str, tuple[tuple, dict]] = {}
 
     def hook(path: str):
         def pre(mod: nn.Module, args: tuple, kwargs: dict) -> None:
             if path not in got:
-                det = lambda v: v.detach().clone() if isinstance(v, Tensor) else v
-                got[path] = (tuple(det(a) for a in args), {k: det(v) for k, v in kwargs.items()})
+                kw = {k: (False if k == "use_cache" else _plain(v)) for k, v in kwargs.items()}
+                got[path] = (tuple(_plain(a) for a in args), kw)
         return pre
 
     register = lambda m: [m.get_submodule(p).register_forward_pre_hook(hook(p), with_kwargs=True) for p in paths]
-    with_hooks(net, register, lambda: sample.run(net))
+    with_hooks(net, register, lambda: run_forward(net, sample))
     return got
 
 
@@ -131,7 +140,7 @@ def has_skip(block: nn.Module, args: tuple, kwargs: dict) -> bool:
         g = torch.Generator(device=x.device).manual_seed(0)
         noise = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype) * (x.float().std() + 1)
         for xi in (x, x + noise):
-            a, k = copy.deepcopy(args[1:]), copy.deepcopy(kwargs)  # caches in kwargs are mutated
+            a, k = copy.deepcopy(args[1:]), copy.deepcopy(kwargs)  # a call may change its arguments
             call_args = (xi, *a) if args else ()
             if not args:
                 k["hidden_states"] = xi

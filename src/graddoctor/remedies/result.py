@@ -106,13 +106,13 @@ class TreatResult:
         xs = [t.timing["pilot"] / t.steps for t in self.trials[1:] if t.timing.get("pilot") and t.steps]
         return statistics.median(xs) if xs else None
 
-    def affords(self, steps: int) -> bool:
-        """True when `steps` more steps for one more candidate stay within max_steps: in optimizer
-        steps, and in wall time against max_steps plain steps (at the pilots' step time, with the
-        fixed cost per candidate and the probe's cost on the baseline's measured so far)."""
+    def affords(self, plain: int, probed: int, new_candidate: bool = True) -> bool:
+        """True when `plain` unprobed and `probed` probed steps more stay within max_steps: in
+        optimizer steps, and in wall time against max_steps plain steps (at the pilots' step time,
+        with the fixed cost of a new candidate and the probe's cost as measured so far)."""
         if self.max_steps is None:
             return True
-        if self.steps + steps > self.max_steps:
+        if self.steps + plain + probed > self.max_steps:
             return False
         s = self.step_seconds()
         if s is None:
@@ -120,10 +120,9 @@ class TreatResult:
         tried = [t for t in self.trials[1:] if "build" in t.timing]
         fixed = sum(t.timing.get(k, 0.0) for t in tried for k in ("changes", "build", "screen")) / max(1, len(tried))
         b = self.baseline
-        probed = b.timing.get("finish", 0.0) / max(1, b.steps - self.pilot_steps) / s if b.steps > self.pilot_steps \
-            else 1.0  # the probe's cost factor on a finishing segment
-        rest = steps - self.pilot_steps
-        need = fixed + self.pilot_steps * s + rest * s * max(1.0, probed)
+        factor = b.timing.get("finish", 0.0) / max(1, b.steps - self.pilot_steps) / s if b.steps > self.pilot_steps \
+            else 1.0  # the probe's (and the re-diagnosis') cost factor on a finishing segment
+        need = (fixed if new_candidate else 0.0) + plain * s + probed * s * max(1.0, factor)
         return time.perf_counter() - self.started + need <= self.max_steps * s
 
     @property
