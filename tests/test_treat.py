@@ -164,3 +164,15 @@ def test_cli_treat_bad_input_is_one_line_and_exit_2(capsys):
     assert main(["treat", "nofile.py:f"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("graddoctor: error: ") for line in err)
+
+
+def test_max_steps_bounds_the_whole_treatment(digits):
+    spec = NetSpec(depth=20, width=32, in_shape=digits.in_shape, out_features=10, activation="sigmoid",
+                   init="xavier_normal")
+    r = gd.treat(spec, digits, budget_steps=40, max_steps=100, config=TrainConfig(lr=0.01), pairs=False,
+                 progress_bar=False)
+    assert r.steps <= 100 and r.max_steps == 100
+    skipped = [t for t in r.trials if t.status == "not tried"]
+    assert skipped and all(t.steps == 0 and "over the budget" in t.note for t in skipped)
+    with pytest.raises(GradDoctorError, match="max_steps must be at least 2 x budget_steps"):
+        gd.treat(spec, digits, budget_steps=40, max_steps=60, progress_bar=False)
