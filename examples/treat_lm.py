@@ -1,7 +1,8 @@
 """graddoctor.treat on a transformer language model, in your own training step.
 
 A GPT-2-style causal LM (Hugging Face `transformers`, built from a small config: nothing is
-downloaded) with a planted fault: its MLP activation set to sigmoid. `treat` diagnoses it,
+downloaded) with a planted fault: every weight matrix initialised 100x too small (a units bug
+in a custom init). `treat` diagnoses it,
 tries the remedies the diagnosis points to with *your* train_step and optimizer on the same
 batches, and returns the winner's changes; they are saved, and re-applied to a fresh
 GPT2LMHeadModel, which then computes exactly what the treated model computes.
@@ -26,12 +27,21 @@ import graddoctor as gd
 
 VOCAB, SEQ, BATCH = 128, 16, 8
 CONFIG = transformers.GPT2Config(vocab_size=VOCAB, n_positions=SEQ, n_embd=64, n_layer=12, n_head=4,
-                                 activation_function="sigmoid")  # the planted fault (GPT-2 uses gelu_new)
+                                 bos_token_id=0, eos_token_id=0, pad_token_id=0)
 
 
 def make_model() -> transformers.GPT2LMHeadModel:
     """The user's model: GPT-2 small's depth (12 blocks), narrow."""
     return transformers.GPT2LMHeadModel(CONFIG)
+
+
+def plant(model: torch.nn.Module) -> torch.nn.Module:
+    """The planted fault: every weight matrix (and embedding) 100x smaller than the library's init."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.mul_(0.01)
+    return model
 
 
 def batches(n: int = 4, seed: int = 0) -> list[dict]:
@@ -61,8 +71,8 @@ def make_optimizer(params):
 def main(budget_steps: int = 40, out: str | None = None) -> str:
     torch.manual_seed(0)
     data = batches()
-    result = gd.treat(make_model(), data, train_step=train_step, make_optimizer=make_optimizer,
-                      budget_steps=budget_steps, max_steps=4 * budget_steps, seed=0, progress_bar=False)
+    result = gd.treat(plant(make_model()), data, train_step=train_step, make_optimizer=make_optimizer,
+                      budget_steps=budget_steps, max_steps=5 * budget_steps, seed=0, progress_bar=False)
     lines = [str(result), ""]
     best = result.best
     if best is not None:

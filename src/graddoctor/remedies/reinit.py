@@ -192,7 +192,8 @@ class Reinit:
         for path, act in todo:
             layer = net.get_submodule(path)
             name = target_init(self.scheme, act)
-            changes.append(Change(path, f"weight {weight_std(layer)}", f"{name} (feeds {act or 'no activation'})",
+            what = f"{name} (feeds {act or 'no activation'})" if self.scheme == "by_activation" else name
+            changes.append(Change(path, f"weight {weight_std(layer)}", what,
                                   op="reinit", args={"init": name, "activation": act}))
         for path, mod in leaves(net):
             skip = isinstance(mod, PASS_THROUGH) or activations.of_module(mod) is not None

@@ -194,8 +194,9 @@ class TreatResult:
             if not math.isfinite(self.baseline.loss):
                 lines.append(f"the baseline diverged; the loss to beat is the lowest it reached, capped at "
                              f"a constant class-frequency prediction's: {self.reference_loss:.4f}")
-            lines.append(f"best: {best.label} (loss {best.loss:.4f} vs baseline {self.baseline.loss:.4f}, "
-                         f"val acc {best.val_acc:.3f} vs {self.baseline.val_acc:.3f})")
+            acc = (f", val acc {best.val_acc:.3f} vs {self.baseline.val_acc:.3f}" if not math.isnan(best.val_acc)
+                   else "")
+            lines.append(f"best: {best.label} (loss {best.loss:.4f} vs baseline {self.baseline.loss:.4f}{acc})")
             lines += [f"  {line}" for line in change_lines(best.changes)]
             if best.patient.model is not None and any(c.op for c in best.changes):
                 lines.append("  re-apply to a fresh model: graddoctor.apply_changes(model, result.best.changes)")
