@@ -26,6 +26,7 @@ Writes docs/results/treat.json and docs/results/treat.md.
 
     python benchmarks/treat.py                        # zoo + corpus
     python benchmarks/treat.py --suite zoo --only gpt2   # cases whose name contains gpt2
+    python benchmarks/treat.py --suite zoo --part healthy   # only the healthy zoo (zero changes?)
 """
 from __future__ import annotations
 
@@ -261,7 +262,8 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--budget", type=int, default=BUDGET, help="steps per candidate")
     ap.add_argument("--only", default="", help="comma-separated substrings of the case names to run")
-    ap.add_argument("--no-healthy", action="store_true", help="skip treating the healthy zoo")
+    ap.add_argument("--part", choices=("planted", "healthy", "both"), default="both",
+                    help="the zoo's planted cases, its healthy models, or both")
     ap.add_argument("--out", default=str(RESULTS / "treat"), help="results path without extension")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -271,8 +273,8 @@ def main() -> int:
            "machine": f"{os.cpu_count()} CPU cores shared with other jobs, torch {torch.__version__}, 1 thread",
            "zoo": {"planted": [], "healthy": []}, "corpus": [], "corpus_budget": 60}
     if args.suite in ("zoo", "all"):
-        planted = [p for p in zoo.PLANTED if pick(p.name)]
-        healthy = [] if args.no_healthy else [m for m in zoo.ZOO if m.expected == "healthy" and pick(m.name)]
+        planted = [p for p in zoo.PLANTED if pick(p.name)] if args.part != "healthy" else []
+        healthy = [m for m in zoo.ZOO if m.expected == "healthy" and pick(m.name)] if args.part != "planted" else []
         with bar(len(planted) * args.seeds + len(healthy), "treat: zoo") as b:
             for seed in range(args.seeds):
                 for p in planted:
