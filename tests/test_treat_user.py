@@ -175,3 +175,9 @@ def test_loss_scaling_rescues_float16_gradients_that_underflow():
     model = nn.Linear(2, 2)
     model.weight.grad = torch.full((2, 2), float("inf"))
     assert not s.unscale([model.weight]) and float(s._scale) == LossScaler.INIT / 2  # overflow: halve, skip
+
+
+def test_changes_for_another_class_fail_with_one_clear_error(lm_result):
+    _, r, _ = lm_result
+    with pytest.raises(GradDoctorError, match="fresh instance of the class that was treated"):
+        gd.apply_changes(nn.Sequential(nn.Linear(4, 4)), r.best.changes)
