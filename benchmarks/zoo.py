@@ -37,6 +37,7 @@ import transformers
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 import zoo  # noqa: E402
+import zoo_faults  # noqa: E402
 import zoo_oracle  # noqa: E402
 import zoo_planted  # noqa: E402
 
@@ -77,7 +78,7 @@ def score_planted(p: zoo.Planted, v: dict | None) -> dict:
     if p.blocks:
         loc = any(f["layers"] and sum(any(x.startswith(b) for b in p.blocks) for x in f["layers"])
                   >= len(f["layers"]) / 2 for f in match)
-    return {"detected": bool(match), "cause": any(set(f["causes"]) & set(p.causes) for f in match),
+    return {"detected": bool(match), "cause": any(set(f["causes"][:2]) & set(p.causes) for f in match),
             "localised": loc}
 
 
@@ -111,20 +112,30 @@ def summarise(rows: list[dict]) -> dict:
 
 
 # -- running ------------------------------------------------------------------------------------
+def claims(kind: str, m: zoo.ZooModel, p: zoo.Planted | None) -> dict:
+    """What a row is judged against: its kind, expected verdict, fault and phase(s)."""
+    expected = {"zoo": m.expected, "harmless": "healthy", "unscored": "(not scored)"}.get(kind)
+    return {"kind": kind, "expected": expected or "+".join(sorted(p.kinds)), "fault": p.fault if p else None,
+            "when": p.when if kind == "planted" else None}
+
+
+def scored(row: dict, p: zoo.Planted | None) -> dict:
+    """The row with its planted scores (detection, cause, localisation per phase), if it is planted."""
+    row = {k: v for k, v in row.items() if k != "scores"}
+    if row["kind"] == "planted":
+        row["scores"] = {ph: score_planted(p, row[ph]) for ph in phases(p.when)}
+    return row
+
+
 def run_one(kind: str, m: zoo.ZooModel, seed: int, steps: int, every: int, planted: zoo.Planted | None) -> dict:
     """Judge one recipe and score it."""
     v = zoo.judge(m, seed=seed, steps=steps, every=every)
-    init, trained = verdict(v.init), verdict(v.trained)
-    expected = {"zoo": m.expected, "harmless": "healthy", "unscored": "(not scored)"}.get(kind)
-    row = {"name": m.name, "kind": kind, "family": m.family, "half": m.half, "seed": seed,
-           "expected": expected or "+".join(sorted(planted.kinds)), "fault": planted.fault if planted else None,
-           "when": planted.when if kind == "planted" else None, "init": init, "trained": trained,
-           "seconds": round(v.seconds, 2), "loss_first": v.losses[0] if v.losses else None,
+    row = {"name": m.name, "family": m.family, "half": m.half, "seed": seed, **claims(kind, m, planted),
+           "init": verdict(v.init), "trained": verdict(v.trained), "seconds": round(v.seconds, 2),
+           "loss_first": v.losses[0] if v.losses else None,
            "loss_last": statistics.fmean(v.losses[-5:]) if v.losses else None,
            "error": v.error, "hooks_clean": v.hooks_clean}
-    if kind == "planted":
-        row["scores"] = {ph: score_planted(planted, init if ph == "init" else trained) for ph in phases(planted.when)}
-    return row
+    return scored(row, planted)
 
 
 def fmt(x: float | None) -> str:
@@ -171,13 +182,14 @@ def summary_lines(s: dict) -> list[str]:
 
 
 def wrong(rows: list[dict]) -> list[str]:
-    """The names of the models (and planted cases) that got a wrong verdict, per phase."""
+    """The models (and planted cases) with a wrong verdict, per phase: a false alarm, a miss, a wrong cause."""
     out = []
     for r in rows:
         if r["expected"] == "healthy":
             ph = [p for p in ("init", "trained") if not (r[p] or {"healthy": False})["healthy"]]
         elif r["kind"] == "planted":
-            ph = [p for p, s in r["scores"].items() if not s["detected"]]
+            ph = [p if not s["detected"] else f"{p} (cause not in top two)" for p, s in r["scores"].items()
+                  if not s["detected"] or not s["cause"]]
         else:
             continue
         if ph or r["error"]:
@@ -203,15 +215,31 @@ def select(only: str | None) -> list[tuple[str, zoo.ZooModel, zoo.Planted | None
     return items
 
 
+def rescore(rows: list[dict]) -> list[dict]:
+    """Rows of an earlier run re-scored against the current claims (the verdicts do not depend on them)."""
+    items = {m.name: (kind, m, p) for kind, m, p in select(None)}
+    order = {name: i for i, name in enumerate(items)}
+    out = [scored({**r, **claims(*items[r["name"]])}, items[r["name"]][2]) for r in rows if r["name"] in items]
+    return sorted(out, key=lambda r: (r["seed"], order[r["name"]]))
+
+
 def bench(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     items = select(args.only)
-    rows = []
-    with bar(len(items) * args.seeds, "judging the zoo") as b:
-        for seed in range(args.seeds):
-            for kind, m, p in items:
-                rows.append(run_one(kind, m, seed, args.steps, args.every, p))
-                b.update(1, model=m.name)
+    if args.rescore:  # the verdicts of an earlier full run, scored against the claims as they are now
+        data = json.loads(Path(args.rescore).read_text())
+        rows = rescore(data["rows"])
+        args.seeds, args.steps, args.every = (data["config"][k] for k in ("seeds", "steps", "every"))
+        missing = {m.name for _, m, _ in items} - {r["name"] for r in rows}
+        if missing:
+            sys.exit(f"zoo: error: {args.rescore} has no verdicts for {', '.join(sorted(missing))}; run them")
+    else:
+        rows = []
+        with bar(len(items) * args.seeds, "judging the zoo") as b:
+            for seed in range(args.seeds):
+                for kind, m, p in items:
+                    rows.append(run_one(kind, m, seed, args.steps, args.every, p))
+                    b.update(1, model=m.name)
     s = summarise(rows)
     n = {k: sum(it[0] == k for it in items) for k in KINDS}
     head = (f"{len(items)} recipes ({n['zoo']} zoo models, {n['planted']} planted pathologies, {n['harmless']} "
@@ -237,6 +265,8 @@ def oracle(args: argparse.Namespace) -> None:
     """Re-measure each planting by plain autograd: does its claim hold, and which category is it?"""
     torch.set_num_threads(1)
     cases = [p for p in zoo_planted.ALL if not args.only or p.name in args.only.split(",")]
+    if args.category:
+        cases = [p for p in cases if p.extra["category"] == args.category]
     seeds = tuple(range(args.seeds or 3))
     found = {}
     with bar(len(cases), "measuring plantings") as b:
@@ -255,10 +285,10 @@ def oracle(args: argparse.Namespace) -> None:
             flag = "" if cat == p.extra["category"] else f"  (claimed {p.extra['category']})"
             print(f"{p.name}: {cat}{flag}\n    {text}", flush=True)
             b.update(1, case=p.name)
-    if args.write:
-        old = json.loads(zoo_planted.EVIDENCE_FILE.read_text()) if zoo_planted.EVIDENCE_FILE.exists() else {}
-        zoo_planted.EVIDENCE_FILE.write_text(json.dumps(old | found, indent=1, sort_keys=True) + "\n")
-        print(f"wrote {zoo_planted.EVIDENCE_FILE}")
+            if args.write:  # after every case: a long run that stops keeps what it measured
+                path = zoo_planted.EVIDENCE_FILE
+                old = json.loads(path.read_text()) if path.exists() else {}
+                path.write_text(json.dumps(old | found, indent=1, sort_keys=True) + "\n")
 
 
 def lr_sweep(args: argparse.Namespace) -> None:
@@ -269,7 +299,7 @@ def lr_sweep(args: argparse.Namespace) -> None:
         base_lr = m.make_optimizer([torch.nn.Parameter(torch.zeros(1))]).param_groups[0]["lr"]
         cells = []
         for lr in lrs:
-            r = zoo_planted.lr_times(m, m.name, lr / base_lr)
+            r = zoo_faults.lr_times(m, m.name, lr / base_lr)
             cells.append(f"{lr:g}: {zoo_oracle.drop(zoo_oracle.losses(r, 0, args.steps)):.2f}")
         print(f"{m.name:18s} (recipe lr {base_lr:g})  " + "  ".join(cells), flush=True)
 
@@ -280,9 +310,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 1; --oracle: 3)")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--every", type=int, default=1, help="watch(every=) during training")
+    ap.add_argument("--rescore", metavar="JSON", help="re-score the verdicts of an earlier full run's JSON against the "
+                    "current claims, and rewrite the results (no judging)")
     ap.add_argument("--json", help="also write the results JSON here (default with a full run: docs/results/zoo.json)")
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--oracle", action="store_true", help="print the autograd measurements behind each truth")
+    ap.add_argument("--category", choices=("planted", "harmless", "unscored"), help="--oracle: only these plantings")
     ap.add_argument("--write", action="store_true", help="--oracle: record the measurements in tests/zoo_evidence.json")
     mode.add_argument("--lr-sweep", action="store_true", help="loss drop per learning rate, per healthy model")
     args = ap.parse_args()

@@ -80,7 +80,7 @@ def visible(page: str, golden_blocks: set[int] = frozenset()) -> str:
             kept = "".join(re.sub(r"^([^#\n]*)", lambda c: " " * len(c.group(1)), line)
                            for line in body.splitlines(keepends=True))
             out = out[:b0] + kept + out[m.end(3):]
-    for pattern in (r"<!--.*?-->", r"^\s*-+8<-+.*$", r"\]\([^)]*\)", r"<[^>\n]+>"):
+    for pattern in (r"<!--.*?-->", r"^\s*-+8<-+[^\n]*$", r"\]\([^)]*\)", r"<[^>\n]+>"):
         for m in re.finditer(pattern, out, re.M | re.S):
             out = _blank(out, m.start(), m.end())
     for m in re.finditer(r"`([^`\n]+)`", out):  # inline code: flag and keyword values are inputs

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import need
 from torch.utils.data import DataLoader, TensorDataset
 
 from graddoctor import data
@@ -12,6 +13,7 @@ DIGITS_TOTAL, DIGITS_VAL = 1797, 359  # scikit-learn's digits; round(0.2 x 1797)
 
 @pytest.fixture(scope="module")
 def digits():
+    need("sklearn")  # digits ships with scikit-learn (the `data` extra; `make setup` installs it)
     return data.digits(seed=0)
 
 
@@ -29,9 +31,7 @@ def test_digits_shapes_and_classes(digits):
 
 
 def test_digits_split_keeps_every_sample_once(digits):
-    from sklearn.datasets import load_digits
-
-    raw = load_digits()
+    raw = need("sklearn.datasets").load_digits()
     counts = np.bincount(np.concatenate([digits.y_train.numpy(), digits.y_val.numpy()]), minlength=10)
     assert counts.tolist() == np.bincount(raw.target, minlength=10).tolist()
     # un-standardised, train + val rows are exactly the raw rows (as a multiset)

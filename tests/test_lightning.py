@@ -1,25 +1,30 @@
-"""GradDoctorCallback in a real Lightning Trainer (CPU, a few steps), against a plain PyTorch loop."""
+"""GradDoctorCallback in a real Lightning Trainer (CPU, a few steps), against a plain PyTorch loop.
+
+`python tests/test_lightning.py --ddp OUT` is the 2-process run of test_ddp_ranks_record_the_global_batch:
+Lightning's strategy="ddp" launches the second process by running this file again.
+"""
+import contextlib
+import io
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import need
 from torch.nn import functional as F
 
 import graddoctor
 
-try:
-    import lightning.pytorch as pl
-except ImportError:  # pragma: no cover - depends on the environment
-    if os.environ.get("CI"):
-        raise  # CI installs '.[all,dev]', which includes lightning: missing there is a failure
-    pytest.skip("lightning is not installed (pip install 'graddoctor[lightning]'); CI runs these tests",
-                allow_module_level=True)
+pl = need("lightning.pytorch")  # `make setup` installs it: skipped without it, a failure under CI=true
 
-from lightning.pytorch.loggers import Logger
-from lightning.pytorch.plugins.precision import MixedPrecision
+from lightning.pytorch.loggers import Logger  # noqa: E402 (after the check that lightning is there)
+from lightning.pytorch.plugins.precision import MixedPrecision  # noqa: E402
 
-from graddoctor.integrations.lightning import GradDoctorCallback
+from graddoctor.integrations.lightning import GradDoctorCallback  # noqa: E402
 
 # Lightning's own advice (log intervals, data-loader workers) and its pytree deprecation notice
 pytestmark = pytest.mark.filterwarnings("ignore:.*(LeafSpec|logging interval|num_workers|does not have many workers).*")
@@ -64,25 +69,27 @@ class MemoryLogger(Logger):
         self.calls.append((step, dict(metrics)))
 
 
-def loader():
+def loader(batch=BATCH, sampler=None):
     g = torch.Generator().manual_seed(0)
     ds = torch.utils.data.TensorDataset(torch.randn(N, 8, generator=g), torch.randint(0, 3, (N,), generator=g))
-    return torch.utils.data.DataLoader(ds, batch_size=BATCH)  # no shuffling: the plain loop sees the same batches
+    # no shuffling: the plain loop sees the same batches
+    return torch.utils.data.DataLoader(ds, batch_size=batch, sampler=sampler)
 
 
-def fit(cb, steps=6, module=None, **kw):
-    trainer = pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, callbacks=[cb], enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False, **{"logger": False, **kw})
+def fit(cb, steps=6, module=None, data=None, **kw):
+    trainer = pl.Trainer(max_steps=steps, accelerator="cpu", callbacks=[cb], enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False,
+                         **{"devices": 1, "logger": False, **kw})
     module = module or Boring()
-    trainer.fit(module, loader())
+    trainer.fit(module, data or loader())
     return trainer, module
 
 
-def plain_loop(steps=6, every=2):
+def plain_loop(steps=6, every=2, batch=BATCH):
     model = net()
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     with graddoctor.watch(model, optimizer=opt, every=every) as probe:
-        for (x, y), _ in zip(loader(), range(steps)):
+        for (x, y), _ in zip(loader(batch), range(steps)):
             loss = F.cross_entropy(model(x), y)
             opt.zero_grad()
             loss.backward()
@@ -165,3 +172,70 @@ def test_bad_arguments_fail_at_once():
         GradDoctorCallback(stats="everything")
     with pytest.raises(graddoctor.GradDoctorError, match="every"):
         GradDoctorCallback(every=0)
+
+
+# -- strategy="ddp", 2 CPU processes -----------------------------------------------------------
+WORLD = 2
+DDP_STEPS = N // (WORLD * BATCH)  # one epoch: the plain loop's loader of 2 x 16 has as many batches
+DDP_DEADLINE = 300  # seconds for the two Lightning processes (~30 s on a quiet 2-core machine)
+
+
+class Interleaved(torch.utils.data.Sampler):
+    """Rank r of W gets samples r, r + W, r + 2W, ... (Lightning's own DistributedSampler shuffles)."""
+
+    def __iter__(self):
+        import torch.distributed as dist
+
+        return iter(range(dist.get_rank(), N, dist.get_world_size()))  # read once the ranks are up
+
+    def __len__(self):
+        return N // WORLD
+
+
+def ddp_main(out: Path) -> None:
+    """One rank of a strategy="ddp" fit (Lightning starts the other by running this file again)."""
+    torch.set_num_threads(1)
+    cb = GradDoctorCallback(every=2, store=out / "runs.db")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        trainer, _ = fit(cb, steps=DDP_STEPS, data=loader(sampler=Interleaved()), devices=WORLD, strategy="ddp",
+                         use_distributed_sampler=False)
+    rank = trainer.global_rank
+    cb.trace.save(out / f"rank{rank}.npz")
+    (out / f"rank{rank}.json").write_text(json.dumps({
+        "world_size": trainer.world_size, "run_id": cb.run_id, "printed": printed.getvalue(),
+        "diagnosis": None if cb.diagnosis is None else sorted(cb.diagnosis.kinds())}))
+
+
+def test_ddp_ranks_record_the_global_batch_and_rank_0_alone_writes(tmp_path):
+    """Each rank gets every other sample of a batch (Interleaved); the trace is
+    that of one process on the batches of 2 x 16, identical on both ranks, and only rank 0 prints
+    the report and writes the run store."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    try:
+        done = subprocess.run([sys.executable, __file__, "--ddp", str(tmp_path)], env=env, capture_output=True,
+                              text=True, timeout=DDP_DEADLINE)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the 2-process Lightning fit did not finish within {DDP_DEADLINE} s")
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    traces = [graddoctor.Trace.load(tmp_path / f"rank{r}.npz") for r in range(WORLD)]
+    ref = plain_loop(steps=DDP_STEPS, batch=WORLD * BATCH)
+    assert [r["world_size"] for r in ranks] == [WORLD] * WORLD
+    for t in traces:
+        assert t.meta["world_size"] == WORLD and t.steps.tolist() == ref.steps.tolist() == [0, 2]
+        assert t.layer_names == ["net." + n for n in ref.layer_names]
+    for m in ("grad_norm", "delta_rms", "input_grad_rms", "act_std", "dead", "saturated", "update_ratio", "loss",
+              "global_grad_norm"):
+        np.testing.assert_array_equal(traces[1][m], traces[0][m], err_msg=m)  # the same numbers on every rank
+        np.testing.assert_allclose(traces[0][m], ref[m], rtol=1e-5, err_msg=m)  # those of the global batch
+    # one writer: rank 0 printed the verdict and saved the run; rank 1 neither
+    assert ranks[0]["printed"].startswith("graddoctor: ") and ranks[1]["printed"] == ""
+    assert ranks[0]["diagnosis"] == ranks[1]["diagnosis"] and "vanishing" in ranks[0]["diagnosis"]
+    assert ranks[0]["run_id"] is not None and ranks[1]["run_id"] is None
+    with graddoctor.RunStore(tmp_path / "runs.db") as store:
+        assert [r.id for r in store.runs("lightning")] == [ranks[0]["run_id"]]
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--ddp"]:
+    ddp_main(Path(sys.argv[2]))

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import graddoctor
+from graddoctor.cli import main
 from graddoctor.diagnose.signals import time_profiles
 from graddoctor.diagnose.through_time import KINDS, decades
 from graddoctor.lab import rnn as lab_rnn
@@ -144,20 +145,31 @@ def test_through_time_needs_a_real_sequence_and_skips_bidirectional():
     assert time_profiles(probe.trace) == {}  # recorded, not judged
 
 
-def test_lab_rnn_quick(tmp_path):
-    runs, conclusion = lab_rnn.run(tmp_path / "runs.db", quick=True, progress_bar=False)
-    by = {(r.cell, r.length): r for r in runs}
-    assert sorted(by) == [("lstm", 10), ("lstm", 30), ("rnn", 10), ("rnn", 30)]
-    # at init both cells lose more with T (Bengio et al. 1994) ...
-    for cell in ("rnn", "lstm"):
-        assert by[(cell, 30)].decades_init < by[(cell, 10)].decades_init - 2
-    # ... the tanh RNN stays vanished at T=30 and does not learn; the LSTM learns both
-    assert by[("rnn", 30)].decades_trained < -2 and not by[("rnn", 30)].learned
-    assert "vanishing_through_time" in by[("rnn", 30)].verdict_trained
-    assert by[("lstm", 10)].learned and by[("lstm", 30)].test_mse < 0.2 * lab_rnn.BASELINE_MSE
-    assert "T=30" in conclusion.text
-    with graddoctor.RunStore(tmp_path / "runs.db") as store:
-        stored = [r for r in store.runs("lab") if r.config.get("group") == "rnn"]
-        assert len(stored) == 4
-        meta = store.load_trace(stored[1].id).meta
-        assert meta["decades_init"] == pytest.approx(by[("rnn", 30)].decades_init)
+def test_lab_rnn_quick_on_three_seeds_and_from_the_command_line(tmp_path, capsys):
+    store = tmp_path / "runs.db"
+    runs, conclusion = lab_rnn.run(store, quick=True, progress_bar=False)
+    assert sorted((r.seed, r.cell, r.length) for r in runs) == [
+        (s, c, t) for s in (0, 1, 2) for c in ("lstm", "rnn") for t in (10, 30)]
+    for seed in (0, 1, 2):
+        by = {(r.cell, r.length): r for r in runs if r.seed == seed}
+        # at init both cells lose more with T (Bengio et al. 1994): RNN_INIT_DROP
+        for cell in ("rnn", "lstm"):
+            assert by[(cell, 30)].decades_init < by[(cell, 10)].decades_init - 2, (seed, cell)
+        # ... the tanh RNN stays vanished at T=30 and does not learn it; the LSTM learns both: RNN_TRAINED
+        assert by[("rnn", 30)].decades_trained < -2 and not by[("rnn", 30)].learned, seed
+        assert "vanishing_through_time" in by[("rnn", 30)].verdict_trained
+        assert by[("lstm", 10)].learned and by[("lstm", 30)].test_mse < 0.2 * lab_rnn.BASELINE_MSE, seed
+    assert conclusion.holds and (conclusion.held_on, conclusion.seeds) == (3, 3)
+    with graddoctor.RunStore(store) as st:
+        stored = [r for r in st.runs("lab") if r.config.get("group") == "rnn"]
+        assert len(stored) == 12
+        meta = st.load_trace(stored[1].id).meta
+        assert meta["decades_init"] == pytest.approx(runs[1].decades_init)
+    # the command reads the same 12 runs back (--resume: nothing trained) and writes the table
+    assert main(["lab", "run", "rnn", "--quick", "--resume", "--out", str(tmp_path), "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "12 runs" in out and "Supported on 3/3 seeds" in out
+    md = (tmp_path / "rnn.md").read_text()
+    assert lab_rnn.table(runs)[1][3][4] in md  # the test MSE range of (lstm, T=30), as computed here
+    with graddoctor.RunStore(store) as st:
+        assert len([r for r in st.runs("lab") if r.config.get("group") == "rnn"]) == 12

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from conftest import need
 
 from graddoctor.cli import main
 from graddoctor.errors import GradDoctorError
@@ -105,6 +106,7 @@ SWEEP = ["sweep", "--depth", "2,3", "--activation", "relu,sigmoid", "--width", "
 
 
 def test_sweep_command_runs_the_grid_sorts_and_resumes(tmp_path, capsys, monkeypatch):
+    need("matplotlib")  # sweep.png
     monkeypatch.setenv("COLUMNS", "200")  # one table row per line
     args = SWEEP + ["--store", str(tmp_path / "s.db"), "--out", str(tmp_path / "out")]
     assert main(args) == 0

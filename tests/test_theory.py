@@ -1,5 +1,6 @@
 """Mean-field theory: quadrature vs an mpmath oracle, fixed points, the layer-resolved prediction
-against real float64 networks (issue 7's accuracy target), the CLI and the figure."""
+against real float64 networks (issue 7's accuracy target), residual / BatchNorm / CNN networks
+(issue 20) against float64 measurements over seeds, the CLI and the figures."""
 import contextlib
 import io
 import json
@@ -15,7 +16,9 @@ import torch
 from graddoctor import GradDoctorError, activations, nets, theory
 from graddoctor.cli import main
 from graddoctor.nets import NetSpec
+from graddoctor.theory import batchnorm, stack
 from graddoctor.theory import measure as theory_measure
+from graddoctor.theory import plan as plan_mod
 
 THEORY_PAGE = Path(__file__).resolve().parents[1] / "docs" / "theory.md"
 WIDTH = 256
@@ -115,10 +118,10 @@ def test_prediction_indexes_layers_and_fans():
     assert p.log10_ratio == pytest.approx(math.log10(float(theory.chi("tanh", sw1 * 2.0, sw2))))
 
 
-@pytest.mark.parametrize("change", [dict(batchnorm="before_activation"), dict(residual=2),
-                                    dict(kind="cnn", in_shape=(3, 8, 8)), dict(depth=1)])
-def test_no_prediction_where_the_theory_does_not_apply(change):
-    p = theory.predict(NetSpec(**change))
+@pytest.mark.parametrize("change,batch", [(dict(kind="cnn", in_shape=(3, 8, 8), batchnorm="before_activation"), 64),
+                                          (dict(depth=1), 64), (dict(batchnorm="after_activation"), 4)])
+def test_no_prediction_where_the_theory_does_not_apply(change, batch):
+    p = theory.predict(NetSpec(**change), batch=batch)
     assert p.log10_ratio is None and not p.applicable and len(p.reason) > 20
 
 
@@ -157,13 +160,24 @@ def accuracy_rows():
 
 
 def test_issue_7_accuracy_target_every_configuration_within_0_2_decades(accuracy_rows):
-    # 27 configurations x seeds 0..4 (~10 s). benchmarks/theory.py --seed-sets 10 shows how
-    # other seed sets fare: ReLU at depth 50 has a per-seed spread of ~0.25 decades (finite
-    # width: ~sqrt(depth/width)), so some 5-seed sets miss 0.2 there; see the README.
+    # 27 configurations x seeds 0..4 (~10 s). Other seed sets: see the next test.
     errors = {name: values.mean() - pred for name, pred, values in accuracy_rows}
     bad = {k: round(v, 3) for k, v in errors.items() if abs(v) > TARGET}
     assert not bad, bad
     assert len(errors) == 27
+
+
+def test_relu_depth_50_within_0_3_decades_on_every_seed_set(accuracy_rows):
+    # ReLU at depth 50 has a per-seed spread of ~0.25 decades (finite width), so some sets of 5
+    # seeds miss issue 7's 0.2 there (benchmarks/theory.py --seed-sets); 0.3 is the bound the
+    # seed sets support. Seeds 5-19 here: 3 more sets per configuration.
+    errors = []
+    for name, pred, first in accuracy_rows:
+        if name.startswith("50x256 relu"):
+            spec = NetSpec(depth=50, width=WIDTH, in_shape=(WIDTH,), init=name.split("init=")[1].split(",")[0])
+            rest = np.array([theory_measure.log10_ratio_one(spec, s) for s in range(5, 20)])
+            errors += list(np.concatenate([first, rest]).reshape(4, 5).mean(axis=1) - pred)
+    assert len(errors) == 12 and max(abs(e) for e in errors) <= 0.3, np.round(errors, 3)
 
 
 def test_fixed_point_form_misses_where_the_layer_resolved_one_does_not(accuracy_rows):
@@ -193,8 +207,37 @@ def test_cli_json_and_not_applicable():
                          "--width", "32", "--json"])
     d = json.loads(out)
     assert code == 0 and d["phase"] == "critical" and d["chi1"] == pytest.approx(1.0)
-    code, out, _ = _run(["theory", "--residual", "2"])
+    code, out, _ = _run(["theory", "--depth", "1"])
     assert code == 0 and "does not apply" in out
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--residual", "2", "--init", "he_normal"], ["Yang & Schoenholz", "wide limit"]),
+    (["--batchnorm", "before_activation", "--init", "he_normal", "--batch-size", "16"],
+     ["Yang et al. 2019", "gain per layer deep in the stack (batch 16)"]),
+    (["--kind", "cnn", "--image-size", "6", "--width", "16", "--batch-size", "8"],
+     ["Xiao et al. 2018", "fully connected form (no borders)"])], ids=["residual", "batchnorm", "cnn"])
+def test_cli_predicts_and_measures_every_family(argv, words):
+    code, out, _ = _run(["theory", "--depth", "6", "--measure", "--seeds", "2", "--json", *argv])
+    d = json.loads(out)
+    assert code == 0 and d["applicable"] and len(d["profile"]) == 6 and d["profile"][-1] == 0
+    measured = np.mean(d["measured_log10_ratio"])
+    assert abs(measured - d["predicted_log10_ratio"]) < 0.5  # 2 seeds of a small net: loose
+    code, out, _ = _run(["theory", "--depth", "6", "--measure", "--seeds", "2", *argv])
+    for text in [*words, "measured (2 seeds", "predicted log10"]:
+        assert text in out, text
+
+
+@pytest.mark.parametrize("argv", [["--residual", "1", "--depth", "8", "--width", "32"],
+                                  ["--batchnorm", "after_activation", "--depth", "8", "--batch-size", "32"]],
+                         ids=["residual", "batchnorm"])
+def test_cli_figure_draws_the_residual_and_batchnorm_pictures(tmp_path, argv):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "picture.svg"
+    code, _out, _ = _run(["theory", "--init", "he_normal", *argv, "--figure", str(path)])
+    text = path.read_text()
+    assert code == 0 and "<svg" in text
+    assert ("branch scale" in text) if "--residual" in argv else ("batch size" in text)
 
 
 @pytest.mark.parametrize("argv", [["--activation", "tanhh"], ["--init", "he"], ["--seeds", "0"],
@@ -229,6 +272,16 @@ def test_two_panel_figure_from_comparison_rows(tmp_path, accuracy_rows):
         theory_figures.plot_predicted_vs_measured([], None)
 
 
+def test_docs_page_shows_the_latest_results_file():
+    page, results = THEORY_PAGE.read_text(), (THEORY_PAGE.parent / "results" / "theory.md").read_text()
+    block = page.split("<!-- results:theory -->\n")[1].split("<!-- /results:theory -->")[0]
+    assert block == results
+    rows = json.loads((THEORY_PAGE.parent / "results" / "theory.json").read_text())["rows"]
+    for fam in ("mlp", "residual", "batchnorm", "cnn"):
+        worst = max(abs(r["measured"] - r["predicted"]) for r in rows if r["family"] == fam)
+        assert f"Worst |error| for {fam}: **{worst:.3f}** decades" in block
+
+
 def test_docs_theory_page_example_runs_as_shown():
     section = THEORY_PAGE.read_text()
     block = re.findall(r"```python\n(.*?)```", section, re.S)[0]
@@ -237,3 +290,105 @@ def test_docs_theory_page_example_runs_as_shown():
     with contextlib.redirect_stdout(printed):
         exec(compile(block, "docs/theory.md", "exec"), {})
     assert printed.getvalue() == shown
+
+
+# -- issue 20: residual, BatchNorm and convolutional networks -----------------------------------
+def _measured_error(spec, batch, seeds=5, **predict_args):
+    values = theory_measure.log10_ratio(spec, seeds, batch)
+    pred = theory.predict(spec, batch=batch, **predict_args)
+    return values.mean() - pred.log10_ratio, values.std(), pred
+
+
+@pytest.mark.parametrize("spec", [
+    NetSpec(depth=5, width=16, in_shape=(12,), residual=2, activation="tanh", init="xavier_normal"),
+    NetSpec(depth=4, width=8, in_shape=(3, 5, 5), kind="cnn", residual=1, init="he_normal"),
+    NetSpec(depth=3, width=8, in_shape=(8,), batchnorm="after_activation")], ids=["residual", "cnn", "bn"])
+def test_plan_names_every_hidden_layer_in_forward_order_and_measure_finds_them(spec):
+    model = nets.build(spec, seed=0)
+    linears = [m.linear for m in model.modules() if isinstance(m, nets.Layer)]
+    named = {id(m): n for n, m in model.named_modules()}
+    assert plan_mod.layer_names(plan_mod.plan(spec)) == tuple(named[id(m)] for m in linears)
+    assert theory.predict(spec, batch=16).layers == plan_mod.layer_names(plan_mod.plan(spec))
+    # the measured profile is the plain autograd gradient at those modules
+    model = nets.build(spec.with_(dtype="float64"), seed=7)
+    seen = []
+
+    def keep(_module, _inputs, out):
+        out.retain_grad()
+        seen.append(out)
+
+    hooks = [m.linear.register_forward_hook(keep) for m in model.modules() if isinstance(m, nets.Layer)]
+    gen = torch.Generator().manual_seed(7 + theory_measure.DATA_SEED_OFFSET)
+    x = torch.randn(16, *spec.in_shape, generator=gen, dtype=torch.float64)
+    r = torch.randn(16, spec.out_features, generator=gen, dtype=torch.float64)
+    (model(x) * r).sum().backward()
+    for h in hooks:
+        h.remove()
+    norms = np.log10([float(t.grad.square().sum()) for t in seen])
+    got = theory_measure.layer_profile_one(spec, seed=7, batch=16)
+    assert np.allclose(got, norms - norms[-1], atol=1e-10)
+
+
+def test_conv_mixing_counts_the_neighbours_inside_the_image():
+    m = plan_mod.mix(np.ones((4, 5))) * 9
+    assert m[0, 0] == 4 and m[0, 2] == 6 and m[2, 2] == 9 and plan_mod.mix(2.5) == 2.5
+
+
+def test_one_walk_reproduces_the_plain_mlp_recursion():
+    spec = NetSpec(depth=30, width=256, in_shape=(100,), activation="tanh", init="xavier_normal")
+    prof = stack.propagate(plan_mod.plan(spec), stack.Diagonal("tanh", 0.01, (), 1.3))
+    want = theory.predict(spec, input_var=1.3).profile
+    assert np.allclose(prof - prof[-1], want, atol=1e-10)
+
+
+def _relu_before_bn_gain(B):
+    """Closed form for ReLU, BN before the activation, eps -> 0 (derived in batchnorm.py's terms):
+    x_hat is uniform on a sphere in 1-perp; its 2-point moments are those of a Gaussian with
+    correlation rho = -1/(B-1) for functions of degree 0 and 2, and E[B/|Ph|^2] = B/((B-3) s2)."""
+    rho = -1 / (B - 1)
+    k = (math.sqrt(1 - rho * rho) + (math.pi - math.acos(rho)) * rho) / (2 * math.pi)  # E relu relu
+    both_on = 0.25 + math.asin(rho) / (2 * math.pi)
+    t_i = (B - 2) / 2
+    t_j = B / 2 - 1 - (B - 1) * (both_on + k)
+    return B * (t_i - t_j / B) / ((B - 3) * (B - 1) * (0.5 - k))
+
+
+@pytest.mark.parametrize("B", [8, 64, 1024])
+def test_batchnorm_gain_matches_the_relu_closed_form(B):
+    assert batchnorm.gain("relu", "before_activation", B) == pytest.approx(_relu_before_bn_gain(B), rel=4e-3)
+
+
+def test_batchnorm_gain_is_derived_not_a_constant():
+    # the lab's 1.21x per layer for ||delta||: sqrt(pi / (pi - 1)) as the batch grows
+    assert batchnorm.wide_batch_gain("relu") == pytest.approx(math.pi / (math.pi - 1), rel=1e-12)
+    assert math.sqrt(_relu_before_bn_gain(10**6)) == pytest.approx(1.2112, abs=1e-4)
+    small, large = (batchnorm.gain("relu", "before_activation", b) for b in (16, 256))
+    assert small > large > math.pi / (math.pi - 1)  # smaller batches explode faster
+    tanh = batchnorm.gain("tanh", "before_activation", 256)
+    assert tanh == pytest.approx(batchnorm.wide_batch_gain("tanh"), rel=0.02) and tanh < large
+
+
+# Measured margins (benchmarks/theory.py, docs/results/theory.md) are 0.01-0.1 decades for
+# these; the bounds leave room for 5 other seeds.
+@pytest.mark.parametrize("spec,batch,bound", [
+    (NetSpec(depth=20, width=256, in_shape=(256,), init="he_normal", batchnorm="before_activation"), 64, 0.15),
+    (NetSpec(depth=20, width=256, in_shape=(256,), activation="tanh", init="xavier_normal",
+             batchnorm="after_activation"), 64, 0.15),
+    (NetSpec(depth=20, width=256, in_shape=(256,), init="he_normal", batchnorm="before_activation",
+             residual=2), 64, 0.15),
+    (NetSpec(depth=20, width=256, in_shape=(256,), activation="tanh", init="he_normal", residual=2), 64, 0.1),
+    (NetSpec(kind="cnn", depth=20, width=32, in_shape=(3, 8, 8), init="he_normal"), 16, 0.2),
+], ids=["bn-before-relu", "bn-after-tanh", "bn-residual", "residual-tanh", "cnn-relu"])
+def test_structured_predictions_match_float64_measurements(spec, batch, bound):
+    err, std, _ = _measured_error(spec, batch)
+    assert abs(err) <= bound, (err, std)
+
+
+def test_residual_relu_needs_the_mean_mode_and_cnn_needs_the_borders():
+    spec = NetSpec(depth=30, width=256, in_shape=(256,), init="he_normal", residual=1)
+    err, _std, pred = _measured_error(spec, 256)
+    wide = pred.contrast["wide limit"]
+    assert abs(err) <= 0.8 and pred.log10_ratio - wide > 2.5  # the wide limit misses by 2-3 decades
+    cnn = NetSpec(kind="cnn", depth=20, width=32, in_shape=(3, 8, 8), init="he_normal")
+    err, _std, pred = _measured_error(cnn, 16)
+    assert abs(err) <= 0.2 < abs(pred.log10_ratio - pred.contrast["fully connected form (no borders)"])

@@ -151,3 +151,54 @@ def test_oracle_profile_matches_a_direct_autograd_computation():
     grads = torch.autograd.grad(loss, outs)
     want = [float(g.pow(2).mean().sqrt()) for g in grads]
     assert prof.out_rms == pytest.approx(want, rel=1e-5)
+
+
+def _bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "zoo.py"
+    spec = importlib.util.spec_from_file_location("bench_zoo", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _finding(kind, layers, causes, severity="critical"):
+    return {"kind": kind, "severity": severity, "layers": layers, "causes": causes}
+
+
+def test_benchmark_scores_detection_cause_and_localisation():
+    bench = _bench()
+    p = next(p for p in zoo.PLANTED if p.name == "gpt2-x0.01")
+    inside = ["transformer.h.0.attn.c_attn", "transformer.h.1.mlp.c_fc", "lm_head"]
+    hit = {"healthy": False, "findings": [_finding("vanishing", inside, ["chain_product_depth", "init_too_small"])]}
+    assert bench.score_planted(p, hit) == {"detected": True, "cause": True, "localised": True}
+    third = {"healthy": False, "findings": [_finding("vanishing", ["lm_head", "transformer.wte", "transformer.h.0"],
+                                                     ["a", "b", "init_too_small"])]}
+    assert bench.score_planted(p, third) == {"detected": True, "cause": False, "localised": False}
+    wrong_kind = {"healthy": False, "findings": [_finding("exploding", inside, ["init_too_small"])]}
+    assert bench.score_planted(p, wrong_kind)["detected"] is False
+    nan = next(p for p in zoo.PLANTED if p.name == "bert-x10")  # exploding: a non_finite finding counts
+    assert bench.score_planted(nan, {"healthy": False, "findings": [_finding("non_finite", [], ["x"])]})["detected"]
+    rows = [{"half": "calibration", "kind": "zoo", "expected": "healthy", "init": {"healthy": True},
+             "trained": hit, "error": None, "hooks_clean": True},
+            {"half": "calibration", "kind": "planted", "scores": {"init": bench.score_planted(p, hit)},
+             "error": "RuntimeError: x", "hooks_clean": False, "expected": "vanishing"}]
+    s = bench.summarise(rows)["calibration"]
+    assert s["false_alarms_init"] == [0, 1] and s["false_alarms_trained"] == [1, 1]
+    assert s["detection"] == [1, 1] and s["exceptions"] == [1, 2] and s["hooks_left"] == [1, 2]
+
+
+def test_benchmark_runs_one_model_and_writes_its_json(tmp_path, monkeypatch):
+    import json
+    import sys
+
+    bench = _bench()
+    out = tmp_path / "zoo.json"
+    monkeypatch.setattr(sys, "argv", ["zoo.py", "--only", "lstm-lm", "--steps", "2", "--json", str(out)])
+    bench.main()
+    data = json.loads(out.read_text())
+    (row,) = data["rows"]
+    assert row["name"] == "lstm-lm" and row["error"] is None and row["hooks_clean"]
+    assert set(data["summary"]) == set(zoo.HALVES)

@@ -239,15 +239,28 @@ class Measured:
                 f"median of {self.seeds} seeds")
 
 
+_BASE_CACHE: dict[tuple[str, int, int], tuple[list[float], Profile, Profile]] = {}
+
+
+def _base_run(base: ZooModel, seed: int, steps: int) -> tuple[list[float], Profile, Profile]:
+    """The healthy base's losses and profiles at init and after training (cached: bases are shared)."""
+    key = (base.name, seed, steps)
+    if key not in _BASE_CACHE:
+        model, ls = train(base, seed, steps)
+        _BASE_CACHE[key] = (ls, block_profile(base, seed), block_profile(base, seed, model))
+    return _BASE_CACHE[key]
+
+
 def measure(p: Planted, base: ZooModel, seeds: tuple[int, ...] = (0, 1, 2), steps: int = 50) -> Measured:
     """Profile (at init and after `steps` steps) and train the planted recipe and its healthy base."""
-    runs, bruns = [train(p.model, s, steps) for s in seeds], [train(base, s, steps) for s in seeds]
-    init = _phase([block_profile(p.model, s) for s in seeds], [block_profile(base, s) for s in seeds])
+    runs = [train(p.model, s, steps) for s in seeds]
+    based = [_base_run(base, s, steps) for s in seeds]
+    bruns = [(None, ls) for ls, _, _ in based]
+    init = _phase([block_profile(p.model, s) for s in seeds], [b[1] for b in based])
     nonfinite = [next((i for i, x in enumerate(r) if not math.isfinite(x)), None) for _, r in runs]
     trained = None
     if all(i is None for i in nonfinite):
-        trained = _phase([block_profile(p.model, s, m) for s, (m, _) in zip(seeds, runs)],
-                         [block_profile(base, s, m) for s, (m, _) in zip(seeds, bruns)])
+        trained = _phase([block_profile(p.model, s, m) for s, (m, _) in zip(seeds, runs)], [b[2] for b in based])
     med = statistics.median
     return Measured(name=p.name, init=init, trained=trained, drop=med([drop(r) for _, r in runs]),
                     base_drop=med([drop(r) for _, r in bruns]), final=med([final(r) for _, r in runs]),

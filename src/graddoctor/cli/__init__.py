@@ -8,7 +8,7 @@ import sys
 from ..errors import GradDoctorError
 
 # Each module defines `register(subparsers)`, which adds its parser with set_defaults(run=fn).
-COMMANDS = ("train", "demo", "check", "runs", "export", "report", "treat", "theory", "lab", "sweep")
+COMMANDS = ("train", "demo", "check", "run", "runs", "export", "report", "treat", "theory", "lab", "sweep")
 
 
 class _Parser(argparse.ArgumentParser):

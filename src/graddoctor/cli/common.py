@@ -86,3 +86,23 @@ def positive(name: str, value: float) -> None:
     """Reject a non-positive numeric flag with one line."""
     if not value > 0:
         raise GradDoctorError(f"--{name} must be positive, got {value}")
+
+
+def add_backend_args(g: argparse._ActionsContainer) -> None:
+    """--workers --backend --address: where a grid's runs go (the local pool or a Ray cluster)."""
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="local: worker processes (default: 1); ray: runs at a time (default: as many as Ray "
+                        "schedules)")
+    g.add_argument("--backend", default="local", metavar="NAME",
+                   help="local (this machine, a process pool) | ray (one Ray task per run; pip install "
+                        "'graddoctor[ray]') (default: local)")
+    g.add_argument("--address", default=None, metavar="ADDR",
+                   help="--backend ray: the cluster (ray://HEAD:10001, HEAD:6379 or auto; default: start a "
+                        "local Ray instance)")
+
+
+def backend_line(args: argparse.Namespace) -> str:
+    """'2 worker(s)' or 'on Ray at ADDR': where the runs go, for the first line a command prints."""
+    if args.backend == "ray":
+        return f"Ray tasks on {args.address or 'a local Ray instance'}"
+    return f"{args.workers or 1} worker(s)"

@@ -8,7 +8,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import GradDoctorError, unknown
-from .common import console
+from ..lab.experiments import SEEDS
+from .common import add_backend_args, console
 from .runs import add_store_arg
 
 DEFAULT_OUT = "graddoctor-lab"
@@ -16,11 +17,15 @@ EXAMPLE = f"""examples:
   graddoctor lab list
   graddoctor lab run depth --quick
   graddoctor lab run all --workers 2 --out docs/lab --store lab.db --resume
+  graddoctor lab run init --quick --seeds 3,4,5
+  graddoctor lab run all --backend ray --address ray://head:10001 --store lab.db
 
 Each experiment trains a small grid of networks on the bundled digits data with the probe on,
-stores every run (--store), writes OUT/NAME.png and OUT/NAME.md (default OUT: {DEFAULT_OUT}/)
-and prints the table and a conclusion computed from the measurements. --quick runs a smaller
-grid (seconds); --resume reuses the finished runs of an earlier, identical call.
+once per seed (default: 0,1,2), stores every run (--store), writes OUT/NAME.png and OUT/NAME.md
+(default OUT: {DEFAULT_OUT}/) and prints the table (each number as its range over the seeds) and a
+conclusion computed from the measurements: a claim is supported only when it holds on every
+seed. --quick runs shorter (seconds to a minute per experiment, the same seeds); --resume
+reuses the finished runs of an earlier call with the same settings.
 """
 
 
@@ -39,85 +44,123 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--quick", action="store_true", help="the small grid (the test suite's size)")
     r.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"figures and tables (default: {DEFAULT_OUT})")
     add_store_arg(r)
-    r.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes (default: 1)")
+    add_backend_args(r)
     r.add_argument("--resume", action="store_true", help="reuse finished runs of the same grid from --store")
-    r.add_argument("--seed", type=int, default=0, help="weights and data order (default: 0)")
+    r.add_argument("--seeds", type=_seeds, default=SEEDS, metavar="LIST",
+                   help=f"comma-separated seeds: weights, data split and order (default: {','.join(map(str, SEEDS))})")
     r.set_defaults(run=run_one)
     p.set_defaults(run=lambda args: (p.print_help(), 2)[1])
 
 
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"a seed is repeated in {text!r}")
+    return seeds
+
+
 def run_list(args: argparse.Namespace) -> int:
+    from ..lab import rnn
     from ..lab.experiments import EXPERIMENTS
 
-    t = Table("name", "runs", "claim", "source", box=box.SIMPLE_HEAD, title="graddoctor lab experiments")
+    t = Table("name", "runs (full / quick)", "claim", "source", box=box.SIMPLE_HEAD,
+              title=f"graddoctor lab experiments (each on seeds {', '.join(map(str, SEEDS))})")
     for e in EXPERIMENTS.values():
         t.add_row(e.name, f"{len(e.jobs())} / {len(e.jobs(quick=True))}", escape(e.claim), escape(e.source))
-    t.add_row("rnn", "6 / 4", "a tanh RNN's gradient vanishes through time; an LSTM carries it",
-              "Bengio, Simard & Frasconi 1994; Hochreiter & Schmidhuber 1997")
+    t.add_row("rnn", f"{len(rnn.jobs())} / {len(rnn.jobs(quick=True))}", escape(rnn.CLAIM), escape(rnn.SOURCE))
     console.print(t)
     return 0
 
 
-def run_rnn(args: argparse.Namespace) -> bool:
-    """The `rnn` experiment (the adding problem, not a NetSpec grid); True when the claim holds."""
+def _show(title: str, head: list[str], rows: list[list[str]], text: str) -> None:
+    t = Table(*head, box=box.SIMPLE_HEAD, title=title, title_justify="left")
+    for row in rows:
+        t.add_row(*map(escape, row))
+    console.print(t)
+    console.print(text.replace("**", ""), markup=False, highlight=False)
+
+
+def run_rnn(args: argparse.Namespace):
+    """The `rnn` experiment (the adding problem, not a NetSpec grid): its conclusion and runs."""
     from pathlib import Path
 
     from ..lab import rnn
 
-    runs, conclusion = rnn.run(args.store, quick=args.quick, seed=args.seed)
-    head, rows = rnn.table(runs)
-    t = Table(*head, box=box.SIMPLE_HEAD, title="rnn: vanishing through time, tanh RNN vs LSTM",
-              title_justify="left")
-    for row in rows:
-        t.add_row(*map(escape, row))
-    console.print(t)
-    console.print(conclusion.text.replace("**", ""), markup=False, highlight=False)
+    runs, conclusion = rnn.run(args.store, quick=args.quick, seeds=args.seeds, workers=args.workers,
+                               resume=args.resume, backend=args.backend, address=args.address)
+    _show(f"rnn: {escape(rnn.CLAIM)}", *rnn.table(runs), conclusion.text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "rnn.md").write_text(rnn.markdown(runs, conclusion))
-    console.print(f"wrote {out / 'rnn.md'}; {len(runs)} runs in {args.store}", markup=False, highlight=False,
-                  soft_wrap=True)
-    return conclusion.holds
+    (out / "rnn.md").write_text(rnn.markdown(runs, conclusion, args.quick))
+    reused = sum(r.reused for r in runs)
+    console.print(f"wrote {out / 'rnn.md'}; {len(runs)} runs in {args.store}"
+                  + (f" ({reused} reused)" if reused else ""), markup=False, highlight=False, soft_wrap=True)
+    return conclusion, len(runs), reused, rnn.CLAIM
 
 
 def print_lab(lab) -> None:
     """The experiment's table and conclusion on the terminal."""
     from ..lab.render import table
 
-    head, rows = table(lab)
-    t = Table(*head, box=box.SIMPLE_HEAD, title=f"{lab.experiment.name}: {escape(lab.experiment.claim)}",
-              title_justify="left")
-    for row in rows:
-        t.add_row(*map(escape, row))
-    console.print(t)
-    console.print(lab.conclusion.text.replace("**", ""), markup=False, highlight=False)
+    _show(f"{lab.experiment.name}: {escape(lab.experiment.claim)}", *table(lab), lab.conclusion.text)
+
+
+def _backend_session(args: argparse.Namespace):
+    """One Ray connection (or local instance) for every experiment of the call; nothing for the local pool."""
+    from contextlib import nullcontext
+
+    if args.backend != "ray":
+        return nullcontext()
+    from ..lab.ray_backend import session
+
+    return session(args.address, args.workers)
+
+
+def _run_named(name: str, args: argparse.Namespace) -> tuple:
+    """Run one experiment and print it: (name, claim, holds, held on, seeds, runs, reused, seconds)."""
+    import time
+
+    from ..lab import render
+    from ..lab.api import run_experiment
+
+    t0 = time.perf_counter()
+    if name == "rnn":
+        conclusion, n, reused, claim = run_rnn(args)
+    else:
+        lab = run_experiment(name, args.store, quick=args.quick, workers=args.workers, resume=args.resume,
+                             seeds=args.seeds, backend=args.backend, address=args.address)
+        print_lab(lab)
+        paths = render.write(lab, args.out)
+        conclusion, n, claim = lab.conclusion, len(lab.results), lab.experiment.claim
+        reused = sum(r.reused for r in lab.results)
+        console.print(f"wrote {', '.join(str(p) for p in paths)}; {n} runs in {args.store}"
+                      + (f" ({reused} reused)" if reused else ""), markup=False, highlight=False, soft_wrap=True)
+    return (name, claim, conclusion.holds, conclusion.held_on, conclusion.seeds, n, reused, time.perf_counter() - t0)
 
 
 def run_one(args: argparse.Namespace) -> int:
-    from ..lab import render
-    from ..lab.api import run_experiment
-    from ..lab.experiments import EXPERIMENTS
+    from pathlib import Path
 
-    if args.workers < 1:
+    from ..lab.experiments import EXPERIMENTS
+    from ..lab.points import summary_page
+
+    if args.workers is not None and args.workers < 1:
         raise GradDoctorError(f"--workers must be at least 1, got {args.workers}")
     if args.name not in (*EXPERIMENTS, "rnn", "all"):
         raise unknown("experiment", args.name, (*EXPERIMENTS, "rnn", "all"))
     names = [*EXPERIMENTS, "rnn"] if args.name == "all" else [args.name]
-    failed = []
-    for name in names:
-        if name == "rnn":
-            if not run_rnn(args):
-                failed.append(name)
-            continue
-        lab = run_experiment(name, args.store, quick=args.quick, workers=args.workers, resume=args.resume,
-                             seed=args.seed)
-        print_lab(lab)
-        paths = render.write(lab, args.out)
-        reused = sum(r.reused for r in lab.results)
-        console.print(f"wrote {', '.join(str(p) for p in paths)}; {len(lab.results)} runs in {args.store}"
-                      + (f" ({reused} reused)" if reused else ""), markup=False, highlight=False, soft_wrap=True)
-        if not lab.conclusion.holds:
-            failed.append(name)
+    with _backend_session(args):
+        done = [_run_named(name, args) for name in names]
+    if args.name == "all":
+        from ..lab.claims import thresholds
+
+        path = Path(args.out) / "summary.md"
+        path.write_text(summary_page(done, args.quick, thresholds()))
+        console.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
+    failed = [d[0] for d in done if not d[2]]
     if failed:
         console.print(f"not supported by these measurements: {', '.join(failed)}", markup=False, highlight=False)
     return 0

@@ -11,7 +11,16 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import GradDoctorError
-from .common import add_net_args, add_train_args, config_from_args, console, load_data, spec_from_args
+from .common import (
+    add_backend_args,
+    add_net_args,
+    add_train_args,
+    backend_line,
+    config_from_args,
+    console,
+    load_data,
+    spec_from_args,
+)
 from .runs import add_store_arg
 
 DEFAULT_OUT = "graddoctor-sweep"
@@ -22,9 +31,11 @@ SORTS = ("acc", "ratio", "grid")
 EXAMPLE = f"""examples:
   graddoctor sweep --depth 5,10,20 --activation sigmoid,relu --init xavier_normal,he_normal --epochs 5 --workers 2
   graddoctor sweep --lr 0.001,0.01,0.1 --momentum 0,0.9 --depth 20 --max-steps 300 --sort acc --resume
+  graddoctor sweep --depth 10,20,40 --init xavier_normal,he_normal --backend ray --address ray://head:10001
 
 Every flag of `graddoctor train` that names a network or training setting takes a
-comma-separated list; the sweep runs every combination (in --workers processes), stores each
+comma-separated list; the sweep runs every combination (in --workers processes, or as Ray
+tasks with --backend ray: on the cluster at --address, or a local Ray instance), stores each
 run in --store as it finishes, and prints a summary table: --sort acc (final validation
 accuracy, best first), ratio (log10 of the layer-1 / last-layer error signal at init, most
 vanishing first) or grid (the order of the grid). OUT/sweep.png overlays the per-layer
@@ -62,7 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _listify(p)
     g = p.add_argument_group("sweep")
     g.add_argument("--max-steps", type=int, default=None, help="stop each run after this many steps")
-    g.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes (default: 1)")
+    add_backend_args(g)
     g.add_argument("--resume", action="store_true", help="skip runs already finished in --store")
     g.add_argument("--sort", default="acc", help=f"summary order: {' | '.join(SORTS)} (default: acc)")
     g.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"where sweep.png goes (default: {DEFAULT_OUT})")
@@ -106,12 +117,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.sort not in SORTS:
         raise GradDoctorError(f"unknown --sort {args.sort!r}; choose one of: {', '.join(SORTS)}")
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         raise GradDoctorError(f"--workers must be at least 1, got {args.workers}")
     jobs = jobs_from_args(args)
-    console.print(f"sweep: {len(jobs)} runs, {args.workers} worker(s), store {args.store}", markup=False,
+    console.print(f"sweep: {len(jobs)} runs, {backend_line(args)}, store {args.store}", markup=False,
                   highlight=False, soft_wrap=True)
-    results = run_jobs(jobs, args.store, args.workers, args.resume, description="sweep")
+    results = run_jobs(jobs, args.store, args.workers, args.resume, description="sweep", backend=args.backend,
+                       address=args.address)
     sums = [summarise(r.trace, r.history, r.diagnosis, r.job.label, dict(r.job.coords), r.run_id) for r in results]
     t = Table("run", "settings", "verdict", "decades at init", "decades trained", "val acc", "seconds",
               box=box.SIMPLE_HEAD, title=f"sweep summary (sorted by {args.sort})", title_justify="left")

@@ -1,14 +1,16 @@
 """run_experiment(name): the grid through the runner, the numbers, the conclusion."""
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from ..store import RunStore
-from . import conclude, dynamics, experiments
+from . import conclude, dynamics, experiments, papers
 from .conclude import Conclusion
-from .experiments import Experiment
+from .experiments import SEEDS, Experiment
 from .runner import Result, dataset, run_jobs
 from .summary import RunSummary, summarise
 
@@ -16,7 +18,7 @@ from .summary import RunSummary, summarise
 CONCLUDERS: dict[str, Callable[[list[RunSummary]], Conclusion]] = {
     "activations": conclude.activations_, "depth": conclude.depth, "init": conclude.init,
     "batchnorm": conclude.batchnorm, "residual": dynamics.residual, "optimizer": dynamics.optimizer,
-    "he2015": dynamics.he2015, "glorot2010": dynamics.glorot2010,
+    "he2015": papers.he2015, "glorot2010": papers.glorot2010,
 }
 
 
@@ -31,31 +33,36 @@ class LabResult:
     conclusion: Conclusion
 
 
+@lru_cache(maxsize=8)
 def input_variance(data_name: str = "digits", seed: int = 0) -> float:
     """Mean squared input feature of a data set's training part (the theory's input_var)."""
     return float(dataset(data_name, seed).x_train.double().square().mean())
 
 
 def summaries(results: list[Result], theory: bool = False) -> list[RunSummary]:
-    """The lab's numbers for each result (with the theory's prediction when asked)."""
+    """The lab's numbers for each result (with the theory's prediction when asked: extra['predicted'])."""
     from ..theory import predict
 
-    var = input_variance(results[0].job.data, results[0].job.config.seed) if theory and results else 1.0
     out = []
     for r in results:
-        s = summarise(r.trace, r.history, r.diagnosis, r.job.label, dict(r.job.coords), r.run_id)
-        s.extra.update(lr=r.job.config.lr, momentum=r.job.config.momentum)
-        if theory:
-            p = predict(r.job.spec, input_var=var)
-            s.extra["predicted"] = p.log10_ratio / 2 if p.applicable else float("nan")  # ||.||^2 -> ||.||
+        s = summarise(r.trace, r.history, r.diagnosis, r.job.label, dict(r.job.coords), r.run_id,
+                      r.job.config.seed)
+        s.extra.update(lr=r.job.config.lr, momentum=r.job.config.momentum, init=r.job.spec.init)
+        if theory:  # nan where the theory does not cover the network (yet): the column stays empty
+            p = predict(r.job.spec, input_var=input_variance(r.job.data, r.job.config.seed))
+            s.extra["predicted"] = p.log10_ratio / 2 if p.applicable else math.nan  # ||.||^2 -> ||.||
         out.append(s)
     return out
 
 
-def run_experiment(name: str, store: RunStore | str | Path, quick: bool = False, workers: int = 1,
-                   resume: bool = False, seed: int = 0, progress_bar: bool = True) -> LabResult:
-    """Run (or, with resume, read back) one experiment's grid and conclude from the measurements."""
+def run_experiment(name: str, store: RunStore | str | Path, quick: bool = False, workers: int | None = 1,
+                   resume: bool = False, seeds: Sequence[int] = SEEDS, progress_bar: bool = True,
+                   backend: str = "local", address: str | None = None) -> LabResult:
+    """Run (or, with resume, read back) one experiment's grid on every seed and conclude from the measurements.
+
+    backend="ray" runs each run as a Ray task (on the cluster at `address`; see lab.runner.run_jobs).
+    """
     exp = experiments.get(name)
-    results = run_jobs(exp.jobs(quick, seed), store, workers, resume, progress_bar, f"lab {name}")
+    results = run_jobs(exp.jobs(quick, seeds), store, workers, resume, progress_bar, f"lab {name}", backend, address)
     sums = summaries(results, theory=exp.theory)
     return LabResult(exp, quick, results, sums, CONCLUDERS[name](sums))

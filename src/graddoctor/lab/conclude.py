@@ -1,166 +1,200 @@
-"""Pure: measured numbers -> each experiment's conclusion (text written from the numbers).
+"""Pure: measured numbers -> the conclusions about signal propagation at initialisation.
 
-A Conclusion says whether the measurements support the claim; when they do not, its text
-says so and which number disagrees. Nothing here trains or reads files.
+Each function takes every seed's RunSummaries and returns a Conclusion: the claim's checks
+evaluated seed by seed (claims.conclude), then sentences chosen by conditions on the numbers,
+each number written as its range over the seeds. Nothing here trains or reads files.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from .. import activations
-from ..diagnose import thresholds as T
+from .claims import (
+    DEGRADE,
+    LINEAR,
+    MATCH,
+    SLOPE,
+    THEORY_TOL,
+    TRAINS_ACC,
+    VANISH,
+    YANG_RELU_BN,
+    Conclusion,
+    conclude,
+    trains,
+    vanished,
+    within,
+)
+from .points import ZERO_DECADES as ZERO_DECADES  # re-exported: panels draws 'zero' ratios apart
+from .points import Point, acc, by, dec, one, points, span, values
 from .summary import RunSummary
 
-# A run "trains" when it reaches this validation accuracy on digits (10 classes, chance 0.1;
-# the healthy 20-layer nets here reach 0.93-0.97 in the quick budget).
-TRAINS_ACC = 0.8
-# Accuracy lost between the shallowest and the deepest net that counts as degradation.
-DEGRADE = 0.1
-# Per-layer decay (decades per layer, least squares over depths) that counts as exponential
-# decay with depth: sigmoid+Xavier measures about -0.6, ReLU+He about 0.
-SLOPE = 0.2
-# Theory and measurement agree when within this many decades (width 64-128 measures 0.1-0.3).
-THEORY_TOL = 1.0
-# glorot2010: the top hidden sigmoid layer "is driven towards zero" when its mean output falls
-# below this (it starts at 0.5) while the layers below stay near 0.5 (Glorot & Bengio 2010, fig. 2).
-TOP_LOW = 0.25
-# ... and "recovers" when its mean rises by this much from its minimum while the loss halves.
-RECOVER = 0.05
-# he2015: steps to halve the training loss, smoothed over this many steps.
-SMOOTH = 25
-# The diagnosis floors an exactly-zero signal at 1e-300 (diagnose.signals): a ratio below this
-# many decades means the first layer's error signal is 0 (e.g. tanh saturated in float64).
-ZERO_DECADES = -250.0
-VANISH = T.VANISH_DECADES  # the diagnosis's threshold: more than 2 decades is vanishing/exploding
+__all__ = ["Conclusion", "acc", "activations_", "batchnorm", "dec", "depth", "init"]
 
 
-@dataclass
-class Conclusion:
-    """Whether the numbers support the claim, a paragraph that says why, extra table columns."""
-
-    holds: bool
-    text: str
-    columns: dict[str, list[str]] = field(default_factory=dict)  # header -> one cell per run
+def _names(labels) -> str:
+    return ", ".join(labels) or "none"
 
 
-def dec(v: float) -> str:
-    """Decades with a sign: '+1.4', '-12.0', 'zero' (the first layer's signal is exactly 0), 'n/a'."""
-    if not math.isfinite(v):
-        return "n/a"
-    return "zero" if v < ZERO_DECADES else f"{v:+.1f}"
-
-
-def acc(v: float) -> str:
-    """An accuracy, or 'n/a'."""
-    return f"{v:.2f}" if math.isfinite(v) else "n/a"
-
-
-def by(runs: list[RunSummary], **coords: str) -> list[RunSummary]:
-    """The runs at these grid coordinates."""
-    return [r for r in runs if all(r.coords.get(k) == v for k, v in coords.items())]
-
-
-def one(runs: list[RunSummary], **coords: str) -> RunSummary | None:
-    """The first run at these coordinates, or None."""
-    found = by(runs, **coords)
-    return found[0] if found else None
-
-
-def values(runs: list[RunSummary], axis: str) -> list[str]:
-    """The point labels on one axis, in grid order."""
-    return list(dict.fromkeys(r.coords[axis] for r in runs if axis in r.coords))
-
-
-def said(holds: bool, text: str) -> str:
-    """The paragraph, opening with whether the claim is supported."""
-    return ("**Supported.** " if holds else "**Not supported by these measurements.** ") + text
-
-
-def trains(r: RunSummary) -> bool:
-    """The run reached TRAINS_ACC validation accuracy."""
-    return r.val_acc >= TRAINS_ACC
+def every(runs: list, pred) -> bool:
+    """There are runs and pred holds for each (an empty selection is a failed check, not a pass)."""
+    return bool(runs) and all(pred(r) for r in runs)
 
 
 def activations_(runs: list[RunSummary]) -> Conclusion:
-    """`activations`: sigmoid vanishes and fails; the non-saturating ones keep the signal and train."""
-    sat = [r for r in runs if activations.get(r.coords["net"]).saturating]
-    rest = [r for r in runs if r not in sat]
-    vanished = [r for r in sat if r.decades_init < -VANISH and not trains(r)]
-    kept = [r for r in rest if abs(r.decades_init) <= VANISH and trains(r)]
-    holds = bool(vanished) and len(kept) == len(rest)
-    sat_kept = [r for r in sat if r not in vanished]
-    text = (f"Measured at init, the error signal at layer 1 sits {', '.join(f'{r.label} {dec(r.decades_init)}' for r in runs)} "
-            f"decades from the last hidden layer. "
-            + (f"{', '.join(r.label for r in vanished)} vanished (beyond {VANISH:g} decades) and stayed at "
-               f"{', '.join(acc(r.val_acc) for r in vanished)} accuracy; " if vanished else "no saturating net vanished; ")
-            + f"{len(kept)} of {len(rest)} non-saturating nets kept the signal within {VANISH:g} decades and trained "
-            f"(accuracy {min((r.val_acc for r in rest), default=math.nan):.2f}-{max((r.val_acc for r in rest), default=math.nan):.2f}). "
-            + (f"Saturating is not enough by itself: {', '.join(f'{r.label} ({dec(r.decades_init)}, accuracy {acc(r.val_acc)})' for r in sat_kept)} "
-               "kept its gradient with Xavier init, whose inputs stay in tanh's linear range." if sat_kept else "")).strip()
-    return Conclusion(holds, said(holds, text))
+    """`activations`: a saturating net vanishes and fails; the non-saturating ones keep the signal and train."""
+    pts = points(runs)
+    sat = [p for p in pts if activations.get(p.coords["net"]).saturating]
+    rest = [p for p in pts if p not in sat]
+    is_sat = lambda r: activations.get(r.coords["net"]).saturating
+    checks = [
+        (f"a saturating activation ({_names(p.label for p in sat)}) has its layer-1 error signal more than "
+         f"{VANISH:g} decades below the last hidden layer's at init and stays below {TRAINS_ACC:g} accuracy",
+         lambda rs: any(vanished(r) and not trains(r) for r in rs if is_sat(r))),
+        (f"every non-saturating activation ({_names(p.label for p in rest)}) stays within {VANISH:g} decades "
+         f"and reaches {TRAINS_ACC:g}", lambda rs: all(within(r.decades_init) and trains(r) for r in rs
+                                                       if not is_sat(r))),
+    ]
+    lost = [p for p in sat if all(vanished(r) for r in p.runs)]
+    kept = [p for p in sat if p not in lost and all(within(r.decades_init) for r in p.runs)]
+    says = [
+        "Decades at init, over the seeds: " + "; ".join(f"{p.label} {span(p.get('decades_init'))}" for p in pts)
+        + (f". Non-saturating nets reach accuracy {span(np.concatenate([p.get('val_acc') for p in rest]), acc)}."
+           if rest else "."),
+    ]
+    for p in lost:  # how much of the decay the activation's derivative accounts for, per layer
+        match = all(abs(math.log10(r.per_layer_init / r.deriv_rms_init)) <= MATCH for r in p.runs)
+        says.append(f"{p.label} loses {span(p.get('per_layer_init'), _x)} per layer at init and the RMS of its "
+                    f"derivative over its units is {span(p.get('deriv_rms_init'), _2)} (at most "
+                    f"{activations.get(p.coords['net']).max_deriv:g})"
+                    + (": the derivative accounts for the loss per layer." if match else "."))
+    for p in kept:
+        act = activations.get(p.coords["net"])
+        linear = all(r.deriv_rms_init >= LINEAR * act.max_deriv for r in p.runs)
+        says.append(f"Saturating is not enough by itself: {p.label} (init {p.runs[0].extra.get('init', '?')}) "
+                    f"kept its signal ({span(p.get('decades_init'))}) and trained to "
+                    f"{span(p.get('val_acc'), acc)}"
+                    + (f"; the RMS of its derivative at init is {span(p.get('deriv_rms_init'), _2)} of a "
+                       f"maximum {act.max_deriv:g}: its units work near their linear range." if linear else "."))
+    return conclude(runs, checks, says)
 
 
-def _slope(rs: list[RunSummary]) -> float:
+def _x(v: float) -> str:
+    return f"{v:.2f}x" if math.isfinite(v) else "n/a"
+
+
+def _2(v: float) -> str:
+    return f"{v:.2f}" if math.isfinite(v) else "n/a"
+
+
+def slope(rs: list[RunSummary]) -> float:
+    """Least-squares decades per layer of the ratio at init over depth (one seed's runs of one net)."""
     d = np.array([r.depth for r in rs], float)
     y = np.array([r.decades_init for r in rs], float)
     ok = np.isfinite(y)
     return float(np.polyfit(d[ok] - 1, y[ok], 1)[0]) if ok.sum() >= 2 else math.nan
 
 
+def _slopes(runs: list[RunSummary], net: str) -> dict[int, float]:
+    seeds: dict[int, list[RunSummary]] = {}
+    for r in by(runs, net=net):
+        seeds.setdefault(r.seed, []).append(r)
+    return {s: slope(rs) for s, rs in seeds.items()}
+
+
 def depth(runs: list[RunSummary]) -> Conclusion:
     """`depth`: the saturating net decays exponentially with depth (a slope), ReLU+He does not."""
-    parts, holds = [], True
-    for net in values(runs, "net"):
-        rs = sorted(by(runs, net=net), key=lambda r: r.depth)
-        slope = _slope(rs)
-        saturating = activations.get(net).saturating
-        ok = (slope < -SLOPE and rs[-1].decades_init < -VANISH) if saturating else \
-            (abs(slope) < SLOPE and all(abs(r.decades_init) <= VANISH for r in rs))
-        holds &= ok
-        parts.append(f"{net}: {slope:+.2f} decades per layer ({', '.join(f'depth {r.depth} {dec(r.decades_init)}' for r in rs)}); "
-                     f"accuracy {', '.join(acc(r.val_acc) for r in rs)}")
-        if not saturating and rs[-1].val_acc < rs[0].val_acc - DEGRADE and abs(rs[-1].decades_init) <= VANISH:
-            parts.append(f"{net} at depth {rs[-1].depth} trains worse ({acc(rs[-1].val_acc)}) with a healthy "
-                         "gradient ratio: depth costs more than gradient flow (see `residual`)")
-    text = "Gradient ratio at init (layer 1 vs the last hidden layer) against depth. " + ". ".join(parts) + "."
-    return Conclusion(holds, said(holds, text))
+    nets = values(runs, "net")
+    sat = [n for n in nets if activations.get(n).saturating]
+    checks = []
+    for net in nets:
+        if net in sat:
+            checks.append((f"{net}'s ratio falls faster than {SLOPE:g} decades per layer and is below "
+                           f"-{VANISH:g} at the deepest net",
+                           lambda rs, net=net: slope(by(rs, net=net)) < -SLOPE
+                           and vanished(max(by(rs, net=net), key=lambda r: r.depth))))
+        else:
+            checks.append((f"{net}'s slope is within ±{SLOPE:g} decades per layer and every depth stays within "
+                           f"{VANISH:g} decades", lambda rs, net=net: abs(slope(by(rs, net=net))) < SLOPE
+                           and all(within(r.decades_init) for r in by(rs, net=net))))
+    says = []
+    for net in nets:
+        pts = sorted((p for p in points(runs) if p.coords["net"] == net), key=lambda p: p.depth)
+        ratios = ", ".join(f"depth {p.depth} {span(p.get('decades_init'))}" for p in pts)
+        says.append(f"{net}: {span(list(_slopes(runs, net).values()), lambda v: f'{v:+.2f}')} decades per layer "
+                    f"({ratios}); accuracy {', '.join(span(p.get('val_acc'), acc) for p in pts)}.")
+        if net not in sat and len(pts) >= 2:  # depth costing accuracy although the gradient flows
+            deep, shallow = pts[-1], pts[0]
+            worse = [r.seed for r, s in zip(deep.runs, shallow.runs)
+                     if r.val_acc < s.val_acc - DEGRADE and within(r.decades_init)]
+            if worse:
+                says.append(f"{net} at depth {deep.depth} trains worse than at depth {shallow.depth} with a "
+                            f"ratio at init within {VANISH:g} decades on {len(worse)}/{len(deep.runs)} seeds "
+                            f"(accuracy {span(deep.get('val_acc'), acc)}).")
+    return conclude(runs, checks, says)
+
+
+def _predicted(r: RunSummary) -> float:
+    return r.extra.get("predicted", math.nan)
 
 
 def init(runs: list[RunSummary]) -> Conclusion:
     """`init`: small vanishes, large explodes, Xavier/He keep it, the theory predicts all of it."""
-    pred = [r.extra.get("predicted", math.nan) for r in runs]
-    gap = [abs(r.decades_init - p) for r, p in zip(runs, pred) if math.isfinite(p) and math.isfinite(r.decades_init)]
-    worst = max(gap, default=math.nan)
-    bad_small = [r for r in by(runs, init="small") if r.decades_init >= -VANISH]
-    bad_large = [r for r in by(runs, init="large") if r.decades_init <= VANISH]
-    proper = [one(runs, activation="tanh", init="xavier_normal"), one(runs, activation="relu", init="he_normal")]
-    bad_proper = [r for r in proper if r is not None and (abs(r.decades_init) > VANISH or not trains(r))]
-    holds = not bad_small and not bad_large and not bad_proper and worst <= THEORY_TOL
-    rows = "; ".join(f"{r.label} {dec(r.decades_init)} (theory {dec(p)})" for r, p in zip(runs, pred))
-    text = (f"Measured (theory) decades at init: {rows}. The theory is within {worst:.2f} decades of every "
-            f"measurement (tolerance {THEORY_TOL:g}). "
-            + ("Small init vanishes and large init explodes for both activations; " if not (bad_small or bad_large)
-               else f"Against the claim: {', '.join(r.label for r in bad_small + bad_large)} stayed within {VANISH:g} decades. ")
-            + ("Xavier (tanh) and He (ReLU) keep the signal within " f"{VANISH:g} decades and train." if not bad_proper
-               else f"Against the claim: {', '.join(r.label for r in bad_proper)} did not keep the signal or did not train."))
-    return Conclusion(holds, said(holds, text),
-                      {"theory (decades)": [dec(p) for p in pred]})
+    acts = values(runs, "activation")
+    proper = {"tanh": "xavier_normal", "relu": "he_normal"}
+    gap = lambda r: abs(r.decades_init - _predicted(r))
+    checks = [
+        (f"small init vanishes (below -{VANISH:g} decades at init) for {_names(acts)}",
+         lambda rs: every(by(rs, init="small"), vanished)),
+        (f"large init explodes (above +{VANISH:g}) for {_names(acts)}",
+         lambda rs: every(by(rs, init="large"), lambda r: r.decades_init > VANISH)),
+        (f"Xavier (tanh) and He (ReLU) stay within {VANISH:g} decades and reach {TRAINS_ACC:g} accuracy",
+         lambda rs: all(within(r.decades_init) and trains(r)
+                        for a, i in proper.items() for r in [one(rs, activation=a, init=i)])),
+        (f"the mean-field prediction is within {THEORY_TOL:g} decades of every measurement at init",
+         lambda rs: all(gap(r) <= THEORY_TOL for r in rs)),
+    ]
+    pts = points(runs)
+    worst = max(pts, key=lambda p: np.nanmax(p.get(gap)))
+    says = [f"Largest gap between theory and measurement: {span(worst.get(gap), lambda v: f'{v:.2f}')} decades "
+            f"({worst.label}); median gap {float(np.nanmedian([gap(r) for r in runs])):.2f}."]
+    return conclude(runs, checks, says)  # render adds the theory column
 
 
 def batchnorm(runs: list[RunSummary]) -> Conclusion:
     """`batchnorm`: BN turns the vanishing deep sigmoid net into one that trains."""
-    plain, bn = one(runs, net="sigmoid", bn="plain"), one(runs, net="sigmoid", bn="BN")
-    holds = bool(plain and bn and plain.decades_init < -VANISH and not trains(plain)
-                 and abs(bn.decades_init) <= VANISH and trains(bn))
-    text = (f"Sigmoid without BN: {dec(plain.decades_init)} decades at init, accuracy {acc(plain.val_acc)}; "
-            f"with BN: {dec(bn.decades_init)} decades, accuracy {acc(bn.val_acc)}. " if plain and bn else "")
-    relu_bn = one(runs, net="relu", bn="BN")
+    checks = [
+        (f"the plain sigmoid net's ratio at init is below -{VANISH:g} decades and it stays below "
+         f"{TRAINS_ACC:g} accuracy", lambda rs: vanished(one(rs, net="sigmoid", bn="plain"))
+         and not trains(one(rs, net="sigmoid", bn="plain"))),
+        (f"with BatchNorm it stays within {VANISH:g} decades and reaches {TRAINS_ACC:g}",
+         lambda rs: within(one(rs, net="sigmoid", bn="BN").decades_init) and trains(one(rs, net="sigmoid", bn="BN"))),
+    ]
+    pts = points(runs)
+    plain, bn = one(pts, net="sigmoid", bn="plain"), one(pts, net="sigmoid", bn="BN")
+    says = [f"Sigmoid without BN: {span(plain.get('decades_init'))} decades at init, accuracy "
+            f"{span(plain.get('val_acc'), acc)}; with BN: {span(bn.get('decades_init'))}, accuracy "
+            f"{span(bn.get('val_acc'), acc)}." if plain and bn else ""]
+    relu_bn = one(pts, net="relu", bn="BN")
     if relu_bn is not None:
-        text += (f"BatchNorm is not neutral for ReLU: the plain BN-ReLU stack's error signal grows "
-                 f"{relu_bn.per_layer_init:.2f}x per layer at init ({dec(relu_bn.decades_init)} decades over "
-                 f"{relu_bn.depth} layers; Yang et al. 2019 predict 1.21x), a mild explosion that the "
-                 f"diagnosis flags beyond {VANISH:g} decades; after training it is {dec(relu_bn.decades_trained)}.")
-    return Conclusion(holds, said(holds, text))
+        says.append(_relu_bn(relu_bn))
+    return conclude(runs, checks, says)
+
+
+def _relu_bn(p: Point) -> str:
+    """What BatchNorm does to a ReLU stack's error signal, against Yang et al.'s prediction."""
+    layers = p.depth - 1
+    predicted = layers * math.log10(YANG_RELU_BN)
+    close = all(abs(r.decades_init - predicted) <= THEORY_TOL for r in p.runs)
+    crossing = 1 + VANISH / math.log10(YANG_RELU_BN)
+    text = (f"With BN the ReLU stack's error signal grows {span(p.get('per_layer_init'), _x)} per layer at init "
+            f"({span(p.get('decades_init'))} decades over {p.depth} layers); Yang et al. (2019) predict "
+            f"{YANG_RELU_BN:.2f}x ({dec(predicted)}): " + ("within" if close else "not within")
+            + f" {THEORY_TOL:g} decades on every seed.")
+    if all(r.decades_init > VANISH for r in p.runs):
+        text += f" That is beyond the diagnosis's {VANISH:g} decades: exploding."
+    elif all(0 < r.decades_init <= VANISH for r in p.runs) and close:
+        text += (f" At this depth it stays within the diagnosis's {VANISH:g} decades; at that rate it would pass "
+                 f"them at about {crossing:.0f} layers.")
+    return text + f" After training: {span(p.get('decades_trained'))}."

@@ -1,115 +1,122 @@
-"""Pure: the conclusions about training dynamics (depth degradation, step size, the two papers).
+"""Pure: the conclusions about training dynamics (depth degradation, the step size).
 
-Same contract as conclude.py: numbers in, a Conclusion whose text says whether they support
-the claim and, when not, which number disagrees.
+Same contract as conclude.py: every seed's numbers in; the claim's checks seed by seed, then
+sentences chosen by conditions on the numbers, each number as its range over the seeds.
 """
 from __future__ import annotations
 
-import math
-
-import numpy as np
-
-from .conclude import DEGRADE, RECOVER, SMOOTH, TOP_LOW, VANISH, Conclusion, acc, by, dec, one, said, trains, values
+from .claims import DEGRADE, TRAINS_ACC, VANISH, Conclusion, conclude, trains, within
+from .points import Point, acc, by, counts, points, span, values
 from .summary import RunSummary
+
+# The outcomes of a run by what its numbers show, worst first; FAILS are the too-large-step ones.
+FAILS = ("diverges", "explodes", "vanishes", "saturates", "dead units", "loss grows")
+OUTCOMES = (*FAILS, "trains", "stalls")
+
+
+def _deepest(rs: list, arch: str):
+    return max(by(rs, arch=arch), key=lambda r: r.depth)
+
+
+def _shallowest(rs: list, arch: str):
+    return min(by(rs, arch=arch), key=lambda r: r.depth)
+
+
+def _degrades(rs: list, arch: str) -> bool:
+    return _deepest(rs, arch).val_acc < _shallowest(rs, arch).val_acc - DEGRADE
 
 
 def residual(runs: list[RunSummary]) -> Conclusion:
     """`residual`: plain nets lose accuracy with depth, residual nets do not; what the gradient does."""
-    parts, degraded, kept = [], [], []
-    for arch in values(runs, "arch"):
-        rs = sorted(by(runs, arch=arch), key=lambda r: r.depth)
-        (kept if "residual" in arch else degraded).append(rs[-1].val_acc >= rs[0].val_acc - DEGRADE)
-        parts.append(f"{arch}: accuracy {', '.join(f'{acc(r.val_acc)} at {r.depth}' for r in rs)}; decades at init "
-                     f"{', '.join(dec(r.decades_init) for r in rs)}, after training {', '.join(dec(r.decades_trained) for r in rs)}")
-    holds = bool(degraded) and not any(degraded) and bool(kept) and all(kept)
-    plain_bn = sorted(by(runs, arch="plain+BN"), key=lambda r: r.depth)
-    note = ""
+    archs = values(runs, "arch")
+    checks = []
+    for arch in archs:
+        if "residual" in arch:
+            checks.append((f"{arch} loses less than {DEGRADE:g} accuracy from the shallowest to the deepest net",
+                           lambda rs, a=arch: not _degrades(rs, a)))
+        else:
+            checks.append((f"{arch} loses more than {DEGRADE:g} accuracy from the shallowest to the deepest net",
+                           lambda rs, a=arch: _degrades(rs, a)))
+    if "plain+BN" in archs:
+        checks.append((f"the deepest plain+BN net's ratio after training is within {VANISH:g} decades (not "
+                       "vanishing)", lambda rs: within(_deepest(rs, "plain+BN").decades_trained)))
+    pts = points(runs)
+    says = []
+    for arch in archs:
+        ps = sorted(by(pts, arch=arch), key=lambda p: p.depth)
+        accs = ", ".join(f"{span(p.get('val_acc'), acc)} at {p.depth}" for p in ps)
+        says.append(f"{arch}: accuracy {accs}; "
+                    f"decades at init {', '.join(span(p.get('decades_init')) for p in ps)}, after training "
+                    f"{', '.join(span(p.get('decades_trained')) for p in ps)}.")
+    plain_bn = sorted(by(pts, arch="plain+BN"), key=lambda p: p.depth)
     if plain_bn:
-        deep = plain_bn[-1]
-        what = "vanishing" if deep.decades_trained < -VANISH else "not vanishing"
-        note = (f" With BatchNorm the deepest plain net's gradient at init is {dec(deep.decades_init)} decades "
-                f"(it grows {deep.per_layer_init:.2f}x per layer) and after training {dec(deep.decades_trained)}: "
-                f"{what}; its degradation is an optimisation problem, as He et al. (2016) argue.")
-    text = ". ".join(parts) + "." + note
-    return Conclusion(holds, said(holds, text))
+        says.append(_plain_bn(plain_bn[-1], plain_bn[0]))
+    plain = sorted(by(pts, arch="plain"), key=lambda p: p.depth)
+    if plain and all(r.decades_trained < -VANISH for r in plain[-1].runs):
+        says.append(f"Without BN the plain {plain[-1].depth}-layer net's gradient vanishes during training "
+                    f"({span(plain[-1].get('decades_init'))} at init, {span(plain[-1].get('decades_trained'))} "
+                    f"after), with accuracy {span(plain[-1].get('val_acc'), acc)}.")
+    return conclude(runs, checks, says)
+
+
+def _plain_bn(deep: Point, shallow: Point) -> str:
+    """What the deepest plain BN net's gradient does, said only as far as its numbers go."""
+    text = f"With BatchNorm the plain {deep.depth}-layer net's ratio at init is {span(deep.get('decades_init'))}"
+    text += (f" (it grows {span(deep.get('per_layer_init'), lambda v: f'{v:.2f}x')} per layer: exploding)"
+             if all(r.decades_init > VANISH for r in deep.runs) else "")
+    text += f" and after training {span(deep.get('decades_trained'))}"
+    degraded = all(d.val_acc < s.val_acc - DEGRADE for d, s in zip(deep.runs, shallow.runs))
+    if degraded and all(within(r.decades_trained) for r in deep.runs):
+        return text + (f"; its accuracy ({span(deep.get('val_acc'), acc)}) is lower than at depth {shallow.depth} "
+                       f"({span(shallow.get('val_acc'), acc)}) while its trained gradient is not vanishing: the "
+                       "degradation He et al. (2016) describe is not explained by a vanishing gradient here.")
+    return text + "."
 
 
 def outcome(r: RunSummary) -> str:
-    """'explodes', 'vanishes', 'trains' or 'stalls', from the run's numbers (worst first)."""
+    """What a run's numbers show, worst first (one of OUTCOMES)."""
     kinds = r.verdict_trained
     if r.diverged_at is not None or "non_finite" in kinds:
+        return "diverges"  # a non-finite loss
+    if r.decades_trained > VANISH or "exploding" in kinds:
         return "explodes"
-    if any(k in kinds for k in ("vanishing", "saturation", "dead_units")):
-        return "vanishes"  # the gradient is gone: too small, or zero through saturated or dead units
-    if "exploding" in kinds or r.final_loss > r.first_loss:
-        return "explodes"
-    return "trains" if trains(r) else "stalls"
+    if r.decades_trained < -VANISH or "vanishing" in kinds:
+        return "vanishes"
+    if "saturation" in kinds:
+        return "saturates"  # the diagnosis measured units at phi' < 1% of its maximum
+    if "dead_units" in kinds:
+        return "dead units"
+    if trains(r):
+        return "trains"
+    return "loss grows" if r.final_loss > r.first_loss else "stalls"
+
+
+def _step(r: RunSummary) -> float:
+    return r.extra["lr"] / (1 - r.extra["momentum"])  # the effective step of SGD with momentum
+
+
+def _step_map(rs: list[RunSummary]) -> bool:
+    """One net on one seed: the smallest step stalls, some step trains, the largest fails."""
+    rs = sorted(rs, key=_step)
+    got = [outcome(r) for r in rs]
+    return got[0] == "stalls" and "trains" in got and got[-1] in FAILS
 
 
 def optimizer(runs: list[RunSummary]) -> Conclusion:
     """`optimizer`: by effective step, each net stalls first, trains somewhere, and fails last."""
-    parts, holds = [], True
-    for net in values(runs, "net"):
-        rs = by(runs, net=net)
-        key = {id(r): r.extra["lr"] / (1 - r.extra["momentum"]) for r in rs}  # the effective step
-        rs.sort(key=lambda r: key[id(r)])
-        got = [outcome(r) for r in rs]
-        ok = got[0] == "stalls" and "trains" in got and got[-1] in ("explodes", "vanishes")
-        holds &= ok
-        seen = {o: sorted({key[id(r)] for r, g in zip(rs, got) if g == o}) for o in dict.fromkeys(got)}
-        parts.append(f"{net}: " + "; ".join(f"{o} at {', '.join(f'{v:g}' for v in steps)}" for o, steps in seen.items()))
-    text = "By the effective step lr/(1-momentum): " + ". ".join(parts) + ". " + (
-        "The same healthy net stalls, trains or fails as the step grows: the step size decides." if holds else
-        "Against the claim: some net does not stall at the smallest step, never trains, or survives the largest.")
-    return Conclusion(holds, said(holds, text), {"outcome": [outcome(r) for r in runs]})
+    nets = values(runs, "net")
+    checks = [(f"{net}: the smallest step lr/(1-momentum) stalls (below {TRAINS_ACC:g} accuracy, no pathology), "
+               "some step trains, the largest fails", lambda rs, n=net: _step_map(by(rs, net=n))) for net in nets]
+    pts = points(runs)
+    says = []
+    for net in nets:
+        seen: dict[str, set[float]] = {}
+        for r in sorted(by(runs, net=net), key=_step):
+            seen.setdefault(outcome(r), set()).add(_step(r))
+        says.append(f"{net}, outcome by effective step over all seeds: "
+                    + "; ".join(f"{o} at {', '.join(f'{v:g}' for v in sorted(seen[o]))}" for o in OUTCOMES if o in seen)
+                    + ".")
+    return conclude(runs, checks, says, {"outcome": [counts([outcome(r) for r in p.runs]) for p in pts]})
 
 
-def halving_step(r: RunSummary) -> int | None:
-    """First step at which the smoothed training loss is below half the first loss (None: never)."""
-    y = r.loss_curve
-    if not len(y) or not math.isfinite(r.first_loss):
-        return None
-    k = min(SMOOTH, len(y))
-    smooth = np.convolve(np.where(np.isfinite(y), y, np.inf), np.ones(k) / k, mode="valid")
-    hit = np.flatnonzero(smooth < r.first_loss / 2)
-    return int(hit[0] + k - 1) if len(hit) else None
-
-
-def he2015(runs: list[RunSummary]) -> Conclusion:
-    """`he2015`: He halves the loss at least twice as fast as Xavier and ends more accurate."""
-    x, h = one(runs, init="xavier_normal"), one(runs, init="he_normal")
-    tx, th = (halving_step(x), halving_step(h)) if x and h else (None, None)
-    holds = bool(x and h and th is not None and (tx is None or tx > 2 * th) and h.val_acc > x.val_acc + DEGRADE)
-    when = lambda t, r: f"step {t}" if t is not None else f"not within {len(r.loss_curve)} steps"
-    text = (f"Xavier: {dec(x.decades_init)} decades at init ({x.per_layer_init:.2f}x per layer), loss halved "
-            f"{when(tx, x)}, final accuracy {acc(x.val_acc)}. He: {dec(h.decades_init)} decades, loss halved "
-            f"{when(th, h)}, final accuracy {acc(h.val_acc)}." if x and h else "")
-    return Conclusion(holds, said(holds, text),
-                      {"loss halved at": [str(halving_step(r)) if halving_step(r) is not None else "never" for r in runs]})
-
-
-def _recovery(r: RunSummary) -> int | None:
-    top = r.act_means[:, -1]
-    lo = int(np.nanargmin(top))
-    later = np.flatnonzero((top[lo:] > top[lo] + RECOVER) & (r.steps[lo:] > 0))
-    t = halving_step(r)
-    return int(r.steps[lo + later[0]]) if len(later) and t is not None and t > r.steps[lo] else None
-
-
-def glorot2010(runs: list[RunSummary]) -> Conclusion:
-    """`glorot2010`: the top sigmoid layer is pushed towards 0 and the tanh nets' is not."""
-    sig = one(runs, net="sigmoid")
-    tanh = [r for r in runs if r is not sig]
-    top, below = sig.act_means[:, -1], sig.act_means[:, :-1]
-    lo = int(np.nanargmin(top))
-    low = bool(top[lo] < TOP_LOW and np.nanmin(below) > TOP_LOW)
-    rec = _recovery(sig)
-    tanh_ok = all(np.nanmax(np.abs(r.act_means[:, -1])) < TOP_LOW and trains(r) for r in tanh)
-    holds = low and tanh_ok
-    text = (f"Sigmoid: the top hidden layer's mean output goes from {top[0]:.2f} to {top[lo]:.2f} at step "
-            f"{int(sig.steps[lo])} while the layers below stay at {np.nanmin(below):.2f}-{np.nanmax(below):.2f}; "
-            + (f"it recovers from step {rec} on, when the loss starts to fall (final accuracy {acc(sig.val_acc)}). "
-               if rec is not None else f"no recovery within {len(sig.loss_curve)} steps (accuracy {acc(sig.val_acc)}). ")
-            + "; ".join(f"{r.label}: top layer mean within ±{np.nanmax(np.abs(r.act_means[:, -1])):.2f} of 0, "
-                        f"accuracy {acc(r.val_acc)}" for r in tanh) + ".")
-    return Conclusion(holds, said(holds, text))
+__all__ = ["FAILS", "OUTCOMES", "optimizer", "outcome", "residual"]

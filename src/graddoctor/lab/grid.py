@@ -53,6 +53,16 @@ class Job:
                 "records": self.records, "group": self.group}
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
+    def run(self):
+        """Build, train under the probe and diagnose: (Trace, History, Diagnosis | None); no I/O."""
+        from .runner import execute
+
+        return execute(self)
+
+    def spec_dict(self) -> dict:
+        """The stored run's spec column."""
+        return self.spec.to_dict()
+
     def stored_config(self) -> dict:
         """The config column of the stored run: TrainConfig plus the grid bookkeeping."""
         return {**self.config.to_dict(), "data": self.data, "records": self.records, "group": self.group,

@@ -12,13 +12,16 @@ import numpy as np
 from ..report import figdata as fd
 from ..report.figures import plot_curves, plot_depth_profile
 from ..training import History
-from .conclude import SMOOTH, VANISH, ZERO_DECADES, acc
+from .claims import SMOOTH, VANISH
 from .dynamics import outcome
+from .points import ZERO_DECADES, Point, acc, counts, points
 from .summary import RunSummary
 
 COLOURS = 10  # matplotlib's default colour cycle: later lines are dashed
 CURVE_POINTS = 200  # points drawn per loss curve (keeps the PNG small)
-OUTCOME_COLOURS = {"trains": "tab:green", "stalls": "0.7", "vanishes": "tab:blue", "explodes": "tab:red"}
+OUTCOME_COLOURS = {"trains": "tab:green", "stalls": "0.7", "vanishes": "tab:blue", "saturates": "tab:cyan",
+                   "dead units": "tab:purple", "explodes": "tab:red", "diverges": "tab:brown",
+                   "loss grows": "tab:orange", "differs by seed": "white"}
 
 
 def _profiles(runs: list[RunSummary], trained: bool) -> list[fd.Profile]:
@@ -54,11 +57,11 @@ def plot_loss(histories: dict[str, History], ax) -> None:
     ax.set_xlabel("step")
 
 
-def _series(runs: list[RunSummary], across: str) -> dict[str, list[RunSummary]]:
-    out: dict[str, list[RunSummary]] = {}
-    for r in runs:
-        key = ", ".join(v for k, v in r.coords.items() if k != across)
-        out.setdefault(key, []).append(r)
+def _series(pts: list[Point], across: str) -> dict[str, list[Point]]:
+    out: dict[str, list[Point]] = {}
+    for p in pts:
+        key = ", ".join(v for k, v in p.coords.items() if k != across)
+        out.setdefault(key, []).append(p)
     return out
 
 
@@ -67,21 +70,35 @@ def _shown(v: float) -> float:
     return v if v >= ZERO_DECADES else math.nan
 
 
+def _band(ax, x: list[int], ys: np.ndarray, **kw) -> None:
+    """Median over seeds (rows of ys: points, columns: seeds) with a min-max error bar."""
+    with np.errstate(all="ignore"):
+        mid = np.nanmedian(ys, axis=1) if ys.size else ys
+        lo, hi = np.nanmin(ys, axis=1), np.nanmax(ys, axis=1)
+    ax.errorbar(x, mid, yerr=[mid - lo, hi - mid], capsize=3, **kw)
+
+
 def plot_by_depth(runs: list[RunSummary], axes) -> None:
-    """Gradient ratio (at init: solid, trained: dashed) and final accuracy against depth, per series."""
-    for k, (label, rs) in enumerate(_series(runs, "depth").items()):
-        rs = sorted(rs, key=lambda r: r.depth)
-        d = [r.depth for r in rs]
-        axes[0].plot(d, [_shown(r.decades_init) for r in rs], marker="o", color=f"C{k}", label=f"{label}, at init")
-        axes[0].plot(d, [_shown(r.decades_trained) for r in rs], marker="x", ls="--", color=f"C{k}",
-                     label=f"{label}, trained")
-        axes[1].plot(d, [r.val_acc for r in rs], marker="o", color=f"C{k}", label=label)
+    """Gradient ratio (at init: solid, trained: dashed) and final accuracy against depth, per series;
+    median over the seeds with their min-max range."""
+    import warnings
+
+    for k, (label, pts) in enumerate(_series(points(runs), "depth").items()):
+        pts = sorted(pts, key=lambda p: p.depth)
+        d = [p.depth for p in pts]
+        with warnings.catch_warnings():  # an all-'zero' point has no median to draw
+            warnings.simplefilter("ignore", RuntimeWarning)
+            _band(axes[0], d, np.array([[_shown(v) for v in p.get("decades_init")] for p in pts]), marker="o",
+                  color=f"C{k}", label=f"{label}, at init")
+            _band(axes[0], d, np.array([[_shown(v) for v in p.get("decades_trained")] for p in pts]), marker="x",
+                  ls="--", color=f"C{k}", label=f"{label}, trained")
+            _band(axes[1], d, np.array([p.get("val_acc") for p in pts]), marker="o", color=f"C{k}", label=label)
     axes[0].axhspan(-VANISH, VANISH, color="tab:green", alpha=0.08, lw=0, label=f"within {VANISH:g} decades")
     axes[0].set_ylabel("log10 ‖δ₁‖ / ‖δ_L‖ (decades)")
     axes[0].set_title("Gradient ratio, first / last hidden layer")
     axes[1].set_ylabel("final validation accuracy")
     axes[1].set_ylim(0, 1)
-    axes[1].set_title("Accuracy")
+    axes[1].set_title("Accuracy (median, min-max over seeds)")
     for ax in axes:
         ax.set_xlabel("hidden layers")
         ax.grid(True, alpha=0.3)
@@ -89,16 +106,19 @@ def plot_by_depth(runs: list[RunSummary], axes) -> None:
 
 
 def plot_theory(runs: list[RunSummary], ax) -> None:
-    """Measured gradient ratio at init against the mean-field prediction."""
+    """Measured gradient ratio at init against the mean-field prediction (every seed; labelled once)."""
     x = np.array([r.extra.get("predicted", math.nan) for r in runs])
     y = np.array([_shown(r.decades_init) for r in runs])
     ok = np.isfinite(x) & np.isfinite(y)
     lim = (min(x[ok].min(), y[ok].min()) - 2, max(x[ok].max(), y[ok].max()) + 2) if ok.any() else (-1, 1)
     ax.plot(lim, lim, color="0.6", lw=1, ls="--", label="measured = predicted")
-    for r, xi, yi in zip(runs, x, y):
-        if math.isfinite(xi) and math.isfinite(yi):
-            ax.scatter([xi], [yi], s=25, zorder=3)
-            ax.annotate(r.label, (xi, yi), fontsize=6.5, xytext=(4, -3), textcoords="offset points")
+    for k, p in enumerate(points(runs)):
+        px = p.get(lambda r: r.extra.get("predicted", math.nan))
+        py = np.array([_shown(v) for v in p.get("decades_init")])
+        keep = np.isfinite(px) & np.isfinite(py)
+        if keep.any():
+            ax.scatter(px[keep], py[keep], s=18, zorder=3, color=f"C{k % COLOURS}", alpha=0.8)
+            ax.annotate(p.label, (px[keep][0], py[keep][0]), fontsize=6.5, xytext=(4, -3), textcoords="offset points")
     ax.set_xlabel("mean-field prediction (decades)")
     ax.set_ylabel("measured at init (decades)")
     ax.set_title("log10 ‖δ₁‖ / ‖δ_L‖: theory vs measurement")
@@ -107,30 +127,33 @@ def plot_theory(runs: list[RunSummary], ax) -> None:
 
 
 def plot_grid(runs: list[RunSummary], axes) -> None:
-    """Outcome of every (learning rate, momentum) cell, one panel per network."""
+    """Outcome of every (learning rate, momentum) cell over the seeds, one panel per network."""
     from matplotlib.patches import Patch, Rectangle
 
-    for ax, (net, rs) in zip(axes, _by_coord(runs, "net").items()):
-        lrs = sorted({r.extra["lr"] for r in rs})
-        moms = sorted({r.extra["momentum"] for r in rs})
-        for r in rs:
-            i, j = lrs.index(r.extra["lr"]), moms.index(r.extra["momentum"])
-            o = outcome(r)
-            ax.add_patch(Rectangle((i - 0.5, j - 0.5), 1, 1, color=OUTCOME_COLOURS[o], alpha=0.8))
-            ax.text(i, j, f"{o}\nacc {acc(r.val_acc)}", ha="center", va="center", fontsize=7)
+    for ax, (net, pts) in zip(axes, _by_coord(points(runs), "net").items()):
+        lrs = sorted({p.runs[0].extra["lr"] for p in pts})
+        moms = sorted({p.runs[0].extra["momentum"] for p in pts})
+        for p in pts:
+            i, j = lrs.index(p.runs[0].extra["lr"]), moms.index(p.runs[0].extra["momentum"])
+            got = [outcome(r) for r in p.runs]
+            colour = OUTCOME_COLOURS[got[0] if len(set(got)) == 1 else "differs by seed"]
+            ax.add_patch(Rectangle((i - 0.5, j - 0.5), 1, 1, facecolor=colour, edgecolor="0.5", alpha=0.8))
+            ax.text(i, j, f"{counts(got).replace('; ', chr(10))}\nacc {acc(float(np.median(p.get('val_acc'))))}",
+                    ha="center", va="center", fontsize=6.5)
         ax.set_xlim(-0.5, len(lrs) - 0.5)
         ax.set_ylim(-0.5, len(moms) - 0.5)
         ax.set_xticks(range(len(lrs)), [f"{v:g}" for v in lrs])
         ax.set_yticks(range(len(moms)), [f"{v:g}" for v in moms])
         ax.set_xlabel("learning rate (SGD)")
         ax.set_ylabel("momentum")
-        ax.set_title(f"{net}: outcome per step size")
-    axes[-1].legend(handles=[Patch(color=c, label=o) for o, c in OUTCOME_COLOURS.items()], fontsize=7,
-                    loc="upper left", bbox_to_anchor=(1.01, 1))
+        ax.set_title(f"{net}: outcome per step size (median accuracy)")
+    shown = {outcome(r) for r in runs} | {"differs by seed"}
+    axes[-1].legend(handles=[Patch(facecolor=c, edgecolor="0.5", label=o) for o, c in OUTCOME_COLOURS.items()
+                             if o in shown], fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
 
 
-def _by_coord(runs: list[RunSummary], axis: str) -> dict[str, list[RunSummary]]:
-    out: dict[str, list[RunSummary]] = {}
+def _by_coord(runs: list, axis: str) -> dict[str, list]:
+    out: dict[str, list] = {}
     for r in runs:
         out.setdefault(r.coords.get(axis, ""), []).append(r)
     return out

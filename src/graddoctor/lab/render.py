@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import require
 from . import panels as P
 from .api import LabResult
-from .conclude import acc, dec
+from .points import SPREAD_NOTE, acc, counts, page, points, span
 from .summary import RunSummary
 
 DPI = 100  # one PNG per experiment, 20-50 kB
@@ -22,22 +22,35 @@ PNG_COLOURS = 256  # palette PNG
 PANEL_SIZE = (4.6, 3.6)  # inches per panel
 
 
-# panel name -> (axes it takes: a number, "net" = one per network, "runs" = one per run; drawer)
+def first_seed(lab: LabResult) -> list[int]:
+    """Positions of the runs of the first seed (the panels that draw one curve per run show only those)."""
+    seed = min(s.seed for s in lab.summaries)
+    return [i for i, s in enumerate(lab.summaries) if s.seed == seed]
+
+
+def _one_seed(lab: LabResult) -> list[RunSummary]:
+    return [lab.summaries[i] for i in first_seed(lab)]
+
+
+# panel name -> (axes it takes: a number, "net" = one per network, "runs" = one per grid point; drawer).
+# Curves per run (profiles, loss, top layer) show the first seed; the others show every seed.
 PANELS: dict[str, tuple[int | str, Callable]] = {
-    "profiles": (2, lambda lab, axes: P.plot_profiles(lab.summaries, axes)),
-    "loss": (1, lambda lab, axes: P.plot_loss({r.job.label: r.history for r in lab.results}, axes[0])),
+    "profiles": (2, lambda lab, axes: P.plot_profiles(_one_seed(lab), axes)),
+    "loss": (1, lambda lab, axes: P.plot_loss({lab.results[i].job.label: lab.results[i].history
+                                               for i in first_seed(lab)}, axes[0])),
     "by_depth": (2, lambda lab, axes: P.plot_by_depth(lab.summaries, axes)),
     "theory": (1, lambda lab, axes: P.plot_theory(lab.summaries, axes[0])),
     "grid": ("net", lambda lab, axes: P.plot_grid(lab.summaries, axes)),
-    "top_layer": ("runs", lambda lab, axes: P.plot_top_layer(lab.summaries, axes)),
+    "top_layer": ("runs", lambda lab, axes: P.plot_top_layer(_one_seed(lab), axes)),
 }
+SEEDED = {"profiles", "loss", "top_layer"}  # panels that draw the first seed only
 
 
 def _n_axes(kind: int | str, lab: LabResult) -> int:
     if kind == "net":
         return len({s.coords.get("net") for s in lab.summaries})
     if kind == "runs":
-        return len(lab.summaries)
+        return len(first_seed(lab))
     return int(kind)
 
 
@@ -56,33 +69,47 @@ def build_figure(lab: LabResult):
     for panel, n in zip(lab.experiment.figures, counts):
         PANELS[panel][1](lab, axes[start:start + n])
         start += n
-    fig.suptitle(f"lab: {lab.experiment.name}" + (" (quick)" if lab.quick else ""), fontsize=11)
+    seeds = sorted({s.seed for s in lab.summaries})
+    note = f"seeds {', '.join(map(str, seeds))}"
+    if SEEDED & set(lab.experiment.figures):
+        note += f"; curves per run: seed {seeds[0]}"
+    fig.suptitle(f"lab: {lab.experiment.name}" + (" (quick)" if lab.quick else "") + f" ({note})", fontsize=11)
     return fig
 
 
+def theory_column(lab: LabResult) -> list[str] | None:
+    """The theory's prediction per grid point (range over seeds), or None when it covers none of the runs."""
+    if not lab.experiment.theory:
+        return None
+    pts = points(lab.summaries)
+    if not any(math.isfinite(r.extra.get("predicted", math.nan)) for p in pts for r in p.runs):
+        return None
+    return [span(p.get(lambda r: r.extra.get("predicted", math.nan))) for p in pts]
+
+
 def table(lab: LabResult) -> tuple[list[str], list[list[str]]]:
-    """Headers and rows: one row per run, the measured numbers as text."""
+    """Headers and rows: one row per grid point, each number as its range over the seeds."""
     head = ["run", "at init", "after training", "decades at init", "decades trained", "val acc"]
-    extra = lab.conclusion.columns
-    rows = [[r.label, r.verdict_init, r.verdict_trained, dec(r.decades_init), dec(r.decades_trained), acc(r.val_acc)]
-            + [cells[i] for cells in extra.values()] for i, r in enumerate(lab.summaries)]
+    extra = dict(lab.conclusion.columns)
+    theory = theory_column(lab)
+    if theory is not None:
+        extra = {"theory (decades)": theory, **extra}
+    rows = [[p.label, counts([r.verdict_init for r in p.runs]), counts([r.verdict_trained for r in p.runs]),
+             span(p.get("decades_init")), span(p.get("decades_trained")), span(p.get("val_acc"), acc)]
+            + [cells[i] for cells in extra.values()] for i, p in enumerate(points(lab.summaries))]
     return head + list(extra), rows
 
 
 def markdown(lab: LabResult, figure: str | None = None) -> str:
     """The experiment as Markdown: claim, source, table, conclusion, figure link."""
     e = lab.experiment
-    head, rows = table(lab)
     size = e.quick if lab.quick else e.full
-    lines = [f"### `{e.name}`: {e.claim}", "",
-             f"*{e.source}.* `graddoctor lab run {e.name}{' --quick' if lab.quick else ''}`: "
-             f"{len(rows)} runs, width {size.width}, {size.steps} steps each, digits.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
-    lines += ["", lab.conclusion.text, ""]
-    if figure:
-        lines += [f"![{e.name}]({figure})", ""]
-    return "\n".join(lines)
+    seeds = sorted({s.seed for s in lab.summaries})
+    head, rows = table(lab)
+    intro = (f"*{e.source}.* `graddoctor lab run {e.name}{' --quick' if lab.quick else ''}`: {len(rows)} grid points "
+             f"× {len(seeds)} seeds ({', '.join(map(str, seeds))}), width {size.width}, {size.steps} steps each, "
+             f"digits. {SPREAD_NOTE}")
+    return page(e.name, e.claim, intro, head, rows, lab.conclusion.text, figure)
 
 
 def save_png(fig, path: Path) -> Path:

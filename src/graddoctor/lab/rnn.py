@@ -11,63 +11,37 @@ decades between the first and the last steps at init and after training
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import math
-import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
-from torch import nn
-
-from ..data import from_tensors
 from ..diagnose import thresholds as T
 from ..diagnose.api import diagnose
 from ..diagnose.findings import Diagnosis
-from ..diagnose.signals import time_profiles
-from ..diagnose.through_time import decades
 from ..errors import GradDoctorError
 from ..probe.trace import Trace
 from ..store import RunStore
-from ..training import TrainConfig, train
-from .adding import BASELINE_MSE, CELLS, SeqRegressor, adding_problem
-from .conclude import Conclusion, dec
+from .adding import BASELINE_MSE, CELLS, FULL, QUICK, RECORDS, RnnSize, decades_through_time, run_one
+from .claims import Conclusion, conclude
+from .experiments import SEEDS
+from .points import SPREAD_NOTE, counts, page, points, span
+from .runner import Result, run_jobs
 from .summary import verdict
 
 # "Learns": test MSE below this fraction of the baseline (Le et al. 2015 call a run solved
 # when it falls clearly below the baseline; 0.1 leaves no doubt: a net that learns nothing sits at ~1x).
 LEARNED_FRACTION = 0.1
-KIND = "lab"  # runs.kind, as the lab's other runs
-RECORDS = 20  # probed steps per run
-# "After training" = the last 3 records: an LSTM on the adding problem learns suddenly (its
-# loss and its gradient through time both jump within ~40 steps, e.g. seed 3 at step ~720 of
-# 800: -4.4 -> -0.2 decades), so a longer window would mix the states before and after.
-END_RECORDS = 3
-
-
-@dataclass(frozen=True)
-class RnnSize:
-    """How big the experiment runs."""
-
-    lengths: tuple[int, ...]  # sequence lengths T
-    steps: int  # optimizer steps per run
-    hidden: int  # units per recurrent layer
-    batch: int
-    n_train: int  # training sequences (a fixed set, several epochs)
-    lr: float = 0.01  # Adam
-
-
-# Measured (seeds 0-1, 1 thread): FULL takes 60-100 s; an LSTM learns T=100 within 3000 steps
-# (test MSE 1e-4) and a tanh RNN learns none of T >= 50. QUICK (~6 s) keeps the same outcome
-# at T=30 (seeds 0-3).
-FULL = RnnSize((10, 50, 100), 3000, 32, 64, 8000)
-QUICK = RnnSize((10, 30), 800, 32, 64, 3000)
+CLAIM = "A tanh RNN's gradient vanishes through time and it cannot learn long dependencies; an LSTM carries it."
+SOURCE = "Bengio, Simard & Frasconi 1994; Hochreiter & Schmidhuber 1997; Le et al. 2015 (the adding problem)"
 
 
 @dataclass
 class RnnRun:
-    """One (cell, T) run: the gradient through time and whether it learnt."""
+    """One (cell, T, seed) run: the gradient through time and whether it learnt."""
 
     cell: str
     length: int
@@ -79,6 +53,8 @@ class RnnRun:
     run_id: int
     seconds: float
     trace: Trace = field(repr=False)
+    seed: int = 0
+    reused: bool = False  # read back from the store (resume), not trained now
 
     @property
     def learned(self) -> bool:
@@ -90,17 +66,10 @@ class RnnRun:
         """'lstm, T=50'."""
         return f"{self.cell}, T={self.length}"
 
-
-def _decades(trace: Trace) -> tuple[float, float]:
-    """(at the first recorded step, median over the last END_RECORDS) for the recurrent layer."""
-    profiles = time_profiles(trace)
-    if not profiles:
-        return math.nan, math.nan
-    _, values, _ = next(iter(profiles.values()))
-    d = np.array([decades(row)[0] for row in values])
-    end = d[-END_RECORDS:]
-    end = end[np.isfinite(end)]
-    return float(d[0]), float(np.median(end)) if len(end) else math.nan
+    @property
+    def coords(self) -> dict[str, str]:
+        """The grid point: cell and T."""
+        return {"cell": self.cell, "T": str(self.length)}
 
 
 def _verdict(trace: Trace) -> str:
@@ -110,99 +79,117 @@ def _verdict(trace: Trace) -> str:
         return "n/a"
 
 
-def run_one(cell: str, length: int, size: RnnSize, seed: int = 0) -> tuple[Trace, float, Diagnosis | None, float]:
-    """Train one (cell, T) under the probe: (trace, test MSE, diagnosis, seconds); no I/O."""
-    from ..probe.probe import watch
+@dataclass(frozen=True)
+class RnnJob:
+    """One (cell, T, seed) of the experiment, as the lab's runner runs and stores it (lab.runner.Runnable)."""
 
-    g = torch.Generator().manual_seed(seed)
-    x, y = adding_problem(size.n_train, length, g)
-    x_test, y_test = adding_problem(1000, length, g)
-    torch.manual_seed(seed)
-    model = SeqRegressor(cell, size.hidden)
-    config = TrainConfig(optimizer="adam", lr=size.lr, loss="mse", batch_size=size.batch,
-                         max_steps=size.steps, seed=seed)
-    t0 = time.perf_counter()
-    with watch(model, every=max(1, size.steps // RECORDS)) as probe:
-        train(model, from_tensors(x, y, val_fraction=0.1, seed=seed), config, probe=probe, progress_bar=False)
-    with torch.no_grad():
-        mse = float(nn.functional.mse_loss(model(x_test), y_test))
-    trace = probe.trace
-    try:
-        diagnosis = diagnose(trace)
-    except GradDoctorError:
-        diagnosis = None
-    return trace, mse, diagnosis, time.perf_counter() - t0
+    cell: str
+    length: int
+    size: RnnSize
+    seed: int
+
+    @property
+    def label(self) -> str:
+        """'lstm, T=50'."""
+        return f"{self.cell}, T={self.length}"
+
+    def spec_dict(self) -> dict:
+        """The stored run's spec column."""
+        return {"cell": self.cell, "length": self.length, "hidden": self.size.hidden, "task": "adding"}
+
+    def _config(self) -> dict:
+        return {"steps": self.size.steps, "batch": self.size.batch, "lr": self.size.lr,
+                "n_train": self.size.n_train, "seed": self.seed, "records": RECORDS, "group": "rnn"}
+
+    def key(self) -> str:
+        """A digest of everything that determines the result (what --resume matches on)."""
+        what = {"spec": self.spec_dict(), "config": self._config()}
+        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+    def stored_config(self) -> dict:
+        """The stored run's config column."""
+        return {**self._config(), "label": self.label, "key": self.key(), "size": asdict(self.size)}
+
+    def run(self) -> tuple[Trace, None, Diagnosis | None]:
+        """Train and measure; the numbers go into the Trace's meta (stored with it)."""
+        trace, mse, diagnosis, seconds = run_one(self.cell, self.length, self.size, self.seed)
+        d0, d1 = decades_through_time(trace)
+        trace.meta.update(label=self.label, group="rnn", seed=self.seed, test_mse=mse, decades_init=d0,
+                          decades_trained=d1, seconds=seconds)  # the series stay in the Trace
+        return trace, None, diagnosis
 
 
-def run(store: RunStore | str | Path, quick: bool = False, seed: int = 0, cells: tuple[str, ...] = CELLS,
-        progress_bar: bool = True) -> tuple[list[RnnRun], Conclusion]:
-    """Every (cell, T) of the chosen size, each stored as a run; the runs and the conclusion."""
-    from .. import progress
+def _from_result(r: Result) -> RnnRun:
+    m, job = r.trace.meta, r.job
+    return RnnRun(job.cell, job.length, m["decades_init"], m["decades_trained"], m["test_mse"],
+                  _verdict(r.trace.select([0])), verdict(r.diagnosis), r.run_id, m.get("seconds", math.nan),
+                  r.trace, job.seed, r.reused)
 
+
+def jobs(quick: bool = False, seeds: Sequence[int] = SEEDS, cells: Sequence[str] = CELLS) -> list[RnnJob]:
+    """Every (cell, T) of the chosen size, once per seed."""
     size = QUICK if quick else FULL
-    own = not isinstance(store, RunStore)
-    st = RunStore(store) if own else store
-    runs = []
-    try:
-        with progress.bar(len(cells) * len(size.lengths), "lab rnn", enabled=progress_bar) as bar:
-            for cell in cells:
-                for length in size.lengths:
-                    trace, mse, diagnosis, seconds = run_one(cell, length, size, seed)
-                    d0, d1 = _decades(trace)
-                    trace.meta.update(label=f"{cell}, T={length}", group="rnn", test_mse=mse,
-                                      decades_init=d0, decades_trained=d1)  # the series stay in the Trace
-                    spec = {"cell": cell, "length": length, "hidden": size.hidden, "task": "adding"}
-                    config = {"steps": size.steps, "batch": size.batch, "lr": size.lr, "seed": seed,
-                              "group": "rnn", "label": f"{cell}, T={length}"}
-                    run_id = st.save_run(spec, config, trace, None, diagnosis, kind=KIND)
-                    runs.append(RnnRun(cell, length, d0, d1, mse, _verdict(trace.select([0])),
-                                       verdict(diagnosis), run_id, seconds, trace))
-                    bar.update(1, last=f"{cell}, T={length}")
-    finally:
-        if own:
-            st.close()
-    return runs, conclude(runs)
+    return [RnnJob(cell, length, size, seed) for seed in seeds for cell in cells for length in size.lengths]
 
 
-def conclude(runs: list[RnnRun]) -> Conclusion:
+def run(store: RunStore | str | Path, quick: bool = False, seeds: Sequence[int] = SEEDS,
+        cells: Sequence[str] = CELLS, workers: int | None = 1, resume: bool = False,
+        progress_bar: bool = True, backend: str = "local", address: str | None = None,
+        ) -> tuple[list[RnnRun], Conclusion]:
+    """Every (cell, T, seed), each stored as a run as it finishes; the runs and the conclusion."""
+    results = run_jobs(jobs(quick, seeds, cells), store, workers, resume, progress_bar, "lab rnn", backend, address)
+    runs = [_from_result(r) for r in results]
+    return runs, conclude_rnn(runs)
+
+
+def conclude_rnn(runs: list[RnnRun]) -> Conclusion:
     """Claim: the tanh RNN's gradient vanishes through time, more with T, and it does not learn the
     longest T; the LSTM carries the gradient there (within the diagnosis's threshold) and learns."""
-    rnn = sorted((r for r in runs if r.cell == "rnn"), key=lambda r: r.length)
-    lstm = sorted((r for r in runs if r.cell == "lstm"), key=lambda r: r.length)
     limit = T.TIME_VANISH_DECADES
-    grows = len(rnn) >= 2 and all(b.decades_init < a.decades_init for a, b in itertools.pairwise(rnn))
-    vanishes = bool(rnn) and rnn[-1].decades_trained < -limit and not rnn[-1].learned
-    carries = bool(lstm) and abs(lstm[-1].decades_trained) <= limit and lstm[-1].learned
-    holds = grows and vanishes and carries
-    rows = "; ".join(f"{r.label}: {dec(r.decades_init)} at init, {dec(r.decades_trained)} trained, "
-                     f"test MSE {r.test_mse:.4f} ({'learnt' if r.learned else 'not learnt'})" for r in runs)
-    parts = [f"Decades between the gradient reaching the first and the last time steps (log10 of "
-             f"||dL/dx_1|| / ||dL/dx_T||): {rows}."]
-    if rnn:
-        parts.append(("The tanh RNN loses more with every increase of T at init" if grows else
-                      "Against the claim: the tanh RNN did not lose more with T at init")
-                     + (f", stays {dec(rnn[-1].decades_trained)} decades down at T={rnn[-1].length} after "
-                        "training and does not learn it." if vanishes else
-                        f"; against the claim, at T={rnn[-1].length} it kept the gradient or learnt."))
-    if lstm:
-        parts.append(f"The LSTM starts vanishing too ({dec(lstm[-1].decades_init)} at T={lstm[-1].length}: "
-                     "a forget gate near 0.5 halves its cell gradient each step) "
-                     + ("but training opens the path: within the threshold, and it learns." if carries else
-                        "and, against the claim, did not carry the gradient or did not learn in this budget."))
-    parts.append(f"Baseline MSE {BASELINE_MSE:.3f}; 'learnt' means below {LEARNED_FRACTION * BASELINE_MSE:.4f}.")
-    text = " ".join(parts)
-    return Conclusion(holds, ("**Supported.** " if holds else "**Not supported by these measurements.** ") + text)
+    longest = max(r.length for r in runs)
+    cell = lambda rs, c: sorted((r for r in rs if r.cell == c), key=lambda r: r.length)
+    checks = [
+        ("the tanh RNN's ratio at init falls with every increase of T",
+         lambda rs: len(cell(rs, "rnn")) >= 2 and all(b.decades_init < a.decades_init
+                                                      for a, b in itertools.pairwise(cell(rs, "rnn")))),
+        (f"at T={longest} the tanh RNN's ratio after training stays below -{limit:g} decades and it does not "
+         f"learn", lambda rs: cell(rs, "rnn")[-1].decades_trained < -limit and not cell(rs, "rnn")[-1].learned),
+        (f"at T={longest} the LSTM's ratio after training is within {limit:g} decades and it learns",
+         lambda rs: abs(cell(rs, "lstm")[-1].decades_trained) <= limit and cell(rs, "lstm")[-1].learned),
+    ]
+    says = ["Decades between the gradient reaching the first and the last time steps (log10 of "
+            "||dL/dx_1|| / ||dL/dx_T||), over the seeds: "
+            + "; ".join(f"{p.label}: {span(p.get('decades_init'))} at init, {span(p.get('decades_trained'))} "
+                        f"trained, test MSE {span(p.get('test_mse'), _mse)} (learnt on "
+                        f"{sum(r.learned for r in p.runs)}/{len(p.runs)})" for p in points(runs)) + "."]
+    lstm = [p for p in points(runs) if p.runs[0].cell == "lstm" and p.runs[0].length == longest]
+    if lstm and all(r.decades_init < -limit for r in lstm[0].runs):
+        says.append(f"The LSTM at T={longest} starts beyond {limit:g} decades too "
+                    f"({span(lstm[0].get('decades_init'))} at init); after training it is at "
+                    f"{span(lstm[0].get('decades_trained'))}.")
+    says.append(f"Baseline MSE {BASELINE_MSE:.3f}; 'learnt' means below {LEARNED_FRACTION * BASELINE_MSE:.4f}.")
+    return conclude(runs, checks, says)
+
+
+def _mse(v: float) -> str:
+    return f"{v:.4f}"
 
 
 def table(runs: list[RnnRun]) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of the experiment's table, one row per (cell, T)."""
+    """(header, rows) of the experiment's table, one row per (cell, T), numbers as ranges over the seeds."""
     head = ["cell", "T", "decades at init", "decades trained", "test MSE", "learnt", "verdict (trained)"]
-    return head, [[r.cell, str(r.length), dec(r.decades_init), dec(r.decades_trained), f"{r.test_mse:.4f}",
-                   "yes" if r.learned else "no", r.verdict_trained] for r in runs]
+    return head, [[p.runs[0].cell, str(p.runs[0].length), span(p.get("decades_init")),
+                   span(p.get("decades_trained")), span(p.get("test_mse"), _mse),
+                   f"{sum(r.learned for r in p.runs)}/{len(p.runs)}", counts([r.verdict_trained for r in p.runs])]
+                  for p in points(runs)]
 
 
-def markdown(runs: list[RnnRun], conclusion: Conclusion) -> str:
-    """The table and the conclusion as Markdown."""
+def markdown(runs: list[RnnRun], conclusion: Conclusion, quick: bool = False) -> str:
+    """The experiment as Markdown: claim, table, conclusion."""
+    size = QUICK if quick else FULL
+    seeds = sorted({r.seed for r in runs})
     head, rows = table(runs)
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines) + "\n\n" + conclusion.text + "\n"
+    intro = (f"*{SOURCE}.* `graddoctor lab run rnn{' --quick' if quick else ''}`: {len(rows)} grid points × "
+             f"{len(seeds)} seeds ({', '.join(map(str, seeds))}), hidden {size.hidden}, {size.steps} steps each, the "
+             f"adding problem. {SPREAD_NOTE}")
+    return page("rnn", CLAIM, intro, head, rows, conclusion.text)

@@ -43,6 +43,8 @@ class RunSummary:
     steps: np.ndarray = field(repr=False)  # recorded steps
     act_means: np.ndarray = field(repr=False)  # (steps, depth): mean output of each hidden layer
     loss_curve: np.ndarray = field(repr=False)  # training loss of every step
+    seed: int = 0  # the run's seed (weights, data split and order)
+    deriv_rms_init: float = math.nan  # RMS of phi'(h) over the hidden layers' units at step 0
     extra: dict = field(default_factory=dict)  # per-experiment numbers (e.g. the theory's prediction)
 
     @property
@@ -83,7 +85,7 @@ def _at_init(trace: Trace) -> str:
 
 
 def summarise(trace: Trace, history: History, diagnosis: Diagnosis | None, label: str = "",
-              coords: dict | None = None, run_id: int = 0) -> RunSummary:
+              coords: dict | None = None, run_id: int = 0, seed: int = 0) -> RunSummary:
     """The lab's numbers for one run."""
     hidden = hidden_layers(trace)
     if len(trace) == 0 or len(hidden) < 2:
@@ -97,6 +99,9 @@ def summarise(trace: Trace, history: History, diagnosis: Diagnosis | None, label
     cols = hidden + [len(trace.layers) - 1]  # + the head (the output layer)
     grad = trace["grad_rms"][:, cols]
     fed = hidden[1:] + [len(trace.layers) - 1]  # a layer's input is the hidden layer before it
+    d = trace["act_deriv_rms"][0, fed]  # phi' of each hidden layer's units, as the layer it feeds sees them
+    d = d[np.isfinite(d)]
+    deriv = float(np.sqrt(np.mean(d**2))) if len(d) else math.nan
     losses = [v for v in history.step_loss if math.isfinite(v)]
     final = history.train_loss[-1] if history.train_loss and history.diverged_at is None else math.inf
     return RunSummary(
@@ -106,4 +111,5 @@ def summarise(trace: Trace, history: History, diagnosis: Diagnosis | None, label
         first_loss=losses[0] if losses else math.nan, final_loss=final, diverged_at=history.diverged_at,
         seconds=history.seconds, profile_init=grad[0],
         profile_trained=median(grad, judged) if len(judged) else np.full(len(cols), np.nan),
-        steps=trace.steps, act_means=trace["act_mean"][:, fed], loss_curve=np.asarray(history.step_loss, float))
+        steps=trace.steps, act_means=trace["act_mean"][:, fed], loss_curve=np.asarray(history.step_loss, float),
+        seed=seed, deriv_rms_init=deriv)

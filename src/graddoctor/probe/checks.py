@@ -68,12 +68,11 @@ class Checks:
             self._first.setdefault(CHECK_LOSS, step)
             self._publish()
 
-    def grads(self, step: int, params: list[Tensor] | None = None, norms: Tensor | None = None) -> None:
-        """The gradients of step `step` are final: their norms (if already taken) or the parameters."""
+    def grads(self, step: int, grads: list[Tensor | None] | None = None, norms: Tensor | None = None) -> None:
+        """The gradients of step `step` are final: their norms (if already taken) or the gradients (None: none)."""
         with torch.no_grad():
             if norms is None:
-                grads = [p.grad for p in params if p.grad is not None]
-                grads = [g.coalesce()._values() if g.is_sparse else g for g in grads]
+                grads = [g.coalesce()._values() if g.is_sparse else g for g in grads if g is not None]
                 if not grads:
                     return
                 # one pass over every gradient: per-tensor sums on CPU (~20 % cheaper than norms

@@ -115,7 +115,7 @@ class StepRecord(Record):
     # -- parameters -----------------------------------------------------------------------
     def params(self, plan: ParamPlan, weight_norms: list[Tensor] | None = None, zeros: bool = False) -> int:
         """File gradient norms (and zero counts) and weight norms; returns the index of the first weight norm."""
-        grads = [p.grad for p in plan.params]
+        grads = plan.grads()
         have = np.array([g is not None for g in grads], dtype=bool)
         grads = [g.coalesce()._values() if g.is_sparse else g for g in grads if g is not None]
         with torch.no_grad():
@@ -130,7 +130,7 @@ class StepRecord(Record):
                     self._zeros = (self.file_many(GRAD_ZERO, plan.layer[have], plan.numel[have], nonzero),
                                    plan.numel[have])
             if weight_norms is None:
-                weight_norms = list(torch._foreach_norm(plan.weights)) if plan.weights else []
+                weight_norms = list(torch._foreach_norm(plan.weight_tensors())) if plan.weights else []
         self.params_done = True
         if not plan.weights:
             return self.size

@@ -18,6 +18,9 @@ combines across ranks as each slot's `ranks` property says (slots.py):
   "fired" mask per call; the masks are OR-ed across ranks (bit-packed: units / 8 bytes each).
 - the loss: the mean over ranks (the loss whose gradient DDP applies).
 
+Under FSDP2 (fsdp.py: ShardsPart) the "same" slots are sums over each rank's parameter shard
+instead, combined like "add"; everything else is as above.
+
 Everything travels in one `all_gather` of a byte buffer per recorded step (none per layer),
 after the step's one host copy. The ranks must record the same layers in the same order
 (as DDP itself requires), with equal sequence lengths for recurrent series; a fingerprint of
@@ -61,6 +64,7 @@ class RanksPart(Part):
     """Gathers each recorded step's numbers from every rank of `group` and combines them."""
 
     wants_forward = True
+    sharded = False  # True (fsdp.py): parameter slots are per-rank shards that add, not replicas
 
     def __init__(self, group: object, meta: dict) -> None:
         self.group = group
@@ -69,6 +73,7 @@ class RanksPart(Part):
         self._held: tuple[int, RawStep, list, np.ndarray] | None = None  # a step waiting for its loss
         self.seconds = 0.0  # time spent in reduce() (packing, the collective, unpacking)
         self.calls = 0
+        self.nbytes = 0  # bytes this rank sent in the last reduction
         meta["world_size"] = self.world
 
     def begin(self, rec, full: bool) -> None:
@@ -124,13 +129,14 @@ class RanksPart(Part):
         t0 = time.perf_counter()
         table = raw.table()
         slot = table[:, SLOT]
-        act = ~SAME[slot] & ~UNITS[slot]  # rows every rank files for its own shard
+        act = ~UNITS[slot] if self.sharded else ~SAME[slot] & ~UNITS[slot]  # rows each rank files for its own part
         shape = (table[:, [SLOT, KEY, INDEX, LENGTH]], np.array(units, np.int64).reshape(-1, 2))
         finger = zlib.crc32(b"".join(a.tobytes() for a in shape))
         loss = np.nan if raw.loss is None else float(raw.loss)
         head = np.array([finger, len(raw.values), act.sum(), len(fired), loss, 0, 0, 0])
         floats = np.concatenate([head, raw.values, table[act, COUNT]]).astype(np.float64)
         buf = np.concatenate([floats.view(np.uint8), np.packbits(fired.astype(bool))])
+        self.nbytes = len(buf)
         local = torch.from_numpy(buf).to(self._device())
         gathered = [torch.empty_like(local) for _ in range(self.world)]
         dist.all_gather(gathered, local, group=self.group)  # the one collective of the step

@@ -11,6 +11,7 @@ a module first seen later only through its gradients becomes a layer of its own,
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,12 +49,23 @@ class ParamPlan:
     weights: list[Tensor]  # the non-bias parameters counted for a layer
     w_layer: np.ndarray  # (n_weights,)
     w_numel: np.ndarray  # (n_weights,)
+    local: Callable | None = None  # sharded parameters (fsdp.py): tensors -> this rank's shards; counts are theirs
+
+    def grads(self) -> list[Tensor | None]:
+        """The parameters' gradients now (this rank's shards when sharded), None where there is none."""
+        grads = [p.grad for p in self.params]
+        return grads if self.local is None else self.local(grads)
+
+    def weight_tensors(self) -> list[Tensor]:
+        """The weights to measure (this rank's shards when sharded), read now."""
+        return self.weights if self.local is None else self.local(self.weights)
 
 
 class Layout:
     """The model's layers in forward order, and the owner of every parameter."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, local: Callable | None = None) -> None:
+        self.local = local  # sharded parameters: tensors -> this rank's shards (fsdp.local)
         self.names: dict[nn.Module, str] = {}
         self.parent: dict[nn.Module, nn.Module] = {}
         for name, mod in model.named_modules():  # a module registered twice keeps its first name
@@ -69,6 +81,10 @@ class Layout:
         self.owner: dict[int, tuple[int, bool]] = {}  # id(parameter) -> (layer, is_bias)
         self._n_owned = len({id(p) for ps in self.own.values() for _, p in ps})
         self._plan: tuple[tuple[int, int], ParamPlan] | None = None
+
+    def grads(self) -> list[Tensor | None]:
+        """Every parameter's gradient now (this rank's shards when sharded), None where there is none."""
+        return self.plan().grads()
 
     def candidates(self) -> list[nn.Module]:
         """Modules that own parameters: the ones that get forward hooks."""
@@ -113,10 +129,11 @@ class Layout:
         if self._plan is None or self._plan[0] != key:
             owner = [self.owner.get(id(p), (-1, False)) for p in self.params]
             ws = [(i, p) for i, layer in enumerate(self.layers) for p in layer.weights]
+            mine = self.local or (lambda ts: ts)  # element counts of what this rank measures
             plan = ParamPlan(self.params, np.array([o[0] for o in owner], dtype=np.int64),
                              np.array([o[1] for o in owner], dtype=bool),
-                             np.array([p.numel() for p in self.params], dtype=np.int64),
+                             np.array([p.numel() for p in mine(self.params)], dtype=np.int64),
                              [p for _, p in ws], np.array([i for i, _ in ws], dtype=np.int64),
-                             np.array([p.numel() for _, p in ws], dtype=np.int64))
+                             np.array([p.numel() for p in mine([p for _, p in ws])], dtype=np.int64), self.local)
             self._plan = (key, plan)
         return self._plan[1]

@@ -1,7 +1,8 @@
 """What the probe does beyond its core, for real training set-ups: parts behind one interface.
 
 - LossScalePart (amp.py): error signals divided by a GradScaler's loss scale; skipped steps left out.
-- RanksPart (distributed.py): each recorded step combined across DDP ranks with one collective.
+- RanksPart (distributed.py): each recorded step combined across DDP ranks with one collective;
+  ShardsPart (fsdp.py) the same under FSDP2, where parameter numbers are per-shard sums.
 - TimePart (recurrent.py): the error signal per time step of recurrent layers, as Trace series.
 - BlocksPart (blocks.py): the error signal at the output of each block (a transformer layer,
   a ResNet block), as model-level Trace series.
@@ -55,11 +56,12 @@ class Part:
 
 
 def make_parts(model, layout, meta: dict, stats: str, scaler: object | None, group: object | None,
-               compiled: bool, blocks: object) -> list[Part]:
+               compiled: bool, blocks: object, sharded: bool = False) -> list[Part]:
     """The parts this set-up needs, in the order they see each step (the reduction across ranks last)."""
     from .amp import LossScalePart
     from .blocks import BlocksPart
     from .distributed import RanksPart, world_of
+    from .fsdp import ShardsPart
     from .recurrent import TimePart, is_recurrent
 
     parts: list[Part] = []
@@ -73,5 +75,5 @@ def make_parts(model, layout, meta: dict, stats: str, scaler: object | None, gro
     if scaler is not None:
         parts.append(LossScalePart(scaler, meta))
     if group is not None and world_of(group)[0] > 1:
-        parts.append(RanksPart(group, meta))
+        parts.append((ShardsPart if sharded else RanksPart)(group, meta))
     return parts

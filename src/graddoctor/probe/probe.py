@@ -28,6 +28,7 @@ from . import stats
 from .checks import Checks
 from .collect import StepRecord
 from .context import LOW_PRECISION, current_lr, describe_optimizer, dtypes_meta
+from .fsdp import local
 from .layout import Layout
 from .parts import make_parts
 from .pooling import pool_steps
@@ -76,7 +77,7 @@ class Probe:
             raise GradDoctorError(f"watch() needs a torch.nn.Module, got {type(model).__name__}")
         if stats not in STATS:
             raise unknown("stats preset", stats, STATS)
-        model, group, compiled = resolve(model, stats, process_group)  # torch.compile, DDP wrappers
+        model, group, compiled, sharded = resolve(model, stats, process_group)  # compile, DDP, FSDP2
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise GradDoctorError(f"every must be a whole number >= 1 (record every k-th step), "
                                   f"got {every!r}")
@@ -98,8 +99,8 @@ class Probe:
         self._meta = self._trace.meta
         self._meta["dtypes"] = dtypes_meta(model, None, scaler)
         self._meta["blocks"] = []  # names of the blocks in forward order, as they are first seen (blocks.py)
-        self._layout = Layout(model)
-        self._parts = make_parts(model, self._layout, self._meta, stats, scaler, group, compiled, blocks)
+        self._layout = Layout(model, local if sharded else None)
+        self._parts = make_parts(model, self._layout, self._meta, stats, scaler, group, compiled, blocks, sharded)
         self._forward_parts = [p for p in self._parts if p.wants_forward]
         self._checks = Checks(model, hook_input=not compiled, meta=self._meta)
         self._trace.attach_source(self._pool_now)  # readers of probe.trace always see every step
@@ -238,18 +239,19 @@ class Probe:
         rec = self._record
         self._grads_checked = True
         if rec is None:
-            self._checks.grads(self._step, params=self._layout.params)
+            self._checks.grads(self._step, grads=self._layout.grads())
             return
         self._layout.adopt_orphans(first=self._n_recorded == 0)
         plan = self._layout.plan()
         train = np.array([p.requires_grad for p in plan.weights], dtype=bool)
-        params = [p for p, t in zip(plan.weights, train) if t]
+        weights = plan.weight_tensors()  # this rank's shards under FSDP2
+        params = [p for p, t in zip(weights, train) if t]
         with torch.no_grad():
             if self._snapshot is None or not self._snapshot.fits(params):
                 self._snapshot = WeightSample(params)
             if params:
                 self._snapshot.take(params)
-            norms = torch._foreach_norm(plan.weights) if plan.weights else []
+            norms = torch._foreach_norm(weights) if weights else []
         start = rec.params(plan, norms, zeros=self._zeros_wanted())
         self._checks.grads(self._step, norms=rec.grad_vector)
         rec.host["lr"] = current_lr(optimizer)
@@ -290,7 +292,7 @@ class Probe:
         if rec is not None and not rec.backward_open:  # a backward that raised records nothing
             self._file(rec, step, loss, gradient_check)
         elif rec is None and gradient_check:
-            self._checks.grads(step, params=self._layout.params)
+            self._checks.grads(step, grads=self._layout.grads())
         if rec is not None:
             rec.closed = True
         self._step += 1

@@ -32,6 +32,8 @@ SHAPE_OPS = frozenset({
     "SqueezeBackward1", "SqueezeBackward2", "UnsqueezeBackward0", "CloneBackward0",
     "AliasBackward0",
 })
+# identity autograd Functions that wrap a module's inputs (FSDP2's post-backward hook): output i is input i
+PASS_THROUGH = frozenset({"RegisterPostBackwardFunctionBackward"})
 MAX_LOOKBACK = 8  # shape ops walked through at most (a flatten is one)
 NONNEGATIVE = frozenset({"relu", "sigmoid"})  # outputs >= 0: |x| == x, so dead units need no abs()
 # -phi'(y) written into `out`, rounding exactly as the registry's deriv_from_output (1 - y*y,
@@ -52,11 +54,12 @@ class Source(NamedTuple):
 
 def activation_of(t: Tensor | None) -> Source | None:
     """Which registry activation produced `t` (None for raw inputs and anything else)."""
-    fn = getattr(t, "grad_fn", None)
+    fn, nr = getattr(t, "grad_fn", None), getattr(t, "output_nr", 0)  # nr: which output of fn
     for _ in range(MAX_LOOKBACK):
-        if fn is None or type(fn).__name__ not in SHAPE_OPS:
+        kind = type(fn).__name__
+        if fn is None or (kind not in SHAPE_OPS and kind not in PASS_THROUGH) or not fn.next_functions:
             break
-        fn = fn.next_functions[0][0] if fn.next_functions else None
+        fn, nr = fn.next_functions[nr if kind in PASS_THROUGH else 0]
     kind = type(fn).__name__
     name = GRAD_FN_ACTIVATION.get(kind)
     if name is None or (kind == "HardtanhBackward0" and fn._saved_min_val != 0):

@@ -1,4 +1,4 @@
-"""Theory figures: the (sigma_w^2, sigma_b^2) phase diagram and predicted-vs-measured ratios.
+"""Theory figures: phase diagram, residual and BatchNorm pictures, predicted-vs-measured ratios.
 
 Pure `plot_*(data, ax)` drawers over numbers from graddoctor.theory; `write_figure` saves a
 PNG or SVG. matplotlib is imported where used (Figure objects, Agg renderer, no pyplot).
@@ -136,6 +136,52 @@ def plot_prediction_errors(rows: list[dict], ax) -> None:
     ax.set_xticks(x, [f"{r['activation'][:4]} {r['init'][:6]} {r['depth']}" for r in rows],
                   rotation=90, fontsize=6)
     ax.set_ylabel("measured − predicted\n(decades)")
+
+
+def plot_residual_picture(data: dict, ax) -> None:
+    """Predicted log10 ||delta_1||^2/||delta_L||^2 against depth, one line per branch scale."""
+    for i, (label, values) in enumerate(data["curves"].items()):
+        ax.plot(data["depths"], values, color=f"C{i}", lw=1.5, label=label)
+        ax.plot(data["depths"], data["wide"][label], color=f"C{i}", lw=1, ls=":")
+    ax.plot([], [], color="grey", lw=1, ls=":", label="wide-network limit")
+    ax.axhspan(-1, 1, color="grey", alpha=0.2, label="within 10x")
+    d, r = data["this"]
+    ax.plot([d], [r], marker="*", ms=14, color="gold", mec="black", zorder=5, label="this net")
+    ax.set_xlabel("depth (hidden layers)")
+    ax.set_ylabel(r"predicted $\log_{10}\|\delta_1\|^2/\|\delta_L\|^2$")
+    ax.set_title(f"residual: {data['spec'].split(',')[0]}, branch scale a")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+
+
+def plot_batchnorm_picture(data: dict, ax) -> None:
+    """Per-layer gain of ||delta|| deep in a BN stack against batch size, both placements."""
+    for i, (place, values) in enumerate(data["curves"].items()):
+        ax.plot(data["batches"], values, "o-", color=f"C{i}", ms=4, label=f"BN {place.replace('_', ' ')}")
+    ax.axhline(data["limit"], color="black", ls="--", lw=0.8,
+               label=f"large batch (before): {data['limit']:.3f}")
+    ax.axhline(1.0, color="grey", lw=0.8)
+    place, b, g = data["this"]
+    ax.plot([b], [g], marker="*", ms=14, color="gold", mec="black", zorder=5, label=f"this net ({g:.3f})")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel(r"gain of $\|\delta\|$ per layer")
+    ax.set_title(f"BatchNorm + {data['activation']}: the gradient grows towards the input")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def write_picture(path: str | Path, kind: str, data: dict) -> Path:
+    """Save the residual ('residual') or BatchNorm ('batchnorm') picture as .png or .svg."""
+    path = Path(path)
+    if path.suffix.lower() not in FORMATS:
+        raise GradDoctorError(f"figure file {str(path)!r} must end in .png or .svg")
+    figure = require("matplotlib.figure", "report")
+    fig = figure.Figure(figsize=(6.4, 4.8), dpi=DPI, layout="constrained")
+    {"residual": plot_residual_picture, "batchnorm": plot_batchnorm_picture}[kind](data, fig.add_subplot())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, metadata={"Date": None} if path.suffix.lower() == ".svg" else None)
+    return path
 
 
 def write_figure(path: str | Path, diagram: dict, inits: dict | None = None,

@@ -1,31 +1,32 @@
 """Mean-field signal propagation: predict the gradient's fate at initialisation.
 
-meanfield: the q and chi recursions, fixed points, phases (wide random MLPs);
-quad: the Gaussian expectations they need; measure: the same ratio on real float64 networks.
+predict: one entry point for every NetSpec family (plain, residual, BatchNorm, CNN);
+meanfield: the q and chi recursions, fixed points, phases (wide random MLPs); plan: a NetSpec's
+blocks and variances; stack: the walk over blocks (plain/residual MLPs and CNNs); meanmode:
+residual MLPs at finite width; batchnorm: BN stacks; quad: the Gaussian expectations;
+measure: the same ratio on real float64 networks.
 """
 from .meanfield import (
     CRITICAL_TOL,
     DIAGRAM_SIGMA_B2,
     DIAGRAM_SIGMA_W2,
     MeanField,
-    Prediction,
     chi,
     depth_scale,
     fixed_point,
     init_points,
     mean_field,
-    not_applicable,
     phase,
     phase_diagram,
-    predict,
     q_map,
     q_map_slope,
     q_trajectory,
 )
+from .predict import BATCH, Prediction, family, not_applicable, predict
 from .quad import gauss_expect
 
 __all__ = [
-    "CRITICAL_TOL", "DIAGRAM_SIGMA_B2", "DIAGRAM_SIGMA_W2", "MeanField", "Prediction", "chi",
-    "depth_scale", "fixed_point", "gauss_expect", "init_points", "mean_field", "not_applicable",
+    "BATCH", "CRITICAL_TOL", "DIAGRAM_SIGMA_B2", "DIAGRAM_SIGMA_W2", "MeanField", "Prediction", "chi",
+    "depth_scale", "family", "fixed_point", "gauss_expect", "init_points", "mean_field", "not_applicable",
     "phase", "phase_diagram", "predict", "q_map", "q_map_slope", "q_trajectory",
 ]

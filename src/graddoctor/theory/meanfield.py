@@ -18,7 +18,6 @@ import torch
 
 from .. import activations
 from .. import init as init_mod
-from ..nets import NetSpec
 from .quad import NODES, Q_MAX, Q_MIN, gauss_expect
 
 FP_ITER = 100  # fixed-point iterations before polishing by bisection
@@ -149,68 +148,6 @@ def phase_diagram(activation: str, sigma_w2s=None, sigma_b2s=None, q0: float = 1
     qs = fixed_point(activation, sw2, sb2, q0, negative_slope)
     return {"activation": activation, "sigma_w2": sw2[0], "sigma_b2": sb2[:, 0],
             "chi1": chi(activation, qs, sw2, negative_slope), "q_star": qs}
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """What the theory says about one NetSpec at initialisation (log10_ratio None: not applicable)."""
-
-    spec_summary: str
-    log10_ratio: float | None  # predicted log10 ||delta_1||^2 / ||delta_L||^2 (layer-resolved)
-    reason: str = ""  # why there is no prediction, or which approximation was used
-    log10_ratio_fixed_point: float | None = None  # (L-1) log10 chi_1(q*): the asymptotic form
-    q: tuple[float, ...] = ()  # q_1..q_L, pre-activation variance per hidden layer
-    chi: tuple[float, ...] = ()  # chi of the L-1 steps delta_{l+1} -> delta_l, l = 1..L-1
-    mean_field: MeanField | None = None  # the fixed-point picture for the hidden layers
-
-    @property
-    def applicable(self) -> bool:
-        """True when the theory made a prediction."""
-        return self.log10_ratio is not None
-
-
-def not_applicable(spec: NetSpec) -> str:
-    """Why the mean-field MLP theory does not describe this NetSpec ('' when it does)."""
-    if spec.kind != "mlp":
-        return ("the theory here is for fully connected stacks; convolutional networks need the "
-                "CNN mean-field theory (Xiao et al. 2018), which graddoctor does not implement")
-    if spec.batchnorm != "none":
-        return ("batch normalisation couples the samples of a batch; the mean-field recursion "
-                "assumes independent pre-activations (see Yang et al. 2019 for BatchNorm theory)")
-    if spec.residual:
-        return ("residual connections change the recursion (Yang & Schoenholz 2017); this "
-                "prediction covers plain MLPs only")
-    if spec.depth < 2:
-        return "the ratio compares the first and last hidden layer: depth must be at least 2"
-    if init_mod.variance(spec.init, spec.width, spec.width, spec.activation).sigma_w2 is None:
-        return f"init {spec.init!r} has no i.i.d. weight variance"
-    return ""
-
-
-def predict(spec: NetSpec, input_var: float = 1.0) -> Prediction:
-    """Predicted log10 ||delta_1||^2 / ||delta_L||^2 of a NetSpec MLP at initialisation.
-
-    input_var is the mean squared input feature (1 for standardised or N(0, 1) inputs).
-    """
-    reason = not_applicable(spec)
-    if reason:
-        return Prediction(spec.summary(), None, reason)
-    a, s = spec.activation, spec.negative_slope
-    n_in = int(np.prod(spec.in_shape))
-    fans = [(n_in, spec.width)] + [(spec.width, spec.width)] * (spec.depth - 1)
-    var = [init_mod.variance(spec.init, fi, fo, a, s) for fi, fo in fans]
-    sw2 = np.array([v.sigma_w2 for v in var])
-    sb2 = np.array([v.sigma_b2 if spec.bias else 0.0 for v in var])
-    q = q_trajectory(a, sw2[0] * input_var + sb2[0], sw2[1:], sb2[1:], s)
-    # delta_l = phi'(h_l) * W_{l+1}^T delta_{l+1}: step l multiplies ||delta||^2 by chi(q_l)
-    # with layer l+1's sigma_w^2, for l = 1..L-1 (q_L does not enter).
-    chis = chi(a, q[:-1], sw2[1:], s)
-    mf = mean_field(a, sw2[-1], sb2[-1], q[0], s)
-    with np.errstate(divide="ignore"):
-        log_ratio = float(np.sum(np.log10(chis)))
-        log_fp = float((spec.depth - 1) * np.log10(mf.chi1))
-    return Prediction(spec.summary(), log_ratio, "mean-field theory, wide-network limit", log_fp,
-                      tuple(q.tolist()), tuple(chis.tolist()), mf)
 
 
 def init_points(activation: str, width: int,
