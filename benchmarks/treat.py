@@ -7,7 +7,9 @@ LM, masked LM, seq2seq, classification) and `make_optimizer` (AdamW), on its 4 f
 
     treat(planted model, batches, train_step=..., make_optimizer=..., budget_steps=B, max_steps=S)
 
-B steps per candidate, S = 5B for everything (baseline and candidates). Reported per case:
+B steps per candidate; the budget of the whole treatment (baseline and candidates) is one
+plain run of the recipe: S = 5B steps and the seconds those S steps took, measured in the same
+process right before (max_steps, max_seconds). Reported per case:
 - repaired: treat found a fix (TreatResult.best: the treated finding gone, no other gradient
   pathology, training loss >= 10% below the untreated run's);
 - healthy level: the winner's loss after B steps within 20% of the healthy recipe's after B
@@ -92,12 +94,12 @@ def plain_run(recipe, seed: int, steps: int) -> tuple[list[float], list[float]]:
     return losses, times
 
 
-def treat_case(recipe, seed: int, budget: int, total: int) -> gd.remedies.TreatResult:
-    """treat() in the recipe's own step, optimizer and batches."""
+def treat_case(recipe, seed: int, budget: int, total: int, seconds: float | None = None) -> gd.remedies.TreatResult:
+    """treat() in the recipe's own step, optimizer and batches, within `total` steps (and `seconds`)."""
     torch.manual_seed(seed)
     return gd.treat(recipe.make(seed), recipe.batches(seed, zoo.N_BATCHES), train_step=recipe.train_step,
-                    make_optimizer=recipe.make_optimizer, budget_steps=budget, max_steps=total, seed=seed,
-                    progress_bar=False)
+                    make_optimizer=recipe.make_optimizer, budget_steps=budget, max_steps=total,
+                    max_seconds=seconds, seed=seed, progress_bar=False)
 
 
 def zoo_case(p, seed: int, budget: int) -> dict:
@@ -108,7 +110,7 @@ def zoo_case(p, seed: int, budget: int) -> dict:
     t0 = time.perf_counter()
     error = None
     try:
-        r = treat_case(p.model, seed, budget, total)
+        r = treat_case(p.model, seed, budget, total, sum(ref_times))
     except Exception as exc:  # reported, never raised: the table must be complete
         r, error = None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     seconds = time.perf_counter() - t0

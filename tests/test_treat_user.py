@@ -181,3 +181,58 @@ def test_changes_for_another_class_fail_with_one_clear_error(lm_result):
     _, r, _ = lm_result
     with pytest.raises(GradDoctorError, match="fresh instance of the class that was treated"):
         gd.apply_changes(nn.Sequential(nn.Linear(4, 4)), r.best.changes)
+
+
+FACTORY = '''
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class FunctionalTanhLM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(32, 32)
+        self.layers = nn.ModuleList(nn.Linear(32, 32) for _ in range(12))
+        self.head = nn.Linear(32, 32)
+
+    def forward(self, ids):
+        h = self.embed(ids)
+        for layer in self.layers:
+            h = torch.sigmoid(layer(h))
+        return self.head(h)
+
+
+def step(model, batch):
+    logits = model(batch["input_ids"])
+    return F.cross_entropy(logits[:, :-1].reshape(-1, 32), batch["input_ids"][:, 1:].reshape(-1))
+
+
+def setup():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    starts = torch.randint(0, 32, (8, 16, 1), generator=g)
+    batches = [{"input_ids": torch.cat([(5 ** k * s + 3 * sum(5 ** j for j in range(k))) % 32
+                                        for k in range(12)], 1)} for s in starts]
+    return FunctionalTanhLM(), batches, step, lambda params: torch.optim.AdamW(params, lr=3e-3)
+'''
+
+
+def test_cli_treats_a_factory_in_its_own_step_and_saves_a_winner_that_reloads(tmp_path, capsys):
+    import importlib.util
+
+    from graddoctor.cli import main
+
+    path = tmp_path / "my_lm.py"
+    path.write_text(FACTORY)
+    out = tmp_path / "treated"
+    code = main(["treat", f"{path}:setup", "--budget-steps", "40", "--max-steps", "200", "--save", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0 and "its train_step, its make_optimizer" in text and "best: swap_activation" in text
+    spec = importlib.util.spec_from_file_location("my_lm", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    model = gd.load_treated(mod.FunctionalTanhLM(), out)
+    ids = mod.setup()[1][0]["input_ids"]
+    assert torch.isfinite(mod.step(model, {"input_ids": ids}))
+    assert sum(c["op"] == "function" for c in json.loads((out / "changes.json").read_text())["changes"]) == 12

@@ -80,6 +80,20 @@ def supervised_step(loss_fn: Callable[[Tensor, Tensor], Tensor]) -> Callable[[nn
     return step
 
 
+def loss_only(train_step: Callable[[nn.Module, object], object]) -> Callable[[nn.Module, object], Tensor]:
+    """The user's step, returning the loss tensor also when it returns a model output with .loss (HF)."""
+    def step(model: nn.Module, batch: object) -> Tensor:
+        out = train_step(model, batch)
+        if isinstance(out, Tensor):
+            return out
+        loss = out.get("loss") if isinstance(out, dict) else getattr(out, "loss", None)
+        if not isinstance(loss, Tensor):
+            raise GradDoctorError(f"train_step(model, batch) must return the loss (a tensor, or an output "
+                                  f"with .loss), got {type(out).__name__}")
+        return loss
+    return step
+
+
 def _loss(loss_fn: object) -> Callable[[Tensor, Tensor], Tensor]:
     if loss_fn is None:
         return F.cross_entropy
@@ -201,6 +215,6 @@ def recipe_from(subject: NetSpec | nn.Module, data: object, loss_fn: object, tra
                       prior_loss(ds, name))
     if in_memory:  # the user's step over an in-memory pair: (inputs, targets) mini-batches
         ds = data if isinstance(data, Dataset) else from_tensors(data[0], data[1], seed=seed)
-        return Recipe(train_step, _dataset_batches(ds, config), make_optimizer)
-    step = train_step or supervised_step(_loss(loss_fn))
+        return Recipe(loss_only(train_step), _dataset_batches(ds, config), make_optimizer)
+    step = loss_only(train_step) if train_step is not None else supervised_step(_loss(loss_fn))
     return Recipe(step, _source(data), make_optimizer)

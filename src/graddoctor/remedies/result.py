@@ -98,6 +98,7 @@ class TreatResult:
     prior_loss: float = math.inf  # training loss of predicting the class frequencies (no learning)
     seconds: float = 0.0  # total wall time of treat()
     max_steps: int | None = None  # cap on the optimizer steps of all trials together (None: no cap)
+    max_seconds: float | None = None  # cap on treat()'s wall time (None: no cap)
 
     started: float = field(default_factory=time.perf_counter, repr=False)  # when treat() began
 
@@ -107,15 +108,13 @@ class TreatResult:
         return statistics.median(xs) if xs else None
 
     def affords(self, plain: int, probed: int, new_candidate: bool = True) -> bool:
-        """True when `plain` unprobed and `probed` probed steps more stay within max_steps: in
-        optimizer steps, and in wall time against max_steps plain steps (at the pilots' step time,
-        with the fixed cost of a new candidate and the probe's cost as measured so far)."""
-        if self.max_steps is None:
-            return True
-        if self.steps + plain + probed > self.max_steps:
+        """True when `plain` unprobed and `probed` probed steps more stay within the budget: max_steps
+        optimizer steps, and max_seconds of wall time (projected at the pilots' step time, with the
+        fixed cost of a new candidate and the probe's cost as measured so far)."""
+        if self.max_steps is not None and self.steps + plain + probed > self.max_steps:
             return False
         s = self.step_seconds()
-        if s is None:
+        if self.max_seconds is None or s is None:
             return True
         tried = [t for t in self.trials[1:] if "build" in t.timing]
         fixed = sum(t.timing.get(k, 0.0) for t in tried for k in ("changes", "build", "screen")) / max(1, len(tried))
@@ -123,7 +122,14 @@ class TreatResult:
         factor = b.timing.get("finish", 0.0) / max(1, b.steps - self.pilot_steps) / s if b.steps > self.pilot_steps \
             else 1.0  # the probe's (and the re-diagnosis') cost factor on a finishing segment
         need = (fixed if new_candidate else 0.0) + plain * s + probed * s * max(1.0, factor)
-        return time.perf_counter() - self.started + need <= self.max_steps * s
+        return time.perf_counter() - self.started + need <= self.max_seconds
+
+    def over_budget(self) -> str:
+        """Why a candidate was not tried: the budget, and what was used of it."""
+        caps = [f"{self.max_steps} steps" if self.max_steps is not None else "",
+                f"{self.max_seconds:.3g} s" if self.max_seconds is not None else ""]
+        return (f"over the budget ({' and '.join(c for c in caps if c)}; used {self.steps} steps, "
+                f"{time.perf_counter() - self.started:.3g} s)")
 
     @property
     def baseline(self) -> Trial:

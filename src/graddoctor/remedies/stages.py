@@ -15,7 +15,6 @@ from torch import nn
 
 from ..diagnose.api import diagnose
 from ..diagnose.findings import Diagnosis
-from ..errors import GradDoctorError
 from .base import Patient, Remedy, Sample
 from .loop import start_run, train_steps
 from .recipe import Recipe
@@ -138,7 +137,7 @@ def guarded(trial: Trial, stage: str, fn: Callable[[], None]) -> None:
     t0 = time.perf_counter()
     try:
         fn()
-    except (GradDoctorError, RuntimeError, ValueError, TypeError) as exc:
+    except Exception as exc:  # the user's step, optimizer or model: any error fails this trial only
         trial.status, trial.note = "failed", f"{stage}: {type(exc).__name__}: {str(exc).splitlines()[0]}"
         trial.model = trial.run = None
     dt = time.perf_counter() - t0

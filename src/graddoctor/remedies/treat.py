@@ -62,7 +62,7 @@ def _run_round(result: TreatResult, groups: list[tuple[Remedy, ...]], recipe: Re
             trial.timing["changes"] = trial.seconds = time.perf_counter() - t0
             bar.update(0, candidate=trial.label)
             if trial.status == "not fixed" and not result.affords(pilot, budget - pilot):  # one finalist's rest
-                trial.status, trial.note = "not tried", _over(result)
+                trial.status, trial.note = "not tried", result.over_budget()
             if trial.status == "not fixed":
                 stages.guarded(trial, "build", lambda: setattr(trial, "model", trial.patient.build(seed)))
             if trial.status == "not fixed":
@@ -86,7 +86,7 @@ def _run_round(result: TreatResult, groups: list[tuple[Remedy, ...]], recipe: Re
                     not result.affords(0, budget - trial.steps, new_candidate=False):
                 trial.status = "stopped after pilot"
                 trial.note = f"pilot loss {trial.loss:.4g}" if done or i >= FINALISTS or \
-                    not math.isfinite(trial.loss) else f"pilot loss {trial.loss:.4g}; {_over(result)}"
+                    not math.isfinite(trial.loss) else f"pilot loss {trial.loss:.4g}; {result.over_budget()}"
                 trial.model = trial.run = None
                 continue
             bar.update(0, candidate=trial.label)
@@ -99,10 +99,6 @@ def _run_round(result: TreatResult, groups: list[tuple[Remedy, ...]], recipe: Re
                 trial.status = "fixed"
             bar.update(1, fixed=sum(t.fixed for t in result.trials))
     return trials
-
-
-def _over(result: TreatResult) -> str:
-    return f"over the budget: max_steps={result.max_steps} steps, or their time ({result.steps} steps used)"
 
 
 def _patient(subject: NetSpec | nn.Module | Callable[[], nn.Module], config: TrainConfig, seed: int,
@@ -124,7 +120,7 @@ def treat(model_factory: NetSpec | nn.Module | Callable[[], nn.Module], data: ob
           loss_fn: object = None, diagnosis: Diagnosis | None = None, budget_steps: int = BUDGET_STEPS,
           seed: int = 0, *, train_step: Callable | None = None, make_optimizer: Callable | None = None,
           config: TrainConfig | None = None, pairs: bool = True, max_steps: int | None = None,
-          progress_bar: bool = True) -> TreatResult:
+          max_seconds: float | None = None, progress_bar: bool = True) -> TreatResult:
     """Try the remedies for a diagnosis; measure which fix it, in your own training step (TreatResult).
 
     `data`: a DataLoader, a list of batches or a function returning a fresh iterable (streamed:
@@ -135,7 +131,8 @@ def treat(model_factory: NetSpec | nn.Module | Callable[[], nn.Module], data: ob
     TrainConfig's SGD/Adam). Without `diagnosis`, the untreated network's own is used: its
     training run's findings plus those seen at initialisation that training did not show.
     `max_steps` caps the optimizer steps of everything together (baseline and candidates, at
-    least 2 x budget_steps): candidates that would exceed it are listed as "not tried".
+    least 2 x budget_steps), `max_seconds` the wall time (e.g. that of one training run of
+    yours); candidates that would exceed either are listed as "not tried".
     """
     t0 = time.perf_counter()
     if budget_steps < 2:
@@ -168,7 +165,7 @@ def treat(model_factory: NetSpec | nn.Module | Callable[[], nn.Module], data: ob
     base.seconds = time.perf_counter() - t0
     diagnosis = diagnosis or candidates.combined(base.after, base.at_init)
     result = TreatResult(diagnosis, [base], budget_steps, pilot_steps=pilot, prior_loss=recipe.prior_loss,
-                         max_steps=max_steps, started=t0)
+                         max_steps=max_steps, max_seconds=max_seconds, started=t0)
     sample = replace(recipe.sample(), budget_steps=budget_steps)
     ranked, skipped = candidates.singles(result.diagnosis, base.patient, sample)
     tried = _run_round(result, [(r,) for r in ranked], recipe, sample, seed, "treat: singles", progress_bar)
