@@ -179,9 +179,15 @@ class TreatResult:
     def __str__(self) -> str:
         if self.diagnosis.healthy:
             return "HEALTHY: nothing to treat (no changes proposed)."
+        if self.max_steps is not None or self.max_seconds is not None:
+            caps = [f"{self.max_steps} steps" if self.max_steps is not None else "",
+                    f"{self.max_seconds:.3g} s" if self.max_seconds is not None else ""]
+            budget = f"; budget {' and '.join(c for c in caps if c)}, used {self.steps} steps, {self.seconds:.3g} s"
+        else:
+            budget = ""
         head = (f"treating: {', '.join(sorted(self.target_kinds))}; every candidate that passes screening "
                 f"trains {self.pilot_steps} steps, the best {self.budget_steps}, with the baseline's seed "
-                f"and data order")
+                f"and data order{budget}")
         cols = ("remedy", "result", "findings after", "signal first/last init -> after", "pilot loss",
                 "steps", "loss", "val acc", "s")
         rows = [(t.label, t.status, (",".join(sorted(t.after.kinds())) or "healthy") if t.after else "-",
@@ -190,6 +196,9 @@ class TreatResult:
                  str(t.steps),
                  _num(t.loss, ".4f"), _num(t.val_acc, ".3f"), _num(t.seconds, ".1f"))
                 for t, r in zip(self.trials, self.table)]
+        if all(math.isnan(t.val_acc) for t in self.trials):  # streamed data: no validation set
+            keep = [i for i, c in enumerate(cols) if c != "val acc"]
+            cols, rows = tuple(cols[i] for i in keep), [tuple(r[i] for i in keep) for r in rows]
         widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
         fmt = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip()
         lines = [head, fmt(cols), fmt(tuple("-" * w for w in widths)), *map(fmt, rows)]
