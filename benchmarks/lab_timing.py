@@ -45,9 +45,8 @@ def measure(name: str, store: Path) -> dict:
 
 
 def markdown(rows: list[dict], load: float) -> str:
-    """The results as a Markdown snippet section `lab_timing`."""
-    lines = ["<!-- --8<-- [start:lab_timing] -->", "| experiment | runs | wall time | CPU time | claim |",
-             "|---|---|---|---|---|"]
+    """The results as Markdown (docs/lab.md and the benchmarks page include it)."""
+    lines = ["| experiment | runs | wall time | CPU time | claim |", "|---|---|---|---|---|"]
     for r in rows:
         verdict = f"holds on {r['held_on']}/{r['seeds']} seeds" if r["holds"] else \
             f"**fails** (held on {r['held_on']}/{r['seeds']} seeds)"
@@ -55,8 +54,7 @@ def markdown(rows: list[dict], load: float) -> str:
     wall, cpu = sum(r["wall_s"] for r in rows), sum(r["cpu_s"] for r in rows)
     lines += ["", f"In all: {wall:.0f} s wall, {cpu:.0f} s CPU, one thread (`python benchmarks/lab_timing.py`, "
               f"seeds {', '.join(map(str, SEEDS))}; load average {load:.1f} on {os.cpu_count()} cores when it "
-              "started: wall times grow with the load, CPU times much less).",
-              "<!-- --8<-- [end:lab_timing] -->", ""]
+              "started: wall times grow with the load, CPU times much less).", ""]
     return "\n".join(lines)
 
 

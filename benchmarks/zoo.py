@@ -29,6 +29,7 @@ import json
 import math
 import statistics
 import sys
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -47,13 +48,23 @@ RESULTS = ROOT / "docs" / "results"
 
 
 # -- scoring (pure) -----------------------------------------------------------------------------
+GROUP_DEPTH = 3  # a finding's layers are counted per module-name prefix of this many parts ("bert.encoder.layer")
+
+
+def layer_groups(layers) -> dict[str, int]:
+    """Layer names counted per prefix of GROUP_DEPTH dotted parts (the results file stays small)."""
+    if isinstance(layers, dict):  # already grouped
+        return layers
+    return dict(Counter(".".join(x.split(".")[:GROUP_DEPTH]) for x in layers))
+
+
 def verdict(d) -> dict | None:
     """A Diagnosis reduced to what the table and the scores need."""
     if d is None:
         return None
     bad = [f for f in d.findings if f.severity != "info"]
     return {"healthy": d.healthy, "kinds": sorted(d.kinds()),
-            "findings": [{"kind": f.kind, "severity": f.severity, "layers": list(f.layers),
+            "findings": [{"kind": f.kind, "severity": f.severity, "layers": layer_groups(f.layers),
                           "causes": [c.name for c in f.causes[:2]]} for f in bad],
             "info": sorted({f.kind for f in d.findings if f.severity == "info"})}
 
@@ -76,8 +87,8 @@ def score_planted(p: zoo.Planted, v: dict | None) -> dict:
     match = [f for f in v["findings"] if f["kind"] in want or (f["kind"] == "non_finite" and "exploding" in want)]
     loc = None
     if p.blocks:
-        loc = any(f["layers"] and sum(any(x.startswith(b) for b in p.blocks) for x in f["layers"])
-                  >= len(f["layers"]) / 2 for f in match)
+        inside = lambda groups: sum(n for g, n in groups.items() if any(g.startswith(b) for b in p.blocks))
+        loc = any(f["layers"] and inside(f["layers"]) >= sum(f["layers"].values()) / 2 for f in match)
     return {"detected": bool(match), "cause": any(set(f["causes"][:2]) & set(p.causes) for f in match),
             "localised": loc}
 
@@ -122,6 +133,9 @@ def claims(kind: str, m: zoo.ZooModel, p: zoo.Planted | None) -> dict:
 def scored(row: dict, p: zoo.Planted | None) -> dict:
     """The row with its planted scores (detection, cause, localisation per phase), if it is planted."""
     row = {k: v for k, v in row.items() if k != "scores"}
+    for ph in ("init", "trained"):  # rows of older runs list every layer
+        for f in (row[ph] or {}).get("findings", []):
+            f["layers"] = layer_groups(f["layers"])
     if row["kind"] == "planted":
         row["scores"] = {ph: score_planted(p, row[ph]) for ph in phases(p.when)}
     return row
@@ -176,8 +190,9 @@ def summary_lines(s: dict) -> list[str]:
         out.append(f"{half}: false alarms on the healthy zoo at init {pct(v['false_alarms_init'])}, after "
                    f"training {pct(v['false_alarms_trained'])}; on harmless plantings at init "
                    f"{pct(v['harmless_alarms_init'])}, after training {pct(v['harmless_alarms_trained'])}; planted "
-                   f"detection {pct(v['detection'])}, cause in top two {pct(v['cause_top2'])}, localised "
-                   f"{pct(v['localised'])}; exceptions {pct(v['exceptions'])}, hooks left {pct(v['hooks_left'])}")
+                   f"(per case and phase) detection {pct(v['detection'])}, cause in top two {pct(v['cause_top2'])}, "
+                   f"localised {pct(v['localised'])}; exceptions {pct(v['exceptions'])}, hooks left "
+                   f"{pct(v['hooks_left'])}")
     return out
 
 
@@ -244,7 +259,9 @@ def bench(args: argparse.Namespace) -> None:
     n = {k: sum(it[0] == k for it in items) for k in KINDS}
     head = (f"{len(items)} recipes ({n['zoo']} zoo models, {n['planted']} planted pathologies, {n['harmless']} "
             f"harmless and {n['unscored']} unscored plantings), seeds 0..{args.seeds - 1}, {args.steps} steps, "
-            f"every={args.every}; torch {torch.__version__}, transformers {transformers.__version__}, one CPU thread")
+            f"every={args.every}; torch {torch.__version__}, transformers {transformers.__version__}, one CPU thread"
+            + ("; verdicts of an earlier full run re-scored against the current claims (--rescore)" if args.rescore
+               else ""))
     lines = summary_lines(s)
     wr = wrong(rows)
     md = "\n".join([f"{head}\n", "**Summary**\n", *[f"- {x}" for x in lines], "",
@@ -256,8 +273,9 @@ def bench(args: argparse.Namespace) -> None:
         (RESULTS / "zoo.md").write_text(md)
     if args.json or not args.only:
         path = Path(args.json) if args.json else RESULTS / "zoo.json"
-        path.write_text(json.dumps({"config": vars(args), "header": head, "summary": s, "wrong": wr,
-                                    "rows": rows}, indent=1))
+        head_json = json.dumps({"config": vars(args), "header": head, "summary": s, "wrong": wr}, indent=1)
+        body = ",\n".join(json.dumps(r) for r in rows)  # one row per line: small, and diffs by model
+        path.write_text(f'{head_json[:-2]},\n "rows": [\n{body}\n]}}\n')
         print(f"\nwrote {path}" + ("" if args.only else f" and {RESULTS / 'zoo.md'}"))
 
 

@@ -171,16 +171,16 @@ def _finding(kind, layers, causes, severity="critical"):
 def test_benchmark_scores_detection_cause_and_localisation():
     bench = _bench()
     p = next(p for p in zoo.PLANTED if p.name == "gpt2-x0.01")
-    inside = ["transformer.h.0.attn.c_attn", "transformer.h.1.mlp.c_fc", "lm_head"]
+    inside = bench.layer_groups(["transformer.h.0.attn.c_attn", "transformer.h.1.mlp.c_fc", "lm_head"])
     hit = {"healthy": False, "findings": [_finding("vanishing", inside, ["chain_product_depth", "init_too_small"])]}
     assert bench.score_planted(p, hit) == {"detected": True, "cause": True, "localised": True}
-    third = {"healthy": False, "findings": [_finding("vanishing", ["lm_head", "transformer.wte", "transformer.h.0"],
-                                                     ["a", "b", "init_too_small"])]}
+    outside = bench.layer_groups(["lm_head", "transformer.wte", "transformer.h.0.mlp"])
+    third = {"healthy": False, "findings": [_finding("vanishing", outside, ["a", "b", "init_too_small"])]}
     assert bench.score_planted(p, third) == {"detected": True, "cause": False, "localised": False}
     wrong_kind = {"healthy": False, "findings": [_finding("exploding", inside, ["init_too_small"])]}
     assert bench.score_planted(p, wrong_kind)["detected"] is False
     nan = next(p for p in zoo.PLANTED if p.name == "bert-x10")  # exploding: a non_finite finding counts
-    assert bench.score_planted(nan, {"healthy": False, "findings": [_finding("non_finite", [], ["x"])]})["detected"]
+    assert bench.score_planted(nan, {"healthy": False, "findings": [_finding("non_finite", {}, ["x"])]})["detected"]
     rows = [{"half": "calibration", "kind": "zoo", "expected": "healthy", "init": {"healthy": True},
              "trained": hit, "error": None, "hooks_clean": True},
             {"half": "calibration", "kind": "planted", "scores": {"init": bench.score_planted(p, hit)},

@@ -6,11 +6,14 @@ BERT-like model, ResNet-50 stage depths) with small widths and resolutions, and 
 fixed synthetic batches of its task (labels from a fixed random teacher, so the loss can fall),
 its usual loss (`train_step`) and its usual optimizer (AdamW at a small-scale learning rate).
 `PLANTED` holds pathologies planted in the same architectures, each with a ground truth measured
-by plain autograd (zoo_oracle.py); `judge()` runs graddoctor's public API on one recipe.
+by plain autograd (zoo_oracle.py); `HARMLESS` plantings that turned out harmless (expected
+healthy), `UNSCORED` ones that harm without a gradient signature (`ALL` = the three; see
+zoo_planted.py); `judge()` runs graddoctor's public API on one recipe.
 
 Import as a plain module: `sys.path.insert(0, "tests"); import zoo` (no pytest dependency).
 The pieces: zoo_base.py (dataclasses, split, synthetic tasks), zoo_models.py (the catalogue),
-zoo_planted.py (planted pathologies), zoo_oracle.py (the autograd measurements behind them).
+zoo_faults.py (how faults are planted), zoo_planted.py (the plantings and their claims),
+zoo_oracle.py (the autograd measurements behind them), zoo_evidence.json (their recorded numbers).
 
 The split (issue 14) is by architecture *family*, fixed before anything was tuned: the 27 families
 planned at the first commit, sorted by name, alternate calibration, held_out, calibration, ...
@@ -31,22 +34,21 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from zoo_base import FAMILIES, HALVES, Planted, ZooModel, half_of
+from zoo_base import FAMILIES, HALVES, N_BATCHES, Planted, ZooModel, half_of
 from zoo_models import MODELS
-from zoo_planted import PLANTED
+from zoo_planted import ALL, HARMLESS, PLANTED, UNSCORED
 
 import graddoctor as gd
 
 ZOO: tuple[ZooModel, ...] = MODELS
-N_BATCHES = 4  # fixed batches per recipe, cycled during training
 
-__all__ = ["FAMILIES", "HALVES", "N_BATCHES", "PLANTED", "ZOO", "Planted", "Verdicts", "ZooModel", "get",
-           "half_of", "hooks_of", "judge"]
+__all__ = ["ALL", "FAMILIES", "HALVES", "HARMLESS", "N_BATCHES", "PLANTED", "UNSCORED", "ZOO", "Planted",
+           "Verdicts", "ZooModel", "get", "half_of", "hooks_of", "judge"]
 
 
 def get(name: str) -> ZooModel:
-    """The zoo member, or the planted case's recipe, called `name`."""
-    recipes = {m.name: m for m in ZOO} | {p.name: p.model for p in PLANTED}
+    """The zoo member, or the planting's recipe (planted, harmless or unscored), called `name`."""
+    recipes = {m.name: m for m in ZOO} | {p.name: p.model for p in ALL}
     if name not in recipes:
         raise KeyError(f"no zoo model {name!r}; choose one of: {', '.join(recipes)}")
     return recipes[name]

@@ -75,6 +75,7 @@ def derive(base: ZooModel, name: str, **changes: Any) -> ZooModel:
 
 
 # -- synthetic tasks ---------------------------------------------------------------------------
+N_BATCHES = 4  # fixed batches per recipe (judge() and the oracle cycle them during training)
 IMAGE, CLASSES = 32, 10  # 3x32x32 images, 10 classes
 VOCAB, SEQ = 128, 16  # tokens 0..127; 0 pad, 1 bos / decoder start / mask, 2 eos, 3.. chain tokens
 PAD, BOS, EOS, FIRST = 0, 1, 2, 3

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from zoo_base import Planted, ZooModel
+from zoo_base import N_BATCHES, Planted, ZooModel
 
-N_BATCHES = 4  # the same fixed batches judge() uses
 DECADES = 2.0  # vanishing / exploding: the input-to-output gradient ratio, or the blocks' parameter
 #                gradients themselves, move >= 2 decades against the healthy base
 HARM = 0.5  # a training fault (lr, optimizer) costs training: after `steps` the loss is above the healthy

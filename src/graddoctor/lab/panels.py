@@ -146,7 +146,7 @@ def plot_grid(runs: list[RunSummary], axes) -> None:
         ax.set_yticks(range(len(moms)), [f"{v:g}" for v in moms])
         ax.set_xlabel("learning rate (SGD)")
         ax.set_ylabel("momentum")
-        ax.set_title(f"{net}: outcome per step size (median accuracy)")
+        ax.set_title(f"{net}: outcome per step size")
     shown = {outcome(r) for r in runs} | {"differs by seed"}
     axes[-1].legend(handles=[Patch(facecolor=c, edgecolor="0.5", label=o) for o, c in OUTCOME_COLOURS.items()
                              if o in shown], fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))

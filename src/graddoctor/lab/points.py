@@ -121,37 +121,31 @@ SPREAD_NOTE = ("A number is its range over the seeds (min…max; one value when 
                "digits); a verdict is followed by how many seeds gave it when they differ.")
 
 
-def page(name: str, title: str, intro: str, head: Sequence[str], rows: Sequence[Sequence[str]], conclusion: str,
-         figure: str | None = None) -> str:
-    """An experiment as Markdown: title, intro, table, conclusion, figure link. The part before the
-    figure is a snippet section named `name` (docs/lab.md includes it with `--8<-- "lab/NAME.md:NAME"`
-    and places the figure itself, relative to its own folder)."""
-    lines = [f"<!-- --8<-- [start:{name}] -->", f"### `{name}`: {title}", "", intro, "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+def page(name: str, title: str, intro: str, head: Sequence[str], rows: Sequence[Sequence[str]],
+         conclusion: str) -> str:
+    """An experiment as Markdown: title, intro, table, conclusion (a results file: docs/lab.md includes it
+    with `--8<-- "lab/NAME.md"` and places the figure, NAME.png, itself)."""
+    lines = [f"### `{name}`: {title}", "", intro, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
-    lines += ["", conclusion, "", f"<!-- --8<-- [end:{name}] -->", ""]
-    if figure:
-        lines += [f"![{name}]({figure})", ""]
-    return "\n".join(lines)
+    return "\n".join([*lines, "", conclusion, ""])
 
 
-def summary_page(entries: Sequence[tuple[str, str, bool, int, int, int, int, float]], quick: bool,
-                 thresholds: Sequence[str] = ()) -> str:
+def summary_page(entries: Sequence[tuple[str, str, bool, int, int, int, int, float]], quick: bool) -> str:
     """The `lab run all` overview as Markdown: per experiment (name, claim, holds, seeds the claim held on,
-    seeds, runs, reused, seconds) one row with a link to its section (docs/lab.md's `lab-NAME` anchors),
-    then the thresholds the conclusions used."""
-    lines = ["<!-- --8<-- [start:summary] -->",
-             "| experiment | claim | verdict | runs | wall time |", "|---|---|---|---|---|"]
-    total = 0.0
+    seeds, runs, reused, training seconds) one row with a link to its section (docs/lab.md's `lab-NAME`
+    anchors)."""
+    lines = ["| experiment | claim | verdict | runs | training time |", "|---|---|---|---|---|"]
     for name, claim, holds, held, seeds, runs, reused, seconds in entries:
         verdict = f"**supported on {held}/{seeds} seeds**" if holds else f"not supported (held on {held}/{seeds} seeds)"
         lines.append(f"| [`{name}`](#lab-{name}) | {claim.replace('|', '/')} | {verdict} | {runs}"
                      + (f" ({reused} read back)" if reused else "") + f" | {seconds:.0f} s |")
-        total += seconds
+    total = sum(e[7] for e in entries)
     lines += ["", f"`graddoctor lab run all{' --quick' if quick else ''}`: {sum(e[5] for e in entries)} runs, "
-              f"{total / 60:.1f} min wall time in all (one worker; runs read back from the store take no training).",
-              "<!-- --8<-- [end:summary] -->", ""]
-    if thresholds:
-        lines += ["<!-- --8<-- [start:thresholds] -->", *(f"- {t}" for t in thresholds),
-                  "<!-- --8<-- [end:thresholds] -->", ""]
+              f"{total / 60:.1f} min of training in all (the runs' own wall times as stored, also for runs read "
+              "back with --resume; one thread each, on a shared machine).", ""]
     return "\n".join(lines)
+
+
+def bullets(lines: Sequence[str]) -> str:
+    """A Markdown list."""
+    return "".join(f"- {line}\n" for line in lines)

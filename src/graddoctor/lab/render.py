@@ -100,8 +100,8 @@ def table(lab: LabResult) -> tuple[list[str], list[list[str]]]:
     return head + list(extra), rows
 
 
-def markdown(lab: LabResult, figure: str | None = None) -> str:
-    """The experiment as Markdown: claim, source, table, conclusion, figure link."""
+def markdown(lab: LabResult) -> str:
+    """The experiment as Markdown: claim, source, table, conclusion (the figure is NAME.png beside it)."""
     e = lab.experiment
     size = e.quick if lab.quick else e.full
     seeds = sorted({s.seed for s in lab.summaries})
@@ -109,7 +109,7 @@ def markdown(lab: LabResult, figure: str | None = None) -> str:
     intro = (f"*{e.source}.* `graddoctor lab run {e.name}{' --quick' if lab.quick else ''}`: {len(rows)} grid points "
              f"× {len(seeds)} seeds ({', '.join(map(str, seeds))}), width {size.width}, {size.steps} steps each, "
              f"digits. {SPREAD_NOTE}")
-    return page(e.name, e.claim, intro, head, rows, lab.conclusion.text, figure)
+    return page(e.name, e.claim, intro, head, rows, lab.conclusion.text)
 
 
 def save_png(fig, path: Path) -> Path:
@@ -139,5 +139,5 @@ def write(lab: LabResult, out_dir: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     png, md = out / f"{lab.experiment.name}.png", out / f"{lab.experiment.name}.md"
     save_png(build_figure(lab), png)
-    md.write_text(markdown(lab, png.name))
+    md.write_text(markdown(lab))
     return [png, md]
