@@ -1,27 +1,47 @@
-"""Repair rate and cost of `graddoctor.treat` on the diagnosis corpus (tests/corpus.py).
+"""Repair rate and cost of `graddoctor.treat` on real architectures, in each recipe's own step.
 
-For every pathological member: treat(model factory, digits, the case's learning rate) with
-the default budget; "repaired" = treat found a candidate that removes the finding and beats
-the baseline's training loss by >= 10% (TreatResult.best is not None). Reported per planted kind.
+The zoo (tests/zoo.py): every planted pathology (sigmoid activations, weights x0.01 / x10, lr
+x100, a post-LN encoder at a high lr without warmup, fp16 without a loss scaler, residuals
+removed) is treated with the recipe's own `train_step` (a Hugging Face model's loss: causal
+LM, masked LM, seq2seq, classification) and `make_optimizer` (AdamW), on its 4 fixed batches:
 
-Cost = treat's total wall time / the wall time of one full training run of the untreated
-network, where a full run is what a user would do on digits: 10 epochs (TrainConfig's and
-`graddoctor demo`'s default; 230 SGD steps at batch 64), unprobed, timed in the same process
-right before treat. Where the untreated run diverges (training stops at the first non-finite
-loss), the full run of the winning network is timed instead. The step cost (optimizer steps
-treat ran, all candidates together / 230) is printed too: it does not depend on the load.
-Healthy members: treat must propose zero changes (no candidate tried).
+    treat(planted model, batches, train_step=..., make_optimizer=..., budget_steps=B, max_steps=S)
 
-    python benchmarks/treat.py [--seeds 1] [--budget 60] [--only sigmoid]
+B steps per candidate; the budget of the whole treatment (baseline and candidates) is one
+plain run of the recipe: S = 5B steps and the seconds those S steps took, measured in the same
+process right before (max_steps, max_seconds). Reported per case:
+- repaired: treat found a fix (TreatResult.best: the treated finding gone, no other gradient
+  pathology, training loss >= 10% below the untreated run's);
+- healthy level: the winner's loss after B steps within 20% of the healthy recipe's after B
+  steps on the same batches (an independent check of the repair: the unmodified model);
+- cost in optimizer steps: all steps treat trained / S (S: one training run of that budget);
+- cost in wall time: treat's seconds / the seconds of S plain steps of the untreated recipe
+  (zero_grad, loss, backward, optimizer step: the user's loop, unprobed), timed in the same
+  process right before treat; the median plain step (ms) says which models count as >= 20 ms;
+- where the fixed cost per candidate goes: seconds per stage, summed over candidates.
+The healthy zoo: treat on every healthy model must propose zero changes.
+The corpus (tests/corpus.py, graddoctor's own nets on digits, the NetSpec path) as before.
+
+The verdicts come from the diagnosis in this checkout (its commit is written to the results):
+until the structure-aware diagnosis lands, a wrong verdict is a wrong treatment target.
+Writes docs/results/treat.json and docs/results/treat.md.
+
+    python benchmarks/treat.py                        # zoo + corpus
+    python benchmarks/treat.py --suite zoo --only gpt2   # cases whose name contains gpt2
+    python benchmarks/treat.py --suite zoo --part healthy   # only the healthy zoo (zero changes?)
 """
 from __future__ import annotations
 
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse
+import json
+import math
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -29,100 +49,276 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from corpus import HEALTHY, PATHOLOGICAL, _digits
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+import zoo  # noqa: E402
+from corpus import HEALTHY, PATHOLOGICAL, _digits  # noqa: E402
 
-import graddoctor as gd
-from graddoctor import data as gd_data
-from graddoctor.remedies.arguments import as_dataset
-from graddoctor.remedies.treat import BUDGET_STEPS
+import graddoctor as gd  # noqa: E402
+from graddoctor import data as gd_data  # noqa: E402
+from graddoctor.progress import bar  # noqa: E402
 
-FULL_EPOCHS = 10  # the full training run the cost is measured against (see the docstring)
-KINDS = ("vanishing", "exploding")
+RESULTS = ROOT / "docs" / "results"
+BUDGET = 40  # optimizer steps per candidate (the zoo's recipes learn within 50)
+TOTAL = 5  # S = TOTAL x BUDGET: the step budget of the whole treatment, and the reference run
+HEALTHY_LEVEL = 1.2  # "healthy level": the winner's loss <= this x the healthy recipe's
+SLOW_STEP_MS = 20.0  # wall-time cost is judged on models whose plain step takes at least this
+STAGES = ("changes", "build", "screen", "pilot", "finish")
 
 
-def case_data(case, seed: int) -> gd.Dataset:
+def tail_loss(losses: list[float]) -> float:
+    """Mean of the last quarter of a run's step losses (inf if any is non-finite): treat's own measure."""
+    if not losses or not all(math.isfinite(v) for v in losses):
+        return math.inf
+    tail = losses[-max(1, math.ceil(len(losses) / 4)):]
+    return sum(tail) / len(tail)
+
+
+def plain_run(recipe, seed: int, steps: int) -> tuple[list[float], list[float]]:
+    """The user's loop, unprobed: (step losses, step seconds) of `steps` steps on the recipe's batches."""
+    torch.manual_seed(seed)
+    model = recipe.make(seed)
+    batches = recipe.batches(seed, zoo.N_BATCHES)
+    opt = recipe.make_optimizer(model.parameters())
+    opt = opt[0] if isinstance(opt, tuple) else opt
+    losses, times = [], []
+    model.train()
+    for i in range(steps):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = recipe.train_step(model, batches[i % len(batches)])
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        times.append(time.perf_counter() - t0)
+    return losses, times
+
+
+def treat_case(recipe, seed: int, budget: int, total: int, seconds: float | None = None) -> gd.remedies.TreatResult:
+    """treat() in the recipe's own step, optimizer and batches, within `total` steps (and `seconds`)."""
+    torch.manual_seed(seed)
+    return gd.treat(recipe.make(seed), recipe.batches(seed, zoo.N_BATCHES), train_step=recipe.train_step,
+                    make_optimizer=recipe.make_optimizer, budget_steps=budget, max_steps=total,
+                    max_seconds=seconds, seed=seed, progress_bar=False)
+
+
+def zoo_case(p, seed: int, budget: int) -> dict:
+    """One planted case: the reference run, the healthy recipe's loss, treat; what the table needs."""
+    total = TOTAL * budget
+    _, ref_times = plain_run(p.model, seed, total)
+    healthy = tail_loss(plain_run(zoo.get(p.base), seed, budget)[0])
+    t0 = time.perf_counter()
+    error = None
+    try:
+        r = treat_case(p.model, seed, budget, total, sum(ref_times))
+    except Exception as exc:  # reported, never raised: the table must be complete
+        r, error = None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    seconds = time.perf_counter() - t0
+    row = {"case": p.name, "base": p.base, "half": p.model.half, "fault": p.fault, "seed": seed,
+           "planted_kinds": sorted(p.kinds), "step_ms": 1000 * statistics.median(ref_times),
+           "reference_seconds": sum(ref_times), "seconds": seconds, "healthy_loss": healthy, "error": error}
+    if r is None:
+        return {**row, "repaired": False, "healthy_level": False}
+    best = r.best
+    stages = {s: sum(t.timing.get(s, 0.0) for t in r.trials[1:]) for s in STAGES}
+    row.update({
+        "diagnosis": sorted(r.diagnosis.kinds()), "repaired": best is not None,
+        "best": best.label if best else None,
+        "changes": [str(c) for c in best.changes] if best else [],
+        "baseline_loss": r.baseline.loss, "best_loss": best.loss if best else None,
+        "healthy_level": best is not None and best.loss <= HEALTHY_LEVEL * healthy,
+        "tried": [(t.label, t.status, t.note) for t in r.trials[1:]],
+        "steps": r.steps, "total_steps": total, "step_cost": r.steps / total,
+        "wall_cost": seconds / sum(ref_times), "baseline_seconds": r.baseline.seconds, "stages": stages,
+        "candidates_built": sum("build" in t.timing for t in r.trials[1:])})
+    return row
+
+
+def healthy_case(m, seed: int, budget: int) -> dict:
+    """treat on a healthy zoo model: the changes it proposes (should be none)."""
+    t0 = time.perf_counter()
+    try:
+        r = treat_case(m, seed, budget, TOTAL * budget)
+        return {"model": m.name, "half": m.half, "diagnosis": sorted(r.diagnosis.kinds()),
+                "candidates": len(r.trials) - 1, "fixed": r.best.label if r.best else None,
+                "seconds": time.perf_counter() - t0, "error": None}
+    except Exception as exc:  # reported in the table
+        return {"model": m.name, "half": m.half, "diagnosis": [], "candidates": 0, "fixed": None,
+                "seconds": time.perf_counter() - t0, "error": f"{type(exc).__name__}: {exc}"[:200]}
+
+
+# -- the corpus (graddoctor's own networks on digits: the NetSpec / in-memory path) -------------
+FULL_EPOCHS = 10  # a full digits run: 10 epochs, 230 SGD steps (TrainConfig's and the demo's default)
+
+
+def corpus_data(case, seed: int) -> gd.Dataset:
     """The case's training data: digits (scaled like the case's batch), or the case's own batch."""
     _, x, y, _ = case.make(seed)
     if x.dim() in (2, 4) and x.shape[1:] in ((64,), (1, 8, 8)):
         d = gd_data.digits(seed=0, image=x.dim() == 4)
-        ref = _digits(x.dim() == 4)[0]
-        scale = float(x.std() / ref.std())  # the planted input scale (1 for most members)
+        scale = float(x.std() / _digits(x.dim() == 4)[0].std())  # the planted input scale (1 for most)
         return gd.Dataset(d.name, d.x_train * scale, d.y_train, d.x_val * scale, d.y_val, d.n_classes)
-    return as_dataset((x, y), seed)
+    return gd.from_tensors(x, y, seed=seed)
 
 
 def full_run_seconds(model, data, config: gd.TrainConfig) -> tuple[float, bool]:
     """Wall time of one plain FULL_EPOCHS training run, and whether it diverged (and stopped)."""
-    cfg = replace(config, epochs=FULL_EPOCHS, max_steps=None)
     t0 = time.perf_counter()
-    hist = gd.train(model, data, cfg, progress_bar=False)
+    hist = gd.train(model, data, replace(config, epochs=FULL_EPOCHS, max_steps=None), progress_bar=False)
     return time.perf_counter() - t0, hist.diverged_at is not None
 
 
-def run_case(case, seed: int, budget: int) -> dict:
-    """Treat one corpus member; returns what the table needs."""
-    data = case_data(case, seed)
+def corpus_case(case, seed: int, budget: int) -> dict:
+    """Treat one corpus member (graddoctor's loop on digits); cost vs one full 10-epoch run.
+
+    A full run that diverges stops at its first non-finite loss: then the full run of the
+    winning network is timed instead (what the user would run).
+    """
+    data = corpus_data(case, seed)
     config = gd.TrainConfig(lr=case.lr, seed=seed)
     full, diverged = full_run_seconds(case.make(seed)[0], data, config)
     steps_full = FULL_EPOCHS * -(-len(data.x_train) // config.batch_size)
-    res = gd.treat(lambda: case.make(seed)[0], data, config=config, budget_steps=budget, seed=seed,
-                   progress_bar=False)
-    best = res.best
-    if diverged:  # the untreated run stops at the first non-finite loss: time the full run of the fix
-        full = (full_run_seconds(best.patient.build(seed), data, best.patient.config)[0] if best else
-                full * steps_full / max(1, res.baseline.steps))
-    return {"id": case.id, "kinds": set(case.kinds), "found": sorted(res.diagnosis.kinds()),
-            "repaired": best is not None, "best": best.label if best else "-",
-            "acc": (res.baseline.val_acc, best.val_acc if best else float("nan")),
-            "tried": len(res.trials) - 1, "trained": sum(t.steps > 0 for t in res.trials[1:]),
-            "cost": res.seconds / full, "step_cost": sum(t.steps for t in res.trials) / steps_full,
-            "seconds": res.seconds}
+    r = gd.treat(lambda: case.make(seed)[0], data, config=config, budget_steps=budget, seed=seed,
+                 progress_bar=False)
+    if diverged and r.best is not None:
+        full = full_run_seconds(r.best.patient.build(seed), data, r.best.patient.config)[0]
+    return {"case": case.id, "kinds": sorted(case.kinds), "found": sorted(r.diagnosis.kinds()),
+            "repaired": r.best is not None, "best": r.best.label if r.best else None,
+            "step_cost": r.steps / steps_full, "wall_cost": r.seconds / full, "seconds": r.seconds}
+
+
+def commit() -> str:
+    """The checkout's commit (the diagnosis the verdicts came from)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _rate(rows: list[dict], key: str) -> str:
+    n = sum(bool(r.get(key)) for r in rows)
+    return f"{n}/{len(rows)} ({n / len(rows):.0%})" if rows else "-"
+
+
+def _median(xs: list[float]) -> str:
+    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    return f"{statistics.median(xs):.2f}x" if xs else "-"
+
+
+def markdown(res: dict) -> str:
+    """The results as the docs page includes them."""
+    z, lines = res["zoo"], []
+    b = res["budget"]
+    lines += [f"Budget: {b} optimizer steps per candidate, {TOTAL * b} for the whole treatment (the reference "
+              f"run); diagnosis of commit `{res['commit']}`; {res['machine']}.", "",
+              "| case | half | planted | diagnosis | best remedy | loss untreated -> treated (healthy) | "
+              "steps | wall | step ms |", "|---|---|---|---|---|---|---|---|---|"]
+    num = lambda x: "-" if x is None else ("inf" if not math.isfinite(x) else f"{x:.3g}")
+    for r in z["planted"]:
+        if r.get("error"):
+            lines.append(f"| {r['case']} | {r['half']} | {r['fault']} | error: {r['error']} | | | | | |")
+            continue
+        loss = f"{num(r['baseline_loss'])} -> {num(r['best_loss'])} ({num(r['healthy_loss'])})"
+        lines.append(f"| {r['case']} | {r['half']} | {r['fault']} | {', '.join(r['diagnosis']) or 'healthy'} | "
+                     f"{r['best'] or 'not repaired'} | {loss} | {r['step_cost']:.2f}x | {r['wall_cost']:.2f}x | "
+                     f"{r['step_ms']:.0f} |")
+    lines += ["", "| summary | calibration | held-out | all |", "|---|---|---|---|"]
+    halves = {h: [r for r in z["planted"] if r["half"] == h] for h in ("calibration", "held_out")}
+    allp = z["planted"]
+    lines.append("| repaired (treat found a fix) | " + " | ".join(_rate(v, "repaired") for v in halves.values())
+                 + f" | {_rate(allp, 'repaired')} |")
+    lines.append(f"| reached the healthy recipe's loss (x{HEALTHY_LEVEL}) | "
+                 + " | ".join(_rate(v, "healthy_level") for v in halves.values())
+                 + f" | {_rate(allp, 'healthy_level')} |")
+    hz = {h: [r for r in z["healthy"] if r["half"] == h] for h in ("calibration", "held_out")}
+    changes = lambda rows: f"{sum(r['candidates'] > 0 for r in rows)} of {len(rows)}"
+    lines.append("| healthy models with changes proposed | " + " | ".join(changes(v) for v in hz.values())
+                 + f" | {changes(z['healthy'])} |")
+    slow = [r for r in allp if not r.get("error") and r["step_ms"] >= SLOW_STEP_MS]
+    fine = [r for r in allp if not r.get("error")]
+    lines += ["", f"Cost (median over cases; 1.0x = one plain run of {TOTAL * b} steps): optimizer steps "
+              f"{_median([r['step_cost'] for r in fine])} (max {max((r['step_cost'] for r in fine), default=0):.2f}x); "
+              f"wall time {_median([r['wall_cost'] for r in fine])} for all, {_median([r['wall_cost'] for r in slow])} "
+              f"(max {max((r['wall_cost'] for r in slow), default=0):.2f}x) on the {len(slow)} models whose plain "
+              f"step is >= {SLOW_STEP_MS:.0f} ms."]
+    tot = {s: sum(r["stages"][s] for r in fine) for s in STAGES}
+    base = sum(r["baseline_seconds"] for r in fine)
+    spent = base + sum(tot.values())
+    if spent:
+        lines.append("Where treat's time goes (all cases): untreated run (probed) "
+                     f"{base / spent:.0%}, " + ", ".join(f"{s} {v / spent:.0%}" for s, v in tot.items()) + ".")
+    missed = [r for r in allp if not r["repaired"]]
+    if missed:
+        lines += ["", "Not repaired:"]
+        for r in missed:
+            why = r.get("error") or ("diagnosed healthy: nothing to treat" if not r.get("diagnosis") else
+                                     "; ".join(f"{lab}: {st}" + (f" ({note})" if note else "")
+                                               for lab, st, note in r.get("tried", [])[:6]) or "no candidate")
+            lines.append(f"- {r['case']} ({', '.join(r.get('diagnosis') or []) or 'healthy'}): {why}")
+    wrong = [r for r in z["healthy"] if r["candidates"] or r.get("error")]
+    if wrong:
+        lines += ["", "Healthy models where treat proposed changes (a diagnosis false alarm treated):"]
+        lines += [f"- {r['model']}: {', '.join(r['diagnosis'])}" + (f"; error {r['error']}" if r.get("error") else "")
+                  + (f"; 'fixed' by {r['fixed']}" if r["fixed"] else "") for r in wrong]
+    c = res.get("corpus") or []
+    if c:
+        lines += ["", f"The diagnosis corpus (graddoctor's own networks on digits, {res['corpus_budget']} steps "
+                  f"per candidate; cost vs one full {FULL_EPOCHS}-epoch run): repaired {_rate(c, 'repaired')}; "
+                  f"cost median {_median([r['step_cost'] for r in c])} in steps, "
+                  f"{_median([r['wall_cost'] for r in c])} in wall time; healthy members: "
+                  f"{res.get('corpus_healthy_changes', 0)} changes proposed."]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--suite", choices=("zoo", "corpus", "all"), default="all")
     ap.add_argument("--seeds", type=int, default=1)
-    ap.add_argument("--budget", type=int, default=BUDGET_STEPS)
-    ap.add_argument("--only", default="", help="run only the cases whose id contains this")
+    ap.add_argument("--budget", type=int, default=BUDGET, help="steps per candidate")
+    ap.add_argument("--only", default="", help="comma-separated substrings of the case names to run")
+    ap.add_argument("--part", choices=("planted", "healthy", "both"), default="both",
+                    help="the zoo's planted cases, its healthy models, or both")
+    ap.add_argument("--out", default=str(RESULTS / "treat"), help="results path without extension")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    pick = lambda name: not args.only or any(s in name for s in args.only.split(","))
     t0 = time.perf_counter()
-    sick = [c for c in PATHOLOGICAL if args.only in c.id]
-    if sick:  # warm-up (first-call allocations, lazy imports) so that the first full run is fair
-        full_run_seconds(sick[0].make(0)[0], case_data(sick[0], 0), gd.TrainConfig(lr=sick[0].lr))
-    # lstm-lm has a custom loss (sequence cross-entropy) that graddoctor.train cannot use
-    well = [c for c in HEALTHY if args.only in c.id and c.id != "lstm-lm"]
-    rows = [run_case(c, s, args.budget) for s in range(args.seeds) for c in sick]
-    print(f"treat on the corpus: budget {args.budget} steps, cost vs one {FULL_EPOCHS}-epoch run on digits")
-    print(f"{'case':<24} {'found':<34} {'best remedy':<36} {'val acc before->after':<22} "
-          f"{'tried':>5} {'trained':>7} {'cost':>6} {'steps':>6}")
-    for r in rows:
-        acc = f"{r['acc'][0]:.2f} -> {r['acc'][1]:.2f}" if r["repaired"] else f"{r['acc'][0]:.2f} -> -"
-        print(f"{r['id']:<24} {','.join(r['found']) or 'healthy':<34} {r['best']:<36} {acc:<22} "
-              f"{r['tried']:>5} {r['trained']:>7} {r['cost']:>5.2f}x {r['step_cost']:>5.2f}x")
-    print()
-    print(f"{'kind':<12} {'treated':>7} {'repaired':>8} {'rate':>6}  {'cost median':>11} {'cost max':>8} "
-          f"{'step cost median':>16}")
-    groups = [(k, [r for r in rows if k in r["kinds"]]) for k in KINDS]
-    groups.append(("other", [r for r in rows if not r["kinds"] & set(KINDS)]))
-    for kind, rs in groups:
-        if rs:
-            n = sum(r["repaired"] for r in rs)
-            print(f"{kind:<12} {len(rs):>7} {n:>8} {n / len(rs):>6.0%}  "
-                  f"{statistics.median(r['cost'] for r in rs):>10.2f}x {max(r['cost'] for r in rs):>7.2f}x "
-                  f"{statistics.median(r['step_cost'] for r in rs):>15.2f}x")
-    changes = 0
-    for s in range(args.seeds):
-        for c in well:
-            res = gd.treat(lambda: c.make(s)[0], case_data(c, s), config=gd.TrainConfig(lr=c.lr),
-                           budget_steps=args.budget, seed=s, progress_bar=False)
-            if len(res.trials) > 1:
-                kinds = ", ".join(res.diagnosis.kinds())
-                print(f"healthy {c.id}: {len(res.trials) - 1} candidates tried ({kinds})")
-            changes += len(res.trials) - 1
-    print(f"healthy members: {len(well) * args.seeds} treated, {changes} changes proposed")
-    print(f"total {time.perf_counter() - t0:.0f} s")
+    res = {"budget": args.budget, "total": TOTAL * args.budget, "commit": commit(),
+           "machine": f"{os.cpu_count()} CPU cores shared with other jobs, torch {torch.__version__}, 1 thread",
+           "zoo": {"planted": [], "healthy": []}, "corpus": [], "corpus_budget": 60}
+    if args.suite in ("zoo", "all"):
+        planted = [p for p in zoo.PLANTED if pick(p.name)] if args.part != "healthy" else []
+        healthy = [m for m in zoo.ZOO if m.expected == "healthy" and pick(m.name)] if args.part != "planted" else []
+        with bar(len(planted) * args.seeds + len(healthy), "treat: zoo") as b:
+            for seed in range(args.seeds):
+                for p in planted:
+                    b.update(0, case=p.name)
+                    res["zoo"]["planted"].append(zoo_case(p, seed, args.budget))
+                    b.update(1)
+            for m in healthy:
+                b.update(0, case=m.name)
+                res["zoo"]["healthy"].append(healthy_case(m, 0, args.budget))
+                b.update(1)
+    if args.suite in ("corpus", "all"):
+        sick = [c for c in PATHOLOGICAL if pick(c.id)]
+        with bar(len(sick) * args.seeds, "treat: corpus") as b:
+            for seed in range(args.seeds):
+                for c in sick:
+                    res["corpus"].append(corpus_case(c, seed, res["corpus_budget"]))
+                    b.update(1)
+        res["corpus_healthy_changes"] = sum(
+            len(gd.treat(lambda: c.make(0)[0], corpus_data(c, 0), config=gd.TrainConfig(lr=c.lr),
+                         budget_steps=res["corpus_budget"], progress_bar=False).trials) - 1
+            for c in HEALTHY if pick(c.id) and c.id != "lstm-lm")
+    res["seconds"] = time.perf_counter() - t0
+    text = markdown(res)
+    print(text)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=str))
+    out.with_suffix(".md").write_text(text)
+    print(f"wrote {out.with_suffix('.md')} and .json in {res['seconds']:.0f} s")
     return 0
 
 

@@ -86,17 +86,19 @@ class FunctionalSigmoidNet(nn.Module):
         return self.head(x)
 
 
-def test_user_model_is_never_modified_and_functional_activations_are_reported(digits):
+def test_user_model_is_never_modified_and_functional_activations_are_swapped(digits):
     torch.manual_seed(0)
     model = FunctionalSigmoidNet()
     state, text = copy.deepcopy(model.state_dict()), repr(model)
     r = gd.treat(model, digits, nn.CrossEntropyLoss(), budget_steps=40, seed=0, progress_bar=False)
     assert repr(model) == text and all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
-    swaps = [t for t in r.trials if t.label.startswith("swap_activation")]
-    assert swaps and all(t.status == "not applicable" and "functional" in t.note for t in swaps)
-    # re-initialising cannot help a sigmoid it cannot see: screening drops it before any training
-    reinits = [t for t in r.trials if t.label.startswith("reinit")]
-    assert reinits and all(t.status == "dropped at init" and t.steps == 0 for t in reinits)
+    assert not model._forward_hooks and not model._forward_pre_hooks
+    best = r.best
+    assert best is not None and best.label.startswith("swap_activation")
+    assert sum(c.op == "function" for c in best.changes) == 12  # torch.sigmoid in forward(), swapped
+    prelu = next(t for t in r.trials if t.label == "swap_activation(prelu)")
+    assert prelu.status == "not applicable" and "needs a module" in prelu.note
+    assert f"swap_activation(prelu): {prelu.note}" in str(r)  # every remedy that does not apply says why
 
 
 def test_healthy_model_gets_zero_changes(digits):
@@ -122,12 +124,17 @@ def test_exploding_learning_rate_is_tuned_down(digits):
 
 def test_bad_arguments_fail_with_one_clear_error(digits):
     spec = NetSpec(depth=3, width=8, in_shape=digits.in_shape)
-    with pytest.raises(GradDoctorError, match="loss_fn='cross_entropy' or 'mse'"):
-        gd.treat(spec, digits, loss_fn=lambda out, y: out.sum(), progress_bar=False)
     with pytest.raises(GradDoctorError, match="budget_steps must be at least 2"):
         gd.treat(spec, digits, budget_steps=1, progress_bar=False)
     with pytest.raises(GradDoctorError, match=r"must be a NetSpec, an nn\.Module or a function"):
         gd.treat(lambda: "not a model", digits, progress_bar=False)
+    with pytest.raises(GradDoctorError, match="one-shot iterator"):
+        gd.treat(nn.Linear(64, 10), iter([(digits.x_train[:8], digits.y_train[:8])]), progress_bar=False)
+    with pytest.raises(GradDoctorError, match=r"not \(inputs, targets\): pass train_step"):
+        gd.treat(nn.Linear(64, 10), [{"x": digits.x_train[:8]}], progress_bar=False)
+    with pytest.raises(GradDoctorError, match=r"make_optimizer\(params\) must return a torch\.optim\.Optimizer"):
+        gd.treat(nn.Linear(64, 10), [(digits.x_train[:8], digits.y_train[:8])], make_optimizer=lambda p: 3,
+                 progress_bar=False)
 
 
 def test_cli_treat_prints_the_table_and_the_flags_to_rerun(capsys):
@@ -137,13 +144,19 @@ def test_cli_treat_prints_the_table_and_the_flags_to_rerun(capsys):
     assert code == 0 and "baseline" in out and "re-run the winner: graddoctor train --kind mlp" in out
 
 
-def test_cli_treat_user_factory_saves_the_winner(tmp_path, capsys):
-    path = tmp_path / "best.pt"
-    code = main(["treat", f"{EXAMPLES}:deep_sigmoid", "--budget-steps", "40", "--no-pairs", "--save", str(path)])
-    out = capsys.readouterr().out
-    assert code == 0 and "best: " in out and path.exists()
-    state = torch.load(path)
-    assert any(k.endswith("weight") for k in state)
+def test_cli_treat_user_factory_saves_the_winner_and_it_reloads(tmp_path, capsys):
+    import importlib.util
+
+    out = tmp_path / "treated"
+    code = main(["treat", f"{EXAMPLES}:deep_sigmoid", "--budget-steps", "40", "--no-pairs", "--save", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0 and "best: " in text and (out / "changes.json").exists() and (out / "state_dict.pt").exists()
+    spec = importlib.util.spec_from_file_location("examples_models", EXAMPLES)
+    examples = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(examples)
+    model = gd.load_treated(examples.deep_sigmoid(), out)  # the user's class, made the winner
+    state = torch.load(out / "state_dict.pt", weights_only=True)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
 def test_cli_treat_bad_input_is_one_line_and_exit_2(capsys):
@@ -151,3 +164,15 @@ def test_cli_treat_bad_input_is_one_line_and_exit_2(capsys):
     assert main(["treat", "nofile.py:f"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("graddoctor: error: ") for line in err)
+
+
+def test_max_steps_bounds_the_whole_treatment(digits):
+    spec = NetSpec(depth=20, width=32, in_shape=digits.in_shape, out_features=10, activation="sigmoid",
+                   init="xavier_normal")
+    r = gd.treat(spec, digits, budget_steps=40, max_steps=100, config=TrainConfig(lr=0.01), pairs=False,
+                 progress_bar=False)
+    assert r.steps <= 100 and r.max_steps == 100
+    skipped = [t for t in r.trials if t.status == "not tried"]
+    assert skipped and all(t.steps == 0 and "over the budget" in t.note for t in skipped)
+    with pytest.raises(GradDoctorError, match="max_steps must be at least 2 x budget_steps"):
+        gd.treat(spec, digits, budget_steps=40, max_steps=60, progress_bar=False)

@@ -16,6 +16,7 @@ from .errors import GradDoctorError
 from .nets import NetSpec, build
 from .probe.probe import Probe, watch
 from .probe.trace import Trace
+from .remedies.replay import apply_changes, load_treated
 from .remedies.treat import treat
 from .report import render_all, write_report
 from .store import RunStore
@@ -25,6 +26,7 @@ from .training import History, TrainConfig, train
 __version__ = "0.1.0"
 __all__ = [
     "Cause", "Dataset", "Diagnosis", "Finding", "GradDoctorError", "History", "NetSpec", "Probe", "RunStore",
-    "Trace", "TrainConfig", "build", "checkup", "diagnose", "from_loader", "from_tensors", "predict",
+    "Trace", "TrainConfig", "apply_changes", "build", "checkup", "diagnose", "from_loader", "from_tensors",
+    "load_treated", "predict",
     "render_all", "train", "treat", "watch", "write_report",
 ]

@@ -22,19 +22,19 @@ class CauseEntry:
 TABLE: dict[str, CauseEntry] = {
     "saturating_activation": CauseEntry(
         "sigmoid/tanh units sit where their derivative is small, so each layer multiplies the signal down",
-        ("swap_activation", "add_batchnorm", "add_residual")),
+        ("swap_activation", "add_norm", "add_residual")),
     "chain_product_depth": CauseEntry(
         "many per-layer factors slightly off 1 multiply to a large change over the depth",
-        ("add_residual", "add_batchnorm", "reinit")),
+        ("add_residual", "add_norm", "reinit", "zero_init_norms", "layer_scale")),
     "init_too_small": CauseEntry(
         "the initial weights are too small for the signal to keep its size through each layer",
-        ("reinit", "reinit(orthogonal)", "add_batchnorm")),
+        ("reinit", "reinit(library)", "reset_norms", "reinit(orthogonal)", "add_norm")),
     "init_too_large": CauseEntry(
         "the initial weights are too large: the signal grows through each layer",
-        ("reinit", "add_batchnorm", "clip_gradients")),
+        ("reinit", "reinit(library)", "scale_branches", "add_norm", "clip_gradients", "layer_scale")),
     "learning_rate_too_high": CauseEntry(
         "the optimizer's steps are too large: the weights and gradients grow while training",
-        ("tune_optimizer(lr/10)", "tune_optimizer(lr/100)", "clip_gradients")),
+        ("tune_optimizer(lr/10)", "tune_optimizer(lr/100)", "clip_gradients", "warmup")),
     "learning_rate_too_low": CauseEntry(
         "the optimizer's steps are too small for the weights to move",
         ("tune_optimizer(lr*10)", "tune_optimizer(momentum)")),
@@ -43,7 +43,7 @@ TABLE: dict[str, CauseEntry] = {
         ("swap_activation(leaky_relu)", "swap_activation(prelu)", "reinit", "tune_optimizer(lr/10)")),
     "input_scale": CauseEntry(
         "the inputs are not standardised (std or mean far from 1 and 0)",
-        ("normalize_inputs", "add_batchnorm")),
+        ("normalize_inputs", "add_norm")),
     "recurrent_chain": CauseEntry(
         "through time the gradient is a product of one Jacobian per step",
         ("clip_gradients",)),

@@ -1,6 +1,7 @@
-"""Remedies (model surgery on copies, config changes) and the treat() loop that measures them."""
-from .base import Change, Patient, Remedy, Standardize
+"""Remedies (model surgery replayable on the user's class, training-loop settings) and treat()."""
+from .base import Change, Patient, Remedy, Sample, StepSettings
 from .registry import REMEDIES, expand, get
+from .replay import apply_changes, load_treated, save_treated
 from .result import TreatResult, Trial
 
 __all__ = [
@@ -8,9 +9,13 @@ __all__ = [
            "Change",
            "Patient",
            "Remedy",
-           "Standardize",
+           "Sample",
+           "StepSettings",
            "TreatResult",
            "Trial",
+           "apply_changes",
            "expand",
            "get",
+           "load_treated",
+           "save_treated",
 ]

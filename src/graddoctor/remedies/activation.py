@@ -1,17 +1,19 @@
-"""swap_activation: sigmoid/tanh -> ReLU, Leaky ReLU, PReLU or SELU, with the matching init."""
+"""swap_activation: sigmoid/tanh -> ReLU, Leaky ReLU, PReLU or SELU, with the matching init.
+
+Only activations are swapped: sigmoid/tanh whose output is a weight layer's input (as the
+probe sees it, through grad_fn: tracing.py), as a module (replaced) or applied functionally
+in forward() (torch.sigmoid, F.tanh, x.tanh(): substituted during the forward, hooks.py).
+A sigmoid used as a gate (x * sigmoid(s)) or inside another function (GELU's tanh) is not one.
+"""
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
-from torch.nn import functional as F
-from torch.overrides import TorchFunctionMode
-
-from .. import activations, init
-from ..data import Dataset
+from .. import activations
 from ..diagnose.findings import Diagnosis
 from ..errors import unknown
-from .base import Change, Patient, run_forward, sample_input
-from .surgery import activation_after, describe, leaves, set_module, weight_std
+from . import hooks
+from .base import Change, Patient, Sample
+from .surgery import current, describe, weight_std
+from .tracing import Site
 
 # The re-initialisation each target needs: He et al. (2015) for the ReLU family (keeps the
 # signal's second moment through a rectifier), LeCun normal for SELU (Klambauer et al. 2017:
@@ -20,40 +22,9 @@ MATCHING_INIT = {"relu": "he_normal", "leaky_relu": "he_normal", "prelu": "he_no
                  "selu": "lecun_normal"}
 TARGETS = tuple(MATCHING_INIT)
 SATURATING = frozenset(a.name for a in activations.ACTIVATIONS.values() if a.saturating)
-# torch functions that apply a saturating activation; counted during one forward pass to
-# find activations applied functionally (which have no module to swap).
-_SATURATING_FUNCS = {torch.sigmoid, torch.tanh, F.sigmoid, F.tanh, Tensor.sigmoid, Tensor.tanh,
-                     torch.special.expit}
-
-
-class _CountSaturating(TorchFunctionMode):
-    """Counts calls of saturating torch functions during a forward pass."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in _SATURATING_FUNCS:
-            self.calls += 1
-        return func(*args, **(kwargs or {}))
-
-
-def functional_saturating_calls(model: nn.Module, x: Tensor) -> int:
-    """How many sigmoid/tanh calls one forward makes outside sigmoid/tanh modules."""
-    module_calls = [0]
-    hooks = [m.register_forward_pre_hook(lambda *_: module_calls.__setitem__(0, module_calls[0] + 1))
-             for _, m in leaves(model) if (a := activations.of_module(m)) is not None and a.saturating]
-    counter = _CountSaturating()
-    try:
-        with counter:
-            run_forward(model, x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return max(0, counter.calls - module_calls[0])
-
-
+# The module each target becomes, as replay.MODULES names it, with its arguments.
+TARGET_MODULE = {"relu": ("ReLU", {}), "leaky_relu": ("LeakyReLU", {"negative_slope": 0.01}),
+                 "prelu": ("PReLU", {}), "selu": ("SELU", {})}
 
 
 def replaceable(target: str) -> frozenset[str]:
@@ -61,9 +32,11 @@ def replaceable(target: str) -> frozenset[str]:
     return SATURATING | ({"relu"} if target in ("leaky_relu", "prelu", "selu") else set())
 
 
-def _modules_to_swap(model: nn.Module, target: str) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in leaves(model)
-            if (a := activations.of_module(m)) is not None and a.name in replaceable(target)]
+def _swappable(site: Site, target: str) -> bool:
+    if site.activation not in replaceable(target):
+        return False
+    return site.module is not None or (site.producer is not None and target in hooks.SWAP_TO
+                                       and site.activation in SATURATING)
 
 
 class SwapActivation:
@@ -78,43 +51,63 @@ class SwapActivation:
         self.init = MATCHING_INIT[target]
         self.label = f"swap_activation({target})"
 
-    def applies_to(self, patient: Patient, diagnosis: Diagnosis | None = None,
-                   data: Dataset | None = None) -> bool:
-        """True when the network has an activation to replace (modules, or functional sigmoid/tanh)."""
+    def why_not(self, patient: Patient, diagnosis: Diagnosis | None = None, sample: Sample | None = None) -> str:
+        """'' when some activation can be swapped for the target; else why not."""
+        want = "/".join(sorted(replaceable(self.target)))
         if patient.spec is not None:
-            return patient.spec.activation in replaceable(self.target)
-        if _modules_to_swap(patient.model, self.target):
-            return True
-        x = sample_input(data)
-        return x is not None and functional_saturating_calls(patient.model, x) > 0
+            a = patient.spec.activation
+            return "" if a in replaceable(self.target) else f"the activation is {a}, not {want}"
+        if sample is None:
+            return "needs a sample batch to find the activations"
+        _, flow = current(patient, sample)
+        sites = [s for s in flow.sites if s.activation in replaceable(self.target)]
+        if not sites:
+            return f"no {want} activation feeds a layer (gates such as x * sigmoid(s) are not activations)"
+        if any(_swappable(s, self.target) for s in sites):
+            return ""
+        if self.target not in hooks.SWAP_TO:
+            return f"{self.target} needs a module; these activations are applied functionally in forward()"
+        return ("the activations are applied in forward() to values that are not a module's output "
+                "(e.g. torch.sigmoid(x @ w)): change forward() yourself")
 
-    def apply(self, patient: Patient, data: Dataset | None = None) -> Patient:
-        """Swap every sigmoid/tanh for the target and give the layers feeding it the matching init."""
+    def apply(self, patient: Patient, sample: Sample | None = None) -> Patient:
+        """Swap every such activation for the target and give the layers feeding it the matching init."""
         if patient.spec is not None:
             s = patient.spec
             changes = [Change("spec.activation", s.activation, self.target),
                        Change("spec.init", s.init, self.init)]
             return patient.with_(self.label, changes, spec=s.with_(activation=self.target, init=self.init))
-        model = patient.surgery_copy()
-        changes = []
-        feeding = [p for p, a in activation_after(model).items() if a in replaceable(self.target)]
-        for path, mod in _modules_to_swap(model, self.target):
-            new = activations.get(self.target).module(0.01)
-            ref = next(model.parameters(), None)
-            if ref is not None:
-                new = new.to(dtype=ref.dtype, device=ref.device)
-            set_module(model, path, new)
-            changes.append(Change(path, describe(mod), describe(new)))
+        why = self.why_not(patient, None, sample)
+        if why:
+            return patient.with_(self.label, [Change("<model>", "activations", "unchanged", note=why)])
+        net, flow = current(patient, sample)
+        cls, kwargs = TARGET_MODULE[self.target]
+        changes, feeding, skipped = [], [], 0
+        for site in flow.sites:
+            if not _swappable(site, self.target):
+                skipped += site.activation in SATURATING
+                continue
+            if site.module is not None:
+                changes.append(Change(site.module, describe(net.get_submodule(site.module)), f"{cls}()",
+                                      op="set_module", args={"cls": cls, "kwargs": kwargs}))
+            else:
+                changes.append(Change(site.producer, f"{site.activation} of its output in forward()",
+                                      self.target, op="function",
+                                      args={"function": site.activation, "target": self.target}))
+            feeding += [p for p in site.fed_by if p not in feeding]
         for path in feeding:  # only the layers whose activation was swapped
-            layer = model.get_submodule(path)
-            before = f"weight {weight_std(layer)}"
-            init.initialise(layer, self.init, self.target)
-            changes.append(Change(path, before, f"{self.init} ({weight_std(layer)})"))
-        x = sample_input(data)
-        n_func = functional_saturating_calls(model, x) if x is not None else 0
-        if n_func:
-            changes.append(Change("<forward>", f"{n_func} functional sigmoid/tanh call(s)", "unchanged",
-                                  note="activations applied functionally (torch.sigmoid, F.tanh, x.tanh() "
-                                       "in forward) cannot be swapped; use nn.Sigmoid/nn.Tanh modules "
-                                       "or change forward() yourself"))
-        return patient.with_(self.label, changes, model=model)
+            layer = net.get_submodule(path)
+            if getattr(layer, "weight", None) is None or layer.weight.dim() < 2 or not _has_rule(layer):
+                continue
+            changes.append(Change(path, f"weight {weight_std(layer)}", self.init, op="reinit",
+                                  args={"init": self.init, "activation": self.target}))
+        if skipped:
+            changes.append(Change("<forward>", f"{skipped} sigmoid/tanh activation(s)", "unchanged",
+                                  note="applied in forward() to values that are not a module's output"))
+        return patient.with_(self.label, changes)
+
+
+def _has_rule(layer) -> bool:
+    from .reinit import rule_for
+
+    return rule_for(layer) is not None

@@ -1,14 +1,18 @@
-"""The Remedy protocol, the Patient a remedy changes, and the record of what it changed.
+"""The Remedy protocol, the Patient a remedy changes, the Sample it looks at, and its Change records.
 
 A Patient bundles everything a remedy may change: the network (a graddoctor NetSpec, or the
-user's own nn.Module used as a template), the training config and the input scaling. A
-remedy never touches its input: it returns a new Patient whose `changes` end with its own
-records. Model surgery always happens on a deep copy, so the user's model is never modified.
+user's own nn.Module used as a template), the training config (graddoctor's own loop) and the
+step settings (learning-rate scale, warmup, clipping, loss scaling: applied around the user's
+own step). A remedy never touches its input: it returns a new Patient whose `changes` end with
+its own records. Model surgery always happens on a deep copy, so the user's model is never
+modified. Every Change that alters the network carries `op` and `args`, enough for
+`apply_changes` to replay it on a fresh instance of the user's class (replay.py).
 """
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -20,42 +24,74 @@ from ..errors import GradDoctorError
 from ..nets import NetSpec, build
 from ..training import TrainConfig
 
+# Where a change lives: "model" (replayed by apply_changes), "training" (the user's loop: lr,
+# warmup, clipping, loss scaling) or "input" (the data the model sees).
+SCOPES = ("model", "training", "input")
+
 
 @dataclass(frozen=True)
 class Change:
-    """One thing a remedy changed: where, what it was, what it is now (and why, if not done)."""
+    """One thing a remedy changed: where, what it was, what it is now (and why, if not done).
 
-    module_path: str  # qualified module name, or "spec.<field>", "config.<field>", "input"
+    `op` and `args` say how to do it again (replay.REPLAY); op "" is a record only (a
+    training-loop setting, or a change that could not be made: then `note` says why).
+    """
+
+    module_path: str  # qualified module name, or "spec.<field>", "config.<field>", "step.<setting>"
     before: str
     after: str
     note: str = ""  # set when the remedy could not do what it wanted here (say why)
+    op: str = ""  # replay operation (replay.REPLAY), "" for none
+    args: dict = field(default_factory=dict, compare=False)  # JSON-able arguments of the op
+
+    @property
+    def scope(self) -> str:
+        """'training' for loop settings, 'input' for the data, else 'model'."""
+        if self.module_path.startswith(("step.", "config.")):
+            return "training"
+        return "input" if self.module_path == "input" else "model"
 
     def __str__(self) -> str:
         text = f"{self.module_path}: {self.before} -> {self.after}"
         return text + (f"  ({self.note})" if self.note else "")
 
+    def to_dict(self) -> dict:
+        """JSON-ready dict."""
+        return asdict(self)
 
-class Standardize(nn.Module):
-    """Wraps a model so it sees standardised inputs: model((x - mean) / std)."""
+    @classmethod
+    def from_dict(cls, d: dict) -> Change:
+        """The Change a to_dict() wrote (unknown keys are an error)."""
+        try:
+            return cls(**d)
+        except TypeError as exc:
+            raise GradDoctorError(f"not a graddoctor change record: {d!r} ({exc})") from None
 
-    def __init__(self, model: nn.Module, mean: Tensor, std: Tensor) -> None:
-        super().__init__()
-        self.register_buffer("mean", mean.detach().clone())
-        self.register_buffer("std", std.detach().clone())
-        self.model = model
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model((x - self.mean) / self.std)
+@dataclass(frozen=True)
+class StepSettings:
+    """How each optimizer step is taken around the user's own step (what loop.py applies)."""
+
+    lr_scale: float = 1.0  # every parameter group's learning rate multiplied by this
+    warmup_steps: int = 0  # the learning rate ramps linearly over the first steps (0: none)
+    clip_norm: float | None = None  # clip the global gradient norm to this
+    loss_scale: bool = False  # dynamic loss scaling (fp16 gradients that would underflow)
 
 
 @dataclass(frozen=True)
 class Patient:
-    """What the remedies work on: network (spec or model template), config, input scaling."""
+    """What the remedies work on: network (spec or model template), config, step settings.
 
-    config: TrainConfig
+    A model patient keeps the user's untreated model as a template plus the list of changes:
+    `build()` is a copy of the template with the changes replayed (replay.apply_changes), so
+    every candidate is built exactly the way the user will rebuild the winner.
+    """
+
+    config: TrainConfig  # graddoctor's optimizer settings (used when the user gave no make_optimizer)
     spec: NetSpec | None = None  # a graddoctor network (remedies change its fields)
     model: nn.Module | None = None  # or a user's model: a template, never trained or modified
-    input_stats: tuple[Tensor, Tensor] | None = None  # (mean, std) of the training inputs
+    settings: StepSettings = StepSettings()
+    own_optimizer: bool = False  # the user's make_optimizer: lr moves scale it (settings), not config
     changes: tuple[Change, ...] = ()  # every change so far, in order
     applied: tuple[str, ...] = ()  # labels of the remedies applied so far
 
@@ -64,53 +100,88 @@ class Patient:
             raise GradDoctorError("a Patient needs exactly one of spec= (a NetSpec) or model= (an nn.Module)")
 
     def build(self, seed: int = 0) -> nn.Module:
-        """A fresh trainable network: the spec built with `seed`, or a copy of the model."""
+        """A fresh trainable network: the spec built (or the model copied), then the changes replayed."""
+        from .replay import apply_changes
+
         net = build(self.spec, seed=seed) if self.spec is not None else copy.deepcopy(self.model)
-        if self.input_stats is not None:
-            net = Standardize(net, *self.input_stats)
-        return net
+        torch.manual_seed(seed)  # re-initialisations among the changes draw the same weights
+        return apply_changes(net, self.changes)
 
     def with_(self, label: str, changes: list[Change], **fields) -> Patient:
         """A new Patient with some fields replaced and the remedy's changes recorded."""
         return replace(self, changes=self.changes + tuple(changes), applied=self.applied + (label,),
                        **fields)
 
-    def surgery_copy(self) -> nn.Module:
-        """A deep copy of the model template to operate on (the original stays untouched)."""
-        if self.model is None:
-            raise GradDoctorError("model surgery needs a Patient with model=; this one has a NetSpec")
-        return copy.deepcopy(self.model)
+    def with_settings(self, label: str, change: Change, **settings) -> Patient:
+        """A new Patient whose step settings differ (one Change records it)."""
+        return self.with_(label, [change], settings=replace(self.settings, **settings))
+
+    def step_settings(self) -> StepSettings:
+        """The settings the loop applies (graddoctor's own optimizer: clipping from its config)."""
+        if self.own_optimizer or self.settings.clip_norm is not None:
+            return self.settings
+        return replace(self.settings, clip_norm=self.config.clip_norm)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One training batch and the step that runs the model on it: what remedies trace shapes with."""
+
+    batch: object  # as the data yields it: a tuple, a dict, a tensor
+    step: Callable[[nn.Module, object], Tensor]  # (model, batch) -> loss: the user's forward + loss
+    dataset: Dataset | None = None  # the in-memory data set, when there is one (input statistics)
+    budget_steps: int = 0  # optimizer steps each candidate trains (warmup is a fraction of it)
+
+    def run(self, model: nn.Module) -> Tensor:
+        """The loss of one forward in eval mode, autograd on (grad_fn readable); the mode is restored."""
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.enable_grad():
+                return self.step(model, self.batch)
+        finally:
+            model.train(was_training)
 
 
 @runtime_checkable
 class Remedy(Protocol):
-    """A remedy: a family `name`, a readable `label`, `applies_to` and `apply`."""
+    """A remedy: a family `name`, a readable `label`, `why_not` and `apply`."""
 
     name: str  # the family, as Finding.remedies names it: "swap_activation", ...
     label: str  # this variant: "swap_activation(selu)"
 
-    def applies_to(self, patient: Patient, diagnosis: Diagnosis | None = None,
-                   data: Dataset | None = None) -> bool:
-        """True when apply() would change something."""
+    def why_not(self, patient: Patient, diagnosis: Diagnosis | None = None,
+                sample: Sample | None = None) -> str:
+        """Why apply() would change nothing here ("" when it applies)."""
         ...
 
-    def apply(self, patient: Patient, data: Dataset | None = None) -> Patient:
+    def apply(self, patient: Patient, sample: Sample | None = None) -> Patient:
         """A new Patient with this remedy applied; records the changes (or why it could not)."""
         ...
 
 
-def sample_input(data: Dataset | None, n: int = 8) -> Tensor | None:
-    """A few training inputs for shape tracing (None without data)."""
-    return None if data is None else data.x_train[:n]
+def applies(remedy: Remedy, patient: Patient, diagnosis: Diagnosis | None = None,
+            sample: Sample | None = None) -> bool:
+    """True when the remedy would change something."""
+    return not remedy.why_not(patient, diagnosis, sample)
 
 
-def run_forward(model: nn.Module, x: Tensor) -> None:
-    """One forward pass in eval mode without gradients (no BatchNorm statistics updated)."""
+def run_forward(model: nn.Module, sample: Sample) -> None:
+    """One forward pass of the sample in eval mode without gradients (no norm statistics updated)."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            p = next(model.parameters(), None)
-            model(x if p is None else x.to(dtype=p.dtype, device=p.device))
+            sample.step(model, sample.batch)
     finally:
         model.train(was_training)
+
+
+def with_hooks(model: nn.Module, register: Callable[[nn.Module], list], fn: Callable[[], object]) -> object:
+    """Run fn() with temporary hooks (register(model) returns their handles); always removes them."""
+    handles = register(model)
+    try:
+        return fn()
+    finally:
+        for h in handles:
+            h.remove()

@@ -3,19 +3,19 @@ from __future__ import annotations
 
 from itertools import combinations
 
-from ..data import Dataset
 from ..diagnose.findings import Diagnosis
 from ..diagnose.table import TABLE
-from .base import Patient, Remedy
+from .base import Patient, Remedy, Sample
 from .registry import FAMILIES, expand
 
 # Pairs known to complement each other (one fixes the forward signal, the other the path the
 # gradient takes), tried first when no single remedy fixes the problem.
 CLASSIC_PAIRS: tuple[tuple[str, str], ...] = (
-    ("add_batchnorm", "add_residual"),
-    ("swap_activation(relu)", "add_batchnorm"),
-    ("reinit", "add_batchnorm"),
+    ("add_norm", "add_residual"),
+    ("swap_activation(relu)", "add_norm"),
+    ("reinit", "add_norm"),
     ("tune_optimizer(lr/10)", "clip_gradients"),
+    ("tune_optimizer(lr/10)", "warmup"),
 )
 MAX_PAIRS = 4  # pairs tried when no single fixes (screened, then raced like the singles)
 
@@ -48,12 +48,16 @@ def combined(trained: Diagnosis, at_init: Diagnosis | None) -> Diagnosis:
     return Diagnosis(trained.findings + extra, trained.layers, dict(trained.context))
 
 
-def singles(diagnosis: Diagnosis, patient: Patient, data: Dataset | None) -> list[Remedy]:
-    """The remedies to try one at a time: ranked, and only those that would change something."""
+def singles(diagnosis: Diagnosis, patient: Patient,
+            sample: Sample | None) -> tuple[list[Remedy], list[tuple[Remedy, str]]]:
+    """The remedies to try one at a time (ranked), and those that do not apply here with why not."""
     if diagnosis.healthy:
-        return []
-    return [r for lab in ranked_labels(diagnosis) for r in expand(lab)
-            if r.applies_to(patient, diagnosis, data)]
+        return [], []
+    ok, skipped = [], []
+    for r in (r for lab in ranked_labels(diagnosis) for r in expand(lab)):
+        why = r.why_not(patient, diagnosis, sample)
+        (skipped.append((r, why)) if why else ok.append(r))
+    return ok, skipped
 
 
 def _causes(diagnosis: Diagnosis) -> list[str]:

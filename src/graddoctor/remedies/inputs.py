@@ -5,7 +5,7 @@ import torch
 
 from ..data import Dataset
 from ..diagnose.findings import Diagnosis
-from .base import Change, Patient
+from .base import Change, Patient, Sample
 
 # Features whose training std is below this are constant: divided by 1, not by ~0.
 MIN_STD = 1e-8
@@ -23,25 +23,35 @@ def input_stats(data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class NormalizeInputs:
-    """Put a Standardize wrapper in front of the network: model((x - mean) / std)."""
+    """The network standardises its inputs: (x - mean) / std, with the training set's statistics."""
 
     name = "normalize_inputs"
     label = "normalize_inputs"
 
-    def applies_to(self, patient: Patient, diagnosis: Diagnosis | None = None,
-                   data: Dataset | None = None) -> bool:
-        """True when there are training inputs and they are not standardised already."""
-        if data is None or patient.input_stats is not None:
-            return False
-        mean, std = input_stats(data)
-        return bool(mean.abs().max() > TOLERANCE or (std.double().log().abs() > TOLERANCE).any())
-
-    def apply(self, patient: Patient, data: Dataset | None = None) -> Patient:
-        """A Patient whose built network standardises its inputs (the stats travel in its state dict)."""
+    def why_not(self, patient: Patient, diagnosis: Diagnosis | None = None, sample: Sample | None = None) -> str:
+        """'' when the training inputs are in memory and not standardised; else why not."""
+        data = sample.dataset if sample is not None else None
         if data is None:
-            return patient.with_(self.label, [Change("input", "raw", "unchanged",
-                                                     note="needs the training data to compute mean and std")])
+            return "needs the inputs in memory (a Dataset or (inputs, targets)); standardise streamed data " \
+                   "in your data pipeline"
+        if any(c.op == "standardize" for c in patient.changes):
+            return "the inputs are standardised already"
+        if not data.x_train.is_floating_point():
+            return "the inputs are not real numbers (indices or tokens)"
         mean, std = input_stats(data)
-        before = f"mean {float(data.x_train.float().mean()):.3g}, std {float(data.x_train.float().std()):.3g}"
-        change = Change("input", before, "standardised per feature (mean 0, std 1)")
-        return patient.with_(self.label, [change], input_stats=(mean, std))
+        if mean.abs().max() > TOLERANCE or (std.double().log().abs() > TOLERANCE).any():
+            return ""
+        return "the inputs are standardised already (mean ~0, std ~1 per feature)"
+
+    def apply(self, patient: Patient, sample: Sample | None = None) -> Patient:
+        """The network gets the statistics as buffers and standardises what it is given."""
+        why = self.why_not(patient, None, sample)
+        if why:
+            return patient.with_(self.label, [Change("input", "raw", "unchanged", note=why)])
+        data = sample.dataset
+        mean, std = input_stats(data)
+        x = data.x_train.float()
+        change = Change("input", f"mean {float(x.mean()):.3g}, std {float(x.std()):.3g}",
+                        "standardised per feature (mean 0, std 1)", op="standardize",
+                        args={"mean": mean.tolist(), "std": std.tolist()})
+        return patient.with_(self.label, [change])

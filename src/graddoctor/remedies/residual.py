@@ -1,19 +1,30 @@
-"""add_residual: skip connections around runs of same-shaped blocks (NetSpec or nn.Sequential)."""
+"""add_residual: skip connections around repeated same-shaped blocks that have none.
+
+Blocks are the innermost repeated children with two or more weight layers each (a
+transformer's layers, a ResNet's units); in a plain chain (no such blocks), its layers: a
+weight layer with the activations after it. A block that already has a skip is never wrapped: with
+its weight matrices zeroed (torch.func.functional_call, nothing copied), a block without a
+skip computes a constant, while one with a skip still passes its input through (x + f(x),
+LN(x + f(x)), ...). Wrapped blocks compute x + a * block(x), a = 1/sqrt(blocks in the run),
+through hooks on the existing modules (hooks.add_skip): no module is renamed.
+"""
 from __future__ import annotations
 
+import copy
 import math
-from collections import OrderedDict
+from collections import Counter
 
+import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
-from ..data import Dataset
 from ..diagnose.findings import Diagnosis
-from ..nets import ResidualBlock
-from .base import Change, Patient, run_forward, sample_input
-from .surgery import WEIGHT_LAYERS
+from .base import Change, Patient, Sample, run_forward, with_hooks
+from .surgery import current
+from .tracing import Flow, is_weight_layer
 
 BLOCK = 2  # layers per residual block for a NetSpec (He et al. 2016's basic block)
-MIN_RUN = 2  # a Sequential needs at least this many same-shaped blocks in a row to be wrapped
+MIN_RUN = 2  # at least this many same-shaped blocks in a row get skips
 
 
 def branch_scale(n_blocks: int) -> float:
@@ -25,111 +36,188 @@ def branch_scale(n_blocks: int) -> float:
     return 1.0 / math.sqrt(max(n_blocks, 1))
 
 
-def _has_weights(mod: nn.Module) -> bool:
-    return any(isinstance(m, WEIGHT_LAYERS) for m in mod.modules())
+def _weight_layers(mod: nn.Module) -> int:
+    return sum(is_weight_layer(m) for m in mod.modules())
 
 
-def blocks(seq: nn.Sequential) -> list[list[str]]:
-    """Children grouped into blocks: each starts at a child holding a weight layer."""
+def repeated_blocks(model: nn.Module) -> list[str]:
+    """The innermost repeated blocks: children of one module repeating one class, >= 2 weight layers each.
+
+    A transformer's layers, a ResNet's units (not their single conv layers, nor the stages
+    around them). [] for a plain chain of layers (an MLP), whose blocks are its layers.
+    """
+    out: list[str] = []
+
+    def visit(path: str, mod: nn.Module) -> bool:
+        kids = list(mod.named_children())
+        found = False
+        for n, c in kids:
+            found = visit(f"{path}.{n}" if path else n, c) or found
+        if found:
+            return True
+        multi = [(n, c) for n, c in kids if _weight_layers(c) >= 2]
+        classes = Counter(type(c) for _, c in multi)
+        rep = [(n, c) for n, c in multi if classes[type(c)] >= MIN_RUN]
+        out.extend(f"{path}.{n}" if path else n for n, _ in rep)
+        return bool(rep)
+
+    visit("", model)
+    return out
+
+
+def _chains(path: str, seq: nn.Module) -> list[tuple[str, str]]:
+    """(first, last) paths of the layers of a plain chain: a weight layer and what follows it."""
+    kids = list(seq.named_children())
+    full = lambda n: f"{path}.{n}" if path else n
+    if isinstance(seq, nn.ModuleList) or any(any(True for _ in c.children()) for _, c in kids):
+        units = [(n, c) for n, c in kids if _weight_layers(c) == 1]  # a list of layers, or Layer modules
+        return [(full(n), full(n)) for n, _ in units] if len(units) >= MIN_RUN and \
+            len({type(c) for _, c in units}) == 1 else []
     out: list[list[str]] = []
-    for name, child in seq.named_children():
-        if _has_weights(child) or not out:
-            out.append([name])
+    for n, c in kids:  # single layers: a weight layer starts a block, what follows joins it
+        if is_weight_layer(c) or not out:
+            out.append([n])
         else:
-            out[-1].append(name)
-    return [b for b in out if _has_weights(seq.get_submodule(b[0]))]
+            out[-1].append(n)
+    return [(full(b[0]), full(b[-1])) for b in out if is_weight_layer(seq.get_submodule(b[0]))]
 
 
-def _shapes(model: nn.Module, seqs: list[nn.Sequential], x: Tensor) -> dict[int, tuple]:
-    """id(child) -> (input shape, output shape) of every child of the given Sequentials."""
-    seen: dict[int, tuple] = {}
+def candidate_blocks(model: nn.Module) -> list[list[tuple[str, str]]]:
+    """Groups (by parent) of consecutive (first, last) blocks: the repeated blocks, else the chain's layers."""
+    blocks = repeated_blocks(model)
+    if blocks:
+        groups: dict[str, list[tuple[str, str]]] = {}
+        for b in blocks:
+            groups.setdefault(b.rpartition(".")[0], []).append((b, b))
+        return list(groups.values())
+    return [c for p, m in model.named_modules() if isinstance(m, (nn.Sequential, nn.ModuleList))
+            for c in [_chains(p, m)] if len(c) >= MIN_RUN]
 
-    def hook(module: nn.Module, inputs: tuple, output: object) -> None:  # must return None
-        first = inputs[0] if inputs and isinstance(inputs[0], Tensor) else None
-        seen.setdefault(id(module), (None if first is None else tuple(first.shape),
-                                     tuple(output.shape) if isinstance(output, Tensor) else None))
 
-    hooks = [c.register_forward_hook(hook) for s in seqs for c in s.children()]
+def _plain(v: object) -> object:
+    """A call argument kept for a second call: tensors detached; state objects (a KV cache) dropped."""
+    if isinstance(v, Tensor):
+        return v.detach().clone()
+    if isinstance(v, (tuple, list)) and all(isinstance(t, Tensor) for t in v):
+        return type(v)(t.detach().clone() for t in v)
+    return v if v is None or isinstance(v, (bool, int, float, str)) else None
+
+
+def _capture(net: nn.Module, paths: list[str], sample: Sample) -> dict[str, tuple[tuple, dict]]:
+    """The (args, kwargs) each module got on its first call in one forward (copies, caches left out)."""
+    got: dict[str, tuple[tuple, dict]] = {}
+
+    def hook(path: str):
+        def pre(mod: nn.Module, args: tuple, kwargs: dict) -> None:
+            if path not in got:
+                kw = {k: (False if k == "use_cache" else _plain(v)) for k, v in kwargs.items()}
+                got[path] = (tuple(_plain(a) for a in args), kw)
+        return pre
+
+    register = lambda m: [m.get_submodule(p).register_forward_pre_hook(hook(p), with_kwargs=True) for p in paths]
+    with_hooks(net, register, lambda: run_forward(net, sample))
+    return got
+
+
+def _first(out: object) -> Tensor | None:
+    if isinstance(out, Tensor):
+        return out
+    return out[0] if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor) else None
+
+
+@torch.no_grad()
+def has_skip(block: nn.Module, args: tuple, kwargs: dict) -> bool:
+    """True when the block's output still depends on its input with every weight matrix zeroed."""
+    zero = {f"{n}.weight": torch.zeros_like(m.weight) for n, m in block.named_modules() if is_weight_layer(m)}
+    x = args[0] if args else kwargs.get("hidden_states")
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        return True  # cannot tell: never wrap what might have one
+    outs = []
+    was = block.training
+    block.eval()
     try:
-        run_forward(model, x)
+        # a second input that no normalisation maps onto the first (LN(a x + c) = LN(x))
+        g = torch.Generator(device=x.device).manual_seed(0)
+        noise = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype) * (x.float().std() + 1)
+        for xi in (x, x + noise):
+            a, k = copy.deepcopy(args[1:]), copy.deepcopy(kwargs)  # a call may change its arguments
+            call_args = (xi, *a) if args else ()
+            if not args:
+                k["hidden_states"] = xi
+            outs.append(_first(functional_call(block, zero, call_args, k, strict=False)))
+    except Exception:  # the user's module: if it cannot be called alone, assume it has a skip
+        return True
     finally:
-        for h in hooks:
-            h.remove()
-    return seen
+        block.train(was)
+    a, b = outs
+    if a is None or b is None:
+        return True
+    return not torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-6 * float(x.abs().max()) + 1e-12)
 
 
-def _runs(seq: nn.Sequential, shapes: dict[int, tuple]) -> list[list[list[str]]]:
-    """Runs (>= MIN_RUN) of consecutive blocks whose output shape equals their input shape."""
-    runs, cur = [], []
-    for b in blocks(seq):
-        first, last = shapes.get(id(seq.get_submodule(b[0]))), shapes.get(id(seq.get_submodule(b[-1])))
-        if first and last and first[0] is not None and first[0] == last[1]:
-            cur.append(b)
-            continue
-        runs, cur = runs + [cur], []
-    runs.append(cur)
-    return [r for r in runs if len(r) >= MIN_RUN]
-
-
-def _candidates(model: nn.Module) -> list[tuple[str, nn.Sequential]]:
-    return [(p, m) for p, m in model.named_modules()
-            if isinstance(m, nn.Sequential) and len(blocks(m)) >= MIN_RUN]
+def _runs(net: nn.Module, flow: Flow, sample: Sample) -> tuple[list[list[tuple[str, str]]], int]:
+    """Runs of >= MIN_RUN consecutive skip-less, same-shaped blocks; and how many blocks had a skip."""
+    groups = candidate_blocks(net)
+    single = [f for g in groups for f, last in g if f == last]
+    inputs = _capture(net, single, sample) if single else {}
+    runs, with_skip = [], 0
+    for blocks in groups:
+        cur: list[tuple[str, str]] = []
+        for first, last in blocks + [(None, None)]:
+            ok = first is not None and flow.in_shape.get(first) is not None \
+                and flow.in_shape.get(first) == flow.out_shape.get(last)
+            if ok and first == last and first in inputs:
+                skip = has_skip(net.get_submodule(first), *inputs[first])
+                with_skip += skip
+                ok = not skip
+            if ok:
+                cur.append((first, last))
+                continue
+            if len(cur) >= MIN_RUN:
+                runs.append(cur)
+            cur = []
+    return runs, with_skip
 
 
 class AddResidual:
-    """Wrap blocks in y = x + alpha * block(x), alpha = 1/sqrt(blocks in the run)."""
+    """Skips around repeated same-shaped blocks without one: y = x + a * block(x), a = 1/sqrt(n)."""
 
     name = "add_residual"
     label = "add_residual"
 
-    def applies_to(self, patient: Patient, diagnosis: Diagnosis | None = None,
-                   data: Dataset | None = None) -> bool:
-        """True for a NetSpec without skips, or a model with a Sequential of >= 2 weight blocks."""
+    def why_not(self, patient: Patient, diagnosis: Diagnosis | None = None, sample: Sample | None = None) -> str:
+        """'' when some run of blocks has no skip; else why not."""
         if patient.spec is not None:
-            return patient.spec.residual == 0 and patient.spec.depth >= MIN_RUN * BLOCK
-        return bool(_candidates(patient.model))
+            if patient.spec.residual:
+                return "the network has skip connections already"
+            return "" if patient.spec.depth >= MIN_RUN * BLOCK else "too shallow for residual blocks"
+        if sample is None:
+            return "needs a sample batch to check block shapes"
+        runs, with_skip = _runs(*current(patient, sample), sample)
+        if runs:
+            return ""
+        if with_skip:
+            return f"the repeated blocks have skip connections already ({with_skip} checked)"
+        return "no run of >= 2 repeated blocks whose output has the shape of their input"
 
-    def apply(self, patient: Patient, data: Dataset | None = None) -> Patient:
-        """A copy with skip connections; each wrapped block keeps its first child's name."""
+    def apply(self, patient: Patient, sample: Sample | None = None) -> Patient:
+        """Skips added by hooks; every module keeps its name and its state-dict keys."""
         if patient.spec is not None:
             s = patient.spec
             scale = branch_scale(math.ceil(s.depth / BLOCK))
             changes = [Change("spec.residual", str(s.residual), str(BLOCK)),
                        Change("spec.residual_scale", f"{s.residual_scale:g}", f"{scale:.3g}")]
             return patient.with_(self.label, changes, spec=s.with_(residual=BLOCK, residual_scale=scale))
-        model = patient.surgery_copy()
-        x = sample_input(data)
-        if x is None:
-            note = "needs sample inputs (data) to check block shapes"
-            change = Change("<model>", "no skips", "unchanged", note=note)
-            return patient.with_(self.label, [change], model=model)
-        cands = _candidates(model)
-        shapes = _shapes(model, [s for _, s in cands], x)
-        changes, done = [], []
-        for cpath, seq in cands:  # outermost first; never wrap inside an already wrapped container
-            if any(cpath.startswith(d + ".") or d == "" for d in done):
-                continue
-            runs = _runs(seq, shapes)
-            if not runs:
-                continue
-            done.append(cpath)
-            wrap = {b[0]: (b, branch_scale(len(r))) for r in runs for b in r}
-            inside = {n for b, _ in wrap.values() for n in b}
-            items = OrderedDict(seq.named_children())
-            for name in items:
-                delattr(seq, name)
-            for name, child in items.items():
-                if name in wrap:
-                    b, scale = wrap[name]
-                    branch = child if len(b) == 1 and isinstance(child, nn.Sequential) else \
-                        nn.Sequential(OrderedDict((n, items[n]) for n in b))
-                    seq.add_module(name, ResidualBlock(branch, nn.Identity(), scale))
-                    path = f"{cpath}.{name}" if cpath else name
-                    changes.append(Change(path, " + ".join(type(items[n]).__name__ for n in b),
-                                          f"x + {scale:.3g} * block(x)"))
-                elif name not in inside:
-                    seq.add_module(name, child)
-        if not changes:
-            changes.append(Change("<model>", "no skips", "unchanged",
-                                  note="no run of >= 2 same-shaped blocks inside an nn.Sequential"))
-        return patient.with_(self.label, changes, model=model)
+        why = self.why_not(patient, None, sample)
+        if why:
+            return patient.with_(self.label, [Change("<model>", "no skips", "unchanged", note=why)])
+        net, flow = current(patient, sample)
+        changes = []
+        for run in _runs(net, flow, sample)[0]:
+            scale = branch_scale(len(run))
+            for first, last in run:
+                where = first if first == last else f"{first}..{last.rpartition('.')[2]}"
+                kind = type(net.get_submodule(first)).__name__
+                changes.append(Change(where, kind, f"x + {scale:.3g} * block(x)", op="skip",
+                                      args={"first": first, "last": last, "scale": scale}))
+        return patient.with_(self.label, changes)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import statistics
+import time
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -9,7 +11,8 @@ from torch import nn
 from ..diagnose.findings import Diagnosis
 from .base import Change, Patient
 
-STATUSES = ("baseline", "fixed", "not fixed", "stopped after pilot", "dropped at init", "not applicable")
+STATUSES = ("baseline", "fixed", "not fixed", "stopped after pilot", "dropped at init", "not applicable",
+            "failed", "not tried")
 
 
 def signal_ratio(diagnosis: Diagnosis | None) -> float:
@@ -23,20 +26,22 @@ def signal_ratio(diagnosis: Diagnosis | None) -> float:
 class Trial:
     """One row of the treatment: the untreated baseline or one candidate (single or pair)."""
 
-    label: str  # "baseline", "swap_activation(selu)", "add_batchnorm + add_residual"
+    label: str  # "baseline", "swap_activation(selu)", "add_norm + add_residual"
     patient: Patient
     status: str  # one of STATUSES
     at_init: Diagnosis | None = None  # checkup(steps=0) of the network as built
     after: Diagnosis | None = None  # diagnosis of the probed training run
-    loss: float = math.nan  # training-set loss after the budget (inf if training diverged)
-    val_acc: float = math.nan  # validation accuracy after the budget
+    loss: float = math.nan  # training loss after the budget (inf if training diverged): on the whole
+    # training set for in-memory data, else the mean of the last quarter of the step losses
+    val_acc: float = math.nan  # validation accuracy after the budget (in-memory data only)
     seconds: float = 0.0  # surgery + screening + training + re-diagnosis
     steps: int = 0  # optimizer steps trained (the pilot only, for candidates stopped after it)
     min_step_loss: float = math.inf  # lowest finite mini-batch loss seen (the reference if it diverges)
     pilot_loss: float = math.nan  # training loss after the pilot segment (what ranks the candidates)
-    note: str = ""
+    note: str = ""  # why it does not apply, failed, was dropped or stopped
+    timing: dict = field(default_factory=dict)  # seconds per stage: changes, build, screen, pilot, finish
     model: nn.Module | None = field(default=None, repr=False)  # the trained network
-    optimizer: object | None = field(default=None, repr=False)  # its optimizer (between segments)
+    run: object | None = field(default=None, repr=False)  # loop.Run: optimizer, scheduler (between segments)
 
     @property
     def changes(self) -> tuple[Change, ...]:
@@ -55,7 +60,8 @@ class Trial:
                 "findings_after": sorted(self.after.kinds()) if self.after is not None else [],
                 "ratio_init": signal_ratio(self.at_init), "ratio_after": signal_ratio(self.after),
                 "pilot_loss": self.pilot_loss, "loss": self.loss, "val_acc": self.val_acc,
-                "steps": self.steps, "seconds": self.seconds, "note": self.note}
+                "steps": self.steps, "seconds": self.seconds, "note": self.note,
+                "changes": [str(c) for c in self.changes if c.op or c.scope == "training" or c.note]}
 
 
 def summarize(changes: tuple[Change, ...], limit: int = 12) -> list[str]:
@@ -68,6 +74,13 @@ def summarize(changes: tuple[Change, ...], limit: int = 12) -> list[str]:
         where = ", ".join(paths[:3]) + (f" (+{len(paths) - 3} more)" if len(paths) > 3 else "")
         lines.append(f"{where}: {before} -> {after}" + (f"  ({note})" if note else ""))
     return lines[:limit] + ([f"... {len(lines) - limit} more kinds of change"] if len(lines) > limit else [])
+
+
+def change_lines(changes: tuple[Change, ...]) -> list[str]:
+    """The changes, those to the network first, then those for the training loop."""
+    model = tuple(c for c in changes if c.scope != "training")
+    loop = tuple(c for c in changes if c.scope == "training")
+    return ([*summarize(model)] + (["in your training loop:"] + [f"  {x}" for x in summarize(loop)] if loop else []))
 
 
 def _num(x: float, fmt: str = ".3g") -> str:
@@ -84,6 +97,39 @@ class TreatResult:
     pilot_steps: int = 0  # the first segment, trained by every candidate that passed screening
     prior_loss: float = math.inf  # training loss of predicting the class frequencies (no learning)
     seconds: float = 0.0  # total wall time of treat()
+    max_steps: int | None = None  # cap on the optimizer steps of all trials together (None: no cap)
+    max_seconds: float | None = None  # cap on treat()'s wall time (None: no cap)
+
+    started: float = field(default_factory=time.perf_counter, repr=False)  # when treat() began
+
+    def step_seconds(self) -> float | None:
+        """Median seconds of one unprobed step (the candidates' pilots); None before any ran."""
+        xs = [t.timing["pilot"] / t.steps for t in self.trials[1:] if t.timing.get("pilot") and t.steps]
+        return statistics.median(xs) if xs else None
+
+    def affords(self, plain: int, probed: int, new_candidate: bool = True) -> bool:
+        """True when `plain` unprobed and `probed` probed steps more stay within the budget: max_steps
+        optimizer steps, and max_seconds of wall time (projected at the pilots' step time, with the
+        fixed cost of a new candidate and the probe's cost as measured so far)."""
+        if self.max_steps is not None and self.steps + plain + probed > self.max_steps:
+            return False
+        s = self.step_seconds()
+        if self.max_seconds is None or s is None:
+            return True
+        tried = [t for t in self.trials[1:] if "build" in t.timing]
+        fixed = sum(t.timing.get(k, 0.0) for t in tried for k in ("changes", "build", "screen")) / max(1, len(tried))
+        b = self.baseline
+        factor = b.timing.get("finish", 0.0) / max(1, b.steps - self.pilot_steps) / s if b.steps > self.pilot_steps \
+            else 1.0  # the probe's (and the re-diagnosis') cost factor on a finishing segment
+        need = (fixed if new_candidate else 0.0) + plain * s + probed * s * max(1.0, factor)
+        return time.perf_counter() - self.started + need <= self.max_seconds
+
+    def over_budget(self) -> str:
+        """Why a candidate was not tried: the budget, and what was used of it."""
+        caps = [f"{self.max_steps} steps" if self.max_steps is not None else "",
+                f"{self.max_seconds:.3g} s" if self.max_seconds is not None else ""]
+        return (f"over the budget ({' and '.join(c for c in caps if c)}; used {self.steps} steps, "
+                f"{time.perf_counter() - self.started:.3g} s)")
 
     @property
     def baseline(self) -> Trial:
@@ -109,6 +155,23 @@ class TreatResult:
         return b.loss if math.isfinite(b.loss) else min(b.min_step_loss, self.prior_loss)
 
     @property
+    def steps(self) -> int:
+        """Optimizer steps trained, all candidates and the baseline together."""
+        return sum(t.steps for t in self.trials)
+
+    def save(self, directory: str) -> str:
+        """Write the winner: DIRECTORY/changes.json and DIRECTORY/state_dict.pt (see load_treated)."""
+        from ..errors import GradDoctorError
+        from .replay import save_treated
+
+        best = self.best
+        if best is None or best.model is None:
+            raise GradDoctorError("nothing to save: no candidate fixed the problem (try a larger budget_steps)")
+        extra = {"remedy": best.label, "spec": best.patient.spec.to_dict() if best.patient.spec else None,
+                 "loss": best.loss, "baseline_loss": self.baseline.loss}
+        return str(save_treated(directory, best.model, best.changes, extra))
+
+    @property
     def target_kinds(self) -> set[str]:
         """The finding kinds a candidate must remove."""
         return self.diagnosis.kinds()
@@ -116,9 +179,15 @@ class TreatResult:
     def __str__(self) -> str:
         if self.diagnosis.healthy:
             return "HEALTHY: nothing to treat (no changes proposed)."
+        if self.max_steps is not None or self.max_seconds is not None:
+            caps = [f"{self.max_steps} steps" if self.max_steps is not None else "",
+                    f"{self.max_seconds:.3g} s" if self.max_seconds is not None else ""]
+            budget = f"; budget {' and '.join(c for c in caps if c)}, used {self.steps} steps, {self.seconds:.3g} s"
+        else:
+            budget = ""
         head = (f"treating: {', '.join(sorted(self.target_kinds))}; every candidate that passes screening "
                 f"trains {self.pilot_steps} steps, the best {self.budget_steps}, with the baseline's seed "
-                f"and data order")
+                f"and data order{budget}")
         cols = ("remedy", "result", "findings after", "signal first/last init -> after", "pilot loss",
                 "steps", "loss", "val acc", "s")
         rows = [(t.label, t.status, (",".join(sorted(t.after.kinds())) or "healthy") if t.after else "-",
@@ -127,6 +196,9 @@ class TreatResult:
                  str(t.steps),
                  _num(t.loss, ".4f"), _num(t.val_acc, ".3f"), _num(t.seconds, ".1f"))
                 for t, r in zip(self.trials, self.table)]
+        if all(math.isnan(t.val_acc) for t in self.trials):  # streamed data: no validation set
+            keep = [i for i, c in enumerate(cols) if c != "val acc"]
+            cols, rows = tuple(cols[i] for i in keep), [tuple(r[i] for i in keep) for r in rows]
         widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
         fmt = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip()
         lines = [head, fmt(cols), fmt(tuple("-" * w for w in widths)), *map(fmt, rows)]
@@ -137,8 +209,16 @@ class TreatResult:
             if not math.isfinite(self.baseline.loss):
                 lines.append(f"the baseline diverged; the loss to beat is the lowest it reached, capped at "
                              f"a constant class-frequency prediction's: {self.reference_loss:.4f}")
-            lines.append(f"best: {best.label} (loss {best.loss:.4f} vs baseline {self.baseline.loss:.4f}, "
-                         f"val acc {best.val_acc:.3f} vs {self.baseline.val_acc:.3f})")
-            lines += [f"  {line}" for line in summarize(best.changes)]
+            acc = (f", val acc {best.val_acc:.3f} vs {self.baseline.val_acc:.3f}" if not math.isnan(best.val_acc)
+                   else "")
+            lines.append(f"best: {best.label} (loss {best.loss:.4f} vs baseline {self.baseline.loss:.4f}{acc})")
+            lines += [f"  {line}" for line in change_lines(best.changes)]
+            if best.patient.model is not None and any(c.op for c in best.changes):
+                lines.append("  re-apply to a fresh model: graddoctor.apply_changes(model, result.best.changes)")
+        notes = [t for t in self.trials if t.note and t.status in ("not applicable", "failed", "dropped at init",
+                                                                   "not tried")]
+        if notes:
+            lines.append("why not:")
+            lines += [f"  {t.label}: {t.note}" for t in notes]
         lines.append(f"total time {self.seconds:.1f} s")
         return "\n".join(lines)

@@ -1,22 +1,22 @@
-"""Helpers for editing nn.Module trees: leaves in order, replace by path, layer -> activation.
+"""Helpers for reading and describing nn.Module trees, and the one-forward Flow of a patient.
 
-Pure tree manipulation on a model the caller owns (the remedies pass deep copies).
+Pure tree reading on a model the caller owns (the remedies look at patient.build() copies).
 """
 from __future__ import annotations
 
 from torch import nn
 
-from .. import activations
+from .base import Patient, Sample
+from .tracing import Flow, trace_flow
 
-# Layers a remedy may re-initialise or put a BatchNorm after: the weight layers whose
-# fan-in/fan-out torch.nn.init understands (torch's own reset rules cover exactly these).
-WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # Modules that sit between a weight layer and its activation without changing which
-# activation the layer feeds (skipped when looking for "the activation after this layer").
+# activation the layer feeds, and own no matrix: kept as they are by reinit.
 PASS_THROUGH: tuple[type[nn.Module], ...] = (
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm,
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm,
     nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
 )
+_CACHE: dict[tuple, tuple[Patient, Sample, nn.Module, Flow]] = {}
+CACHE_SIZE = 8  # patients whose network and Flow are kept (each remedy variant asks again)
 
 
 def leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -24,33 +24,18 @@ def leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if n and not any(True for _ in m.children())]
 
 
-def set_module(root: nn.Module, path: str, new: nn.Module) -> None:
-    """Replace the submodule at a dotted path (e.g. 'body.3.act')."""
-    parent_path, _, name = path.rpartition(".")
-    parent = root.get_submodule(parent_path) if parent_path else root
-    setattr(parent, name, new)
-
-
-def activation_after(model: nn.Module) -> dict[str, str | None]:
-    """For each weight layer: the registry name of the activation module that follows it.
-
-    "Follows" means the next leaf in definition order, skipping norms and dropout; None when
-    the next leaf is another weight layer, the end, or an unknown module (e.g. an activation
-    applied functionally inside forward(), which no module tree shows).
-    """
-    out: dict[str, str | None] = {}
-    seq = leaves(model)
-    for i, (name, mod) in enumerate(seq):
-        if not isinstance(mod, WEIGHT_LAYERS):
-            continue
-        out[name] = None
-        for _, nxt in seq[i + 1:]:
-            if isinstance(nxt, PASS_THROUGH):
-                continue
-            act = activations.of_module(nxt)
-            out[name] = act.name if act is not None and act.name != "identity" else None
-            break
-    return out
+def current(patient: Patient, sample: Sample) -> tuple[nn.Module, Flow]:
+    """The patient's network as built (seed 0) and what one forward of the sample shows (cached)."""
+    key = (id(patient.model), id(patient.spec), patient.changes, id(sample))
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0].model is patient.model and hit[1] is sample:
+        return hit[2], hit[3]
+    net = patient.build(0)
+    flow = trace_flow(net, sample)
+    if len(_CACHE) >= CACHE_SIZE:
+        _CACHE.pop(next(iter(_CACHE)))
+    _CACHE[key] = (patient, sample, net, flow)
+    return net, flow
 
 
 def describe(mod: nn.Module) -> str:
@@ -59,5 +44,5 @@ def describe(mod: nn.Module) -> str:
 
 
 def weight_std(layer: nn.Module) -> str:
-    """'std 0.13': a layer's weight std for a Change record (2 digits, so equal edits merge)."""
-    return f"std {float(layer.weight.detach().std()):.2g}"
+    """'std 0.1': a layer's weight std for a Change record (1 digit, so similar edits merge)."""
+    return f"std {float(layer.weight.detach().float().std()):.1g}"

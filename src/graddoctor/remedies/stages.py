@@ -1,0 +1,145 @@
+"""The stages one candidate goes through: build, screen at init, pilot, finish (and their timing).
+
+Each trains with the Recipe (the user's step, optimizer and batches) through loop.py; the
+untreated baseline goes through the same stages, so every comparison is like with like.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..diagnose.api import diagnose
+from ..diagnose.findings import Diagnosis
+from .base import Patient, Remedy, Sample
+from .loop import start_run, train_steps
+from .recipe import Recipe
+from .result import Trial
+
+SCREEN_BATCH = 128  # in-memory data: samples in the screening forward/backward (the first rows)
+# Probed steps per segment: the diagnosis judges the last half of them and needs at least 3
+# (diagnose.thresholds.MIN_STEPS); recording is the probe's expensive part.
+RECORDS = 8
+WINDOW = 0.25  # streamed data: a segment's loss is the mean of its last quarter of step losses
+
+
+def same_network(a: Patient, b: Patient) -> bool:
+    """True when two patients build the same initial network (only training settings differ)."""
+    ops = lambda p: [c for c in p.changes if c.op]
+    return a.spec == b.spec and a.model is b.model and ops(a) == ops(b)
+
+
+def screen_batch(recipe: Recipe, seed: int) -> object:
+    """The batch every candidate is checked on at initialisation."""
+    d = recipe.dataset
+    return (d.x_train[:SCREEN_BATCH], d.y_train[:SCREEN_BATCH]) if d is not None else next(recipe.batches(seed))
+
+
+def checkup_step(model: nn.Module, step: Callable, batch: object, seed: int) -> Diagnosis:
+    """Diagnosis of one forward/backward of the user's step at init; the weights and buffers are restored."""
+    from ..probe.probe import watch
+
+    saved = copy.deepcopy(model.state_dict())
+    torch.manual_seed(seed)
+    try:
+        with watch(model, every=1, stats="full") as probe:
+            model.train()
+            loss = step(model, batch)
+            loss.backward()
+            probe.step(loss)
+        return diagnose(probe.trace)
+    finally:
+        with torch.no_grad():
+            model.load_state_dict(saved)
+        for p in model.parameters():
+            p.grad = None
+
+
+def screen(trial: Trial, recipe: Recipe, batch: object, seed: int, drop: set[str],
+            base: Trial | None = None) -> None:
+    """Checkup at init of the candidate as built; drop it if the treated finding is still there.
+
+    A training-only candidate (learning rate, clipping, warmup) builds the baseline's network:
+    its checkup is the baseline's, reused.
+    """
+    if trial.model is None:
+        trial.model = trial.patient.build(seed)
+    if base is not None and base.at_init is not None and same_network(trial.patient, base.patient):
+        trial.at_init = base.at_init
+    else:
+        trial.at_init = checkup_step(trial.model, recipe.step, batch, seed)
+    bad = trial.at_init.kinds() & drop
+    if bad:
+        trial.status, trial.note = "dropped at init", "still " + ", ".join(sorted(bad)) + " at initialisation"
+        trial.model = None
+
+
+def segment(trial: Trial, recipe: Recipe, steps: int, data_seed: int, every: int | None) -> None:
+    """Train `steps` more steps; probe every `every` steps and diagnose, if given."""
+    from ..probe.probe import watch
+
+    run, batches = trial.run, recipe.batches(data_seed)
+    if every is not None:
+        with watch(trial.model, every=every, stats="full", scaler=run.scaler) as probe:
+            losses = train_steps(run, batches, recipe.step, steps, probe)
+        trial.after = diagnose(probe.trace) if len(probe.trace) else trial.after
+    else:
+        losses = train_steps(run, batches, recipe.step, steps)
+    finite = [v for v in losses if math.isfinite(v)]
+    measured = recipe.evaluate(trial.model) if len(finite) == len(losses) else None
+    if measured is not None:
+        loss, trial.val_acc = measured
+    else:
+        tail = finite[-max(1, math.ceil(len(losses) * WINDOW)):]
+        loss = sum(tail) / len(tail) if tail and len(finite) == len(losses) else math.inf
+    trial.loss = loss if math.isfinite(loss) else math.inf
+    trial.min_step_loss = min([trial.min_step_loss, *finite])
+    trial.steps += len(losses)
+
+
+def start(trial: Trial, recipe: Recipe, seed: int, pilot: int, every: int | None = None) -> None:
+    """Train the pilot segment of the network as built (seeded), building it if not screened."""
+    if trial.model is None:
+        trial.model = trial.patient.build(seed)
+    torch.manual_seed(seed)  # dropout and other randomness inside the model
+    trial.run = start_run(trial.model, recipe.optimizer_factory(trial.patient), trial.patient.step_settings())
+    segment(trial, recipe, pilot, seed, every)
+
+
+def finish(trial: Trial, recipe: Recipe, seed: int, budget: int) -> None:
+    """Train the rest of the budget under a probe (unless it diverged) and re-diagnose."""
+    if math.isfinite(trial.loss) and budget > trial.steps:
+        rest = budget - trial.steps
+        segment(trial, recipe, rest, seed + 1, every=max(1, math.ceil(rest / RECORDS)))
+
+
+def candidate(remedies: Sequence[Remedy], base: Patient, sample: Sample, seed: int) -> Trial:
+    """Apply the remedies in order to the untreated patient."""
+    patient, idle = base, []
+    for r in remedies:
+        before = len(patient.changes)
+        patient = r.apply(patient, sample)
+        new = patient.changes[before:]
+        if all(c.note for c in new):  # this member changed nothing (and says why)
+            idle.append("; ".join(c.note for c in new) or f"{r.label}: nothing to change")
+    trial = Trial(" + ".join(r.label for r in remedies), patient, "not fixed")
+    if idle:
+        trial.status, trial.note = "not applicable", "; ".join(dict.fromkeys(idle))
+    return trial
+
+
+def guarded(trial: Trial, stage: str, fn: Callable[[], None]) -> None:
+    """Run one stage of a candidate, timed; a remedy that breaks the model marks the trial, never treat()."""
+    t0 = time.perf_counter()
+    try:
+        fn()
+    except Exception as exc:  # the user's step, optimizer or model: any error fails this trial only
+        trial.status, trial.note = "failed", f"{stage}: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+        trial.model = trial.run = None
+    dt = time.perf_counter() - t0
+    trial.seconds += dt
+    trial.timing[stage] = trial.timing.get(stage, 0.0) + dt
