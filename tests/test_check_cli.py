@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,10 +17,15 @@ from graddoctor.cli.factory import UserSetup, load_setup, setup_from
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "models.py"
 
 
+def verdicts(out: str) -> list[str]:
+    """The verdict panels' titles: 'HEALTHY', 'VANISHING', 'EXPLODING, SATURATION', ..."""
+    return re.findall(r"verdict: ([A-Z_, ]+?) ─", out)
+
+
 def test_check_reports_vanishing_with_table(capsys):
     assert main(["check", f"{EXAMPLES}:deep_sigmoid", "--input-shape", "64"]) == 0
     out = capsys.readouterr().out
-    assert "verdict: VANISHING" in out and "saturating_activation" in out
+    assert verdicts(out) == ["VANISHING"] and "saturating_activation" in out
     assert "swap_activation" in out
 
 
@@ -35,8 +41,9 @@ def test_check_json_schema(capsys):
 
 def test_check_healthy_and_strict(capsys):
     assert main(["check", f"{EXAMPLES}:healthy_relu", "--input-shape", "64", "--strict"]) == 0
-    assert "HEALTHY" in capsys.readouterr().out
+    assert verdicts(capsys.readouterr().out) == ["HEALTHY"]  # not "UNHEALTHY", not a finding's title
     assert main(["check", f"{EXAMPLES}:exploding_relu", "--input-shape", "64", "--strict"]) == 1
+    assert verdicts(capsys.readouterr().out) == ["EXPLODING"]
 
 
 @pytest.mark.parametrize("args, message", [

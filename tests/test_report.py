@@ -4,21 +4,20 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
 import re
-import shutil
 import subprocess
 
 import numpy as np
 import pytest
+from conftest import need, need_program
 from fakeruns import XSS, planted_diagnosis, planted_history, planted_trace, spec_for
 
 from graddoctor.cli import main
 from graddoctor.report.html import write_report
 from graddoctor.store import RunStore
 
-pytest.importorskip("jinja2")
-pytest.importorskip("matplotlib")
+need("jinja2")
+need("matplotlib")
 
 DEPTH = 6
 # Flags for a quiet, offline, throw-away headless Chromium (no network of its own, no profile).
@@ -88,7 +87,7 @@ def test_report_is_self_contained(report):
     assert "url(" not in text and "@import" not in text
     for r in refs:
         assert base64.b64decode(r.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "default-src 'none'; img-src data:" in text  # the browser enforces it (see the browser test)
+    # (the content security policy: enforced in a real browser, see test_the_page_policy_blocks_scripts...)
 
 
 def test_healthy_undiagnosed_and_partial_runs(store, tmp_path):
@@ -112,12 +111,8 @@ def test_cli_report_writes_html_and_figures(store, tmp_path, capsys):
 
 # -- in a real browser ---------------------------------------------------------------------
 def _chromium() -> str:
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if exe is None:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail("CI is set but chromium is not installed: .ci/run installs it (apt-get install -y chromium)")
-        pytest.skip("chromium is not installed (apt-get install -y chromium); the browser test runs in CI")
-    return exe
+    """Fails under CI=true when chromium is missing (.ci/run installs it), skips elsewhere."""
+    return need_program("chromium", "chromium-browser")
 
 
 def _browse(page, tmp_path, *extra: str) -> tuple[str, str]:
@@ -145,12 +140,26 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     assert len(np.unique((px * 255).astype(np.uint8).reshape(-1, 3), axis=0)) > 200  # figures, not just text
 
 
-def test_every_figure_decodes_with_a_nonzero_size_in_chromium(report, tmp_path):
+def _probe(report, tmp_path, allow_scripts: bool) -> str:
+    """The DOM after load of a copy of the report with PROBE_JS added (and allowed by its policy, or not)."""
     page = tmp_path / "probed.html"
-    text = report.read_text().replace("style-src 'unsafe-inline'",
-                                      "style-src 'unsafe-inline'; script-src 'unsafe-inline'")
+    text = report.read_text()
+    if allow_scripts:
+        text = text.replace("style-src 'unsafe-inline'", "style-src 'unsafe-inline'; script-src 'unsafe-inline'")
     page.write_text(text.replace("</body>", PROBE_JS + "</body>"))
-    dom, _ = _browse(page, tmp_path, "--window-size=1200,900", "--virtual-time-budget=5000")
+    return _browse(page, tmp_path, "--window-size=1200,900", "--virtual-time-budget=5000")[0]
+
+
+def test_the_page_policy_blocks_scripts_that_the_report_might_carry(report, tmp_path):
+    """The report's own Content-Security-Policy, unchanged: the probe script (which runs when the policy
+    allows it, next test) must not run, so the title stays the report's."""
+    dom = _probe(report, tmp_path, allow_scripts=False)
+    assert "window.addEventListener('load'" in dom  # the script is on the page ...
+    assert re.findall(r"<title>(.*?)</title>", dom) == ["graddoctor report: run #1"]  # ... and did not run
+
+
+def test_every_figure_decodes_with_a_nonzero_size_in_chromium(report, tmp_path):
+    dom = _probe(report, tmp_path, allow_scripts=True)
     found = re.search(r"<title>IMAGES (.*?)</title>", dom)
     assert found, "the probe script did not run: " + dom[:300]
     images = json.loads(html.unescape(found.group(1)))
