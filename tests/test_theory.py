@@ -12,6 +12,7 @@ import mpmath as mp
 import numpy as np
 import pytest
 import torch
+from conftest import need
 
 from graddoctor import GradDoctorError, activations, nets, theory
 from graddoctor.cli import main
@@ -118,11 +119,15 @@ def test_prediction_indexes_layers_and_fans():
     assert p.log10_ratio == pytest.approx(math.log10(float(theory.chi("tanh", sw1 * 2.0, sw2))))
 
 
-@pytest.mark.parametrize("change,batch", [(dict(kind="cnn", in_shape=(3, 8, 8), batchnorm="before_activation"), 64),
-                                          (dict(depth=1), 64), (dict(batchnorm="after_activation"), 4)])
-def test_no_prediction_where_the_theory_does_not_apply(change, batch):
+@pytest.mark.parametrize("change,batch,names", [
+    (dict(kind="cnn", in_shape=(3, 8, 8), batchnorm="before_activation"), 64, "BatchNorm2d"),
+    (dict(depth=1), 64, "depth must be at least 2"),
+    (dict(batchnorm="after_activation"), 4, f"batch of at least {batchnorm.MIN_BATCH} (got 4)"),
+    (dict(batchnorm="after_activation"), 7, "(got 7)")], ids=["cnn-batchnorm", "depth-1", "batch-4", "batch-7"])
+def test_no_prediction_where_the_theory_does_not_apply(change, batch, names):
+    """The reason names the field that puts the net outside the theory (and the value it got)."""
     p = theory.predict(NetSpec(**change), batch=batch)
-    assert p.log10_ratio is None and not p.applicable and len(p.reason) > 20
+    assert p.log10_ratio is None and not p.applicable and names in p.reason, p.reason
 
 
 # -- measurement ---------------------------------------------------------------------------
@@ -194,12 +199,27 @@ def _run(argv):
     return code, out.getvalue(), err.getvalue()
 
 
+def _rows(out: str) -> dict[str, str]:
+    """The CLI table as {label: value} (its two columns are 2+ spaces apart; prose lines have none)."""
+    return dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in out.splitlines()
+                if re.search(r"\S\s{2,}\S", line))
+
+
 def test_cli_prints_prediction_and_measurement():
     code, out, _ = _run(["theory", "--activation", "tanh", "--init", "xavier_normal", "--depth",
                          "20", "--width", "64", "--measure", "--seeds", "2", "--batch-size", "32"])
+    rows = _rows(out)
     assert code == 0
-    for text in ("q*", "chi_1", "critical", "-1.42", "measured (2 seeds"):
-        assert text in out, text
+    # tanh at sigma_w^2 = 2 fan_in / (fan_in + fan_out) = 1, no bias: q* = 0, chi_1 = phi'(0)^2 = 1
+    assert rows["sigma_w^2, sigma_b^2"] == "1, 0" and rows["q* (fixed point of the variance q_l)"] == "0"
+    assert rows["chi_1 = sigma_w^2 E[phi'(sqrt(q*) z)^2]"] == "1" and rows["phase"].startswith("critical ")
+    # the same two networks measured here by the library function, the prediction within 0.3 decades
+    spec = NetSpec(depth=20, width=64, in_shape=(64,), activation="tanh", init="xavier_normal")
+    want = np.array([theory_measure.log10_ratio_one(spec, seed, 32) for seed in range(2)])
+    (measured,) = [v for k, v in rows.items() if k.startswith("measured (2 seeds")]
+    assert measured == f"{want.mean():+.3f} ± {want.std():.3f}"
+    predicted = float(rows["predicted log10 |d_1|^2 / |d_L|^2"].split()[0])
+    assert predicted == pytest.approx(-1.422, abs=5e-4) and abs(want.mean() - predicted) < 0.3
 
 
 def test_cli_json_and_not_applicable():
@@ -224,15 +244,19 @@ def test_cli_predicts_and_measures_every_family(argv, words):
     measured = np.mean(d["measured_log10_ratio"])
     assert abs(measured - d["predicted_log10_ratio"]) < 0.5  # 2 seeds of a small net: loose
     code, out, _ = _run(["theory", "--depth", "6", "--measure", "--seeds", "2", *argv])
-    for text in [*words, "measured (2 seeds", "predicted log10"]:
+    for text in words:  # the family's source and its own rows
         assert text in out, text
+    rows = _rows(out)  # the table prints the numbers of the JSON (same seeds)
+    assert rows["predicted log10 |d_1|^2 / |d_L|^2"].split()[0] == f"{d['predicted_log10_ratio']:+.3f}"
+    std = np.std(d["measured_log10_ratio"])
+    assert rows["measured (2 seeds, mean ± std)"] == f"{measured:+.3f} ± {std:.3f}"
 
 
 @pytest.mark.parametrize("argv", [["--residual", "1", "--depth", "8", "--width", "32"],
                                   ["--batchnorm", "after_activation", "--depth", "8", "--batch-size", "32"]],
                          ids=["residual", "batchnorm"])
 def test_cli_figure_draws_the_residual_and_batchnorm_pictures(tmp_path, argv):
-    pytest.importorskip("matplotlib")
+    need("matplotlib")
     path = tmp_path / "picture.svg"
     code, _out, _ = _run(["theory", "--init", "he_normal", *argv, "--figure", str(path)])
     text = path.read_text()
@@ -249,7 +273,7 @@ def test_cli_bad_input_is_one_line_exit_2(argv):
 
 
 def test_cli_figure_writes_a_png(tmp_path):
-    pytest.importorskip("matplotlib")
+    need("matplotlib")
     path = tmp_path / "phase.png"
     code, _out, _ = _run(["theory", "--activation", "tanh", "--init", "he_normal", "--depth", "10",
                          "--figure", str(path)])
@@ -257,7 +281,7 @@ def test_cli_figure_writes_a_png(tmp_path):
 
 
 def test_two_panel_figure_from_comparison_rows(tmp_path, accuracy_rows):
-    pytest.importorskip("matplotlib")
+    need("matplotlib")
     from graddoctor.report import theory_figures
 
     rows = [{"activation": name.split()[1], "init": name.split("init=")[1].split(",")[0],
