@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import math
 import os
@@ -22,6 +21,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
+from conftest import need
 from docsnumbers import DOCS, ROOT, quotes, unsupported
 
 from graddoctor import activations
@@ -31,8 +31,9 @@ from graddoctor.theory import batchnorm
 from graddoctor.training import TrainConfig
 
 PAGES = sorted(p.name for p in DOCS.glob("*.md"))
-# Pages whose pasted numbers are their owner's to replace with included results (issue 17).
-OWNERS = {"treat.md": "treat"}
+# Pages whose pasted numbers are their owner's to replace with included results (issue 17). The xfail
+# is strict: a page that no longer pastes numbers fails here until its entry is removed.
+OWNERS: dict[str, str] = {}
 
 
 def _defaults(*classes) -> set[str]:
@@ -60,17 +61,11 @@ GOLDEN_BLOCKS: dict[str, set[int]] = {
 EXECUTED = ("index.md", "report.md")  # (bench.md's blocks: tests/test_docs_bench.py)
 
 
-def _strict() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     """The site, built once with --strict."""
-    if importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("mkdocstrings") is None:
-        if _strict():
-            pytest.fail("mkdocs / mkdocstrings missing: `make setup` installs them")
-        pytest.skip("mkdocs not installed (pip install 'graddoctor[docs]')")
+    need("mkdocs")
+    need("mkdocstrings")
     out = tmp_path_factory.mktemp("site")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "PYTHONPATH": str(ROOT / "src")}
     r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(out)], cwd=ROOT,
@@ -106,7 +101,7 @@ def _page_param(name: str):
     marks = ()
     if name in OWNERS:
         marks = pytest.mark.xfail(reason=f"{name} still pastes numbers; its owner ({OWNERS[name]}) includes "
-                                         f"results files instead (issue 17)", strict=False)
+                                         f"results files instead (issue 17)", strict=True)
     return pytest.param(name, marks=marks, id=name)
 
 
@@ -162,9 +157,7 @@ def test_pages_of_this_site_have_no_unexecuted_python_blocks():
 
 
 def test_nav_lists_every_page_once():
-    if importlib.util.find_spec("yaml") is None and not _strict():
-        pytest.skip("PyYAML (installed with mkdocs) is missing")
-    import yaml
+    yaml = need("yaml")  # PyYAML, installed with mkdocs
 
     nav = yaml.safe_load((ROOT / "mkdocs.yml").read_text())["nav"]
     flat: list[str] = []

@@ -6,13 +6,14 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
+from conftest import need
 from fakeruns import GAIN, PREACT_STD, planted_diagnosis, planted_history, planted_trace, spec_for, with_values
 
 from graddoctor.report import figdata as fd
 from graddoctor.report import figures as F
 from graddoctor.store import RunStore
 
-matplotlib = pytest.importorskip("matplotlib")
+matplotlib = need("matplotlib")
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.text import Annotation  # noqa: E402
 

@@ -9,24 +9,20 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import need
 from torch.nn import functional as F
 
 import graddoctor
 from graddoctor.probe.trace import LAYER_METRICS
 from graddoctor.store import RunStore
 
-try:
-    import accelerate  # noqa: F401  (the Trainer needs it)
-    import transformers
-except ImportError:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        raise  # CI installs transformers and accelerate: missing there is a failure
-    pytest.skip("transformers and accelerate are needed (pip install 'transformers[torch]')", allow_module_level=True)
+need("accelerate")  # the Trainer needs it
+transformers = need("transformers")
 
-from graddoctor.integrations.transformers import GradDoctorCallback, inner_optimizer
+from graddoctor.integrations.transformers import GradDoctorCallback, inner_optimizer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "scripts"))
-from hf_trainer import Tokens  # the dataset of the `run` test's Trainer script
+from hf_trainer import Tokens  # noqa: E402  (the dataset of the `run` test's Trainer script)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -76,7 +72,7 @@ def test_a_step_is_an_optimizer_step_and_matches_the_trainers_own_numbers(tmp_pa
 
 
 def test_scalars_reach_tensorboard(tmp_path, monkeypatch):
-    pytest.importorskip("tensorboard")
+    need("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import need
 from torch import nn
 from torch.nn import functional as F
 from torch.optim import optimizer as optim_hooks
@@ -270,7 +271,7 @@ def test_bad_command_is_one_line_exit_2(tmp_path, capsys, command, message):
 
 
 def test_lightning_script_is_found_and_recorded_from_step_0(tmp_path, capsys):
-    pytest.importorskip("lightning")
+    need("lightning")
     code, store = _run(tmp_path, "python", str(SCRIPTS / "lightning_mlp.py"), "5", options=["--every", "1"])
     out, err = capsys.readouterr()
     assert code == 0 and "trained 5 steps" in out
@@ -283,8 +284,8 @@ def test_lightning_script_is_found_and_recorded_from_step_0(tmp_path, capsys):
 
 
 def test_hf_trainer_script_losses_match_the_trainers(tmp_path, capsys):
-    pytest.importorskip("transformers")
-    pytest.importorskip("accelerate", reason="the HF Trainer needs accelerate (pip install 'accelerate>=1.1')")
+    need("transformers")
+    need("accelerate")  # the HF Trainer needs it
     code, store = _run(tmp_path, "python", str(SCRIPTS / "hf_trainer.py"), "3", "2", options=["--every", "1"])
     out = capsys.readouterr().out
     assert code == 0

@@ -87,14 +87,27 @@ def test_every_planted_case_names_known_kinds_and_blocks_that_exist():
             assert any(n == b or n.startswith(b + ".") for n in names), (p.name, b)
 
 
+HARM_LINE = re.compile(r"harm (True|False), harmless (True|False) \(final loss (\S+) vs healthy (\S+), "
+                       r"healthy drop (\S+)\)")
+
+
 def test_recorded_evidence_agrees_with_every_claim():
-    """tests/zoo_evidence.json (benchmarks/zoo.py --oracle --write) measured each planting's declared category."""
+    """tests/zoo_evidence.json (benchmarks/zoo.py --oracle --write) measured each planting's declared category,
+    and the numbers it recorded give that category by zoo_oracle's rules."""
     assert {p.name for p in zoo_planted.ALL} <= set(zoo_planted.EVIDENCE)
     for p in zoo_planted.ALL:
         measured = zoo_planted.EVIDENCE[p.name]
-        assert measured["category"] == p.extra["category"], (p.name, measured["text"])
-        assert p.evidence == measured["text"] and "median of" in p.evidence
+        text = measured["text"]
+        assert measured["category"] == p.extra["category"], (p.name, text)
         assert measured["seeds"] >= (3 if p.extra["category"] != "unscored" else 1)
+        assert re.findall(r"median of (\d+) seeds", text) == [str(measured["seeds"])], (p.name, text)
+        harm, harmless, final, healthy, drop = HARM_LINE.search(text).groups()
+        assert (harmless == "True") == (measured["category"] == "harmless"), (p.name, text)
+        if p.extra["truth"] == "cost" and measured["category"] == "planted":  # a training fault's truth is its cost
+            assert harm == "True", (p.name, text)
+        margin = float(final) - float(healthy) - zoo_oracle.HARMLESS * float(drop)
+        if math.isfinite(margin) and abs(margin) > 0.02:  # the printed numbers are rounded to 0.01
+            assert (harmless == "True") == (margin <= 0), (p.name, text)
 
 
 @functools.cache
