@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import select
 import signal
 import sqlite3
@@ -183,7 +184,8 @@ def test_a_metric_added_later_becomes_a_column_and_old_rows_read_nan(tmp_path):
         assert np.isnan(back["nonfinite_act"]).all() and np.isfinite(back["grad_rms"]).all()
 
 
-def test_cli_runs_and_csv_export(tmp_path, capsys):
+def test_cli_runs_and_csv_export(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # one table row per line
     path = tmp_path / "runs.db"
     trace = planted_trace("vanishing", depth=4, steps=5)
     with RunStore(path) as store:
@@ -191,7 +193,9 @@ def test_cli_runs_and_csv_export(tmp_path, capsys):
         store.add_treatment(rid, "relu", {}, True, 0.4, 0.9, 1.0)
     assert main(["runs", "--store", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "vanishing" in out and "sigmoid" in out and "0.100" in out and "done" in out
+    # the stored run's row: id, time, its network, status, verdict, val acc, steps
+    row = r"^\s*1\s+\S+ \S+\s+4x32 sigmoid mlp, init=xavier_normal, bn=none\s+done\s+vanishing\s+0\.100\s+5$"
+    assert re.search(row, out, re.M), out
     assert main(["export", "last", "--store", str(path), "--csv", str(tmp_path / "csv")]) == 0
     read = lambda name: list(csv.DictReader((tmp_path / "csv" / name).read_text().splitlines()))
     rows = read("layer_stats.csv")
