@@ -205,8 +205,7 @@ def _rows(out: str) -> dict[str, str]:
                 if re.search(r"\S\s{2,}\S", line))
 
 
-def test_cli_prints_prediction_and_measurement(monkeypatch):
-    monkeypatch.setenv("COLUMNS", "200")  # one table row per line
+def test_cli_prints_prediction_and_measurement():
     code, out, _ = _run(["theory", "--activation", "tanh", "--init", "xavier_normal", "--depth",
                          "20", "--width", "64", "--measure", "--seeds", "2", "--batch-size", "32"])
     rows = _rows(out)
@@ -238,8 +237,7 @@ def test_cli_json_and_not_applicable():
      ["Yang et al. 2019", "gain per layer deep in the stack (batch 16)"]),
     (["--kind", "cnn", "--image-size", "6", "--width", "16", "--batch-size", "8"],
      ["Xiao et al. 2018", "fully connected form (no borders)"])], ids=["residual", "batchnorm", "cnn"])
-def test_cli_predicts_and_measures_every_family(argv, words, monkeypatch):
-    monkeypatch.setenv("COLUMNS", "200")  # one table row per line
+def test_cli_predicts_and_measures_every_family(argv, words):
     code, out, _ = _run(["theory", "--depth", "6", "--measure", "--seeds", "2", "--json", *argv])
     d = json.loads(out)
     assert code == 0 and d["applicable"] and len(d["profile"]) == 6 and d["profile"][-1] == 0
