@@ -105,6 +105,9 @@ def worker(rank: int, port: int, out: str) -> None:
     if rank == 0:
         probe.trace.save(Path(out) / "fsdp.npz")
         norms.save(Path(out) / "norms.npz")
+    tail = sharded()  # rank 1 alone: an inf input after the last recorded step (4), agreed at close
+    report["nonfinite_tail"] = train(tail, tail, x, y, steps=6, every=4,
+                                     bad_input_at=5 if rank == 1 else None).trace.meta["nonfinite"]
     report["refusals"] = refusals()
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(report))
     dist.destroy_process_group()
@@ -191,3 +194,9 @@ def test_fsdp1_is_refused_with_one_line():
     for model in (fsdp1, nn.Sequential(nn.Linear(2, 2), fsdp1)):
         with pytest.raises(GradDoctorError, match=r"FullyShardedDataParallel \(FSDP1\)"):
             graddoctor.watch(model)
+
+
+def test_the_checks_after_the_last_recorded_step_are_global(fsdp_run):
+    _, reports = fsdp_run
+    want = {"first_step": 5, "what": "loss", "input_first_step": 5}
+    assert [r["nonfinite_tail"] for r in reports] == [want, want]
