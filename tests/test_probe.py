@@ -177,6 +177,32 @@ def test_update_ratio_is_measured_around_the_optimizer_step():
     assert np.isnan(probe.trace["loss"][0])  # unknown: probe.step(loss) was not called
 
 
+class ClippingSGD(torch.optim.SGD):
+    """An optimizer subclass whose step() does its own work, then calls super().step()."""
+
+    def step(self, closure=None):
+        torch.nn.utils.clip_grad_norm_([p for g in self.param_groups for p in g["params"]], 1e3)
+        return super().step(closure)
+
+
+def test_an_optimizer_subclass_calling_super_step_is_one_recorded_step():
+    # torch wraps step() with the hook calls per class it has instantiated: once a plain SGD
+    # exists too, both ClippingSGD.step and SGD.step fire the hooks, the inner inside the outer
+    model = mlp("tanh")
+    torch.optim.SGD(model.parameters(), lr=0.1)
+    opt = ClippingSGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(32, 6), torch.randint(0, 5, (32,))
+    with watch(model, optimizer=opt) as probe:
+        for _ in range(3):
+            before = [m.weight.detach().clone() for m in model.modules() if isinstance(m, nn.Linear)]
+            one_step(model, probe, x, y, opt)
+    after = [m.weight.detach() for m in model.modules() if isinstance(m, nn.Linear)]
+    assert list(probe.trace.steps) == [0, 1, 2]  # not two recorded steps per real one
+    expect = [float((a - b).norm() / b.norm()) for a, b in zip(after, before)]
+    np.testing.assert_allclose(probe.trace["update_ratio"][-1], expect, rtol=1e-5)
+    assert np.isfinite(probe.trace["loss"]).all() and probe._step_frame is None
+
+
 def test_train_loop_records_every_step_with_its_loss():
     data = graddoctor.from_tensors(torch.randn(96, 6), torch.randint(0, 5, (96,)), val_fraction=0.25)
     model = mlp("tanh")

@@ -14,7 +14,8 @@ step the probe keeps three 0-d device values, each finite exactly when all is we
 
 The values wait in a list (no copy kernel, no sync) and ride in the next recorded step's one
 host copy as rows of the check slots (slots.py: they cross DDP ranks like other sums), or
-are read once at close. The host keeps the first bad step of each kind:
+are read once at close (and agreed across DDP ranks then: distributed.py). The host keeps the
+first bad step of each kind:
 `trace.meta["nonfinite"] = {"first_step", "what": "loss" | "grad", "input_first_step"}`.
 """
 from __future__ import annotations
@@ -118,6 +119,11 @@ class Checks:
             for slot, step in bad[:, [SLOT, KEY]].tolist():
                 if step < self._first.get(slot, step + 1):
                     self._first[slot] = step
+        self._publish()
+
+    def agree(self, combine) -> None:
+        """Replace the first non-finite steps by `combine(first)` (slot -> step; e.g. over DDP ranks)."""
+        self._first = dict(combine(dict(self._first)))
         self._publish()
 
     def _publish(self) -> None:

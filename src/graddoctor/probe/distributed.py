@@ -22,7 +22,11 @@ Under FSDP2 (fsdp.py: ShardsPart) the "same" slots are sums over each rank's par
 instead, combined like "add"; everything else is as above.
 
 Everything travels in one `all_gather` of a byte buffer per recorded step (none per layer),
-after the step's one host copy. The ranks must record the same layers in the same order
+after the step's one host copy. The every-step non-finite checks of the steps after the last
+recorded one ride in no step: at a clean close the ranks agree on the first bad step of each
+kind with one `all_reduce(MIN)` of three integers (`agree`), so every rank's
+`trace.meta["nonfinite"]` is the global one (not on a close by exception: the other ranks
+may never reach a collective then). The ranks must record the same layers in the same order
 (as DDP itself requires), with equal sequence lengths for recurrent series; a fingerprint of
 the layout is checked on receipt.
 """
@@ -38,7 +42,7 @@ from torch import Tensor
 from ..errors import GradDoctorError
 from .parts import Part
 from .record import COUNT, INDEX, KEY, LENGTH, SLOT, RawStep
-from .slots import DEAD, ZERO, mask
+from .slots import CHECK_GRAD, CHECK_INPUT, CHECK_LOSS, DEAD, ZERO, mask
 
 SAME, SIGNAL, UNITS = mask(ranks="same"), mask(ranks="signal"), mask(ranks="units")
 _HEAD = 8  # header floats: fingerprint, n values, n rows, mask bits, loss, spare x3
@@ -114,6 +118,15 @@ class RanksPart(Part):
         if not clean:
             self._held = None  # other ranks may not reach a collective now
         return self.release()
+
+    def agree(self, first: dict[int, int]) -> dict[int, int]:
+        """The first non-finite step of each check slot over all ranks: one all_reduce(MIN) of three integers."""
+        import torch.distributed as dist
+
+        slots, none = (CHECK_LOSS, CHECK_GRAD, CHECK_INPUT), np.iinfo(np.int64).max
+        steps = torch.tensor([first.get(s, none) for s in slots], dtype=torch.int64, device=self._device())
+        dist.all_reduce(steps, op=dist.ReduceOp.MIN, group=self.group)
+        return {s: int(v) for s, v in zip(slots, steps.tolist()) if v != none}
 
     def _device(self) -> torch.device:
         import torch.distributed as dist

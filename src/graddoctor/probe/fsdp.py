@@ -15,7 +15,7 @@ each rank's *local* shard (`local`) and ShardsPart combines the ranks in the ste
 
 The update ratio's weight change is taken on each shard (update.py samples a shard of more
 than EXACT_UP_TO elements, as it would a whole tensor). The every-step non-finite checks of the
-steps after the last recorded one are read at close without a collective: rank-local.
+steps after the last recorded one are agreed at close, as under DDP (RanksPart.agree).
 
 Anything whose parameters do not have this shape is refused with one line, never measured:
 FSDP1 (FullyShardedDataParallel: flat parameters), DTensor parameters outside fully_shard

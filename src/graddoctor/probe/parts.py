@@ -12,7 +12,8 @@ The Probe calls every part at the same points of each step, in the order of `mak
 `wants_forward`), `file` before the step's one host copy (device values go into the record,
 with rows that say what they are, or as the part's own values), `finish` after it (the
 part's own values are handed back, already cut from the step), and `release`/`close` for a
-part that holds a step until its loss is known (DDP: the ranks meet once per step).
+part that holds a step until its loss is known (DDP: the ranks meet once per step), and
+`agree` at a clean close (DDP: the every-step checks after the last recorded step).
 A new part is a subclass here and one line in `make_parts`.
 """
 from __future__ import annotations
@@ -53,6 +54,10 @@ class Part:
     def close(self, clean: bool = True) -> list[tuple[int, RawStep]]:
         """Remove hooks; hand over a held step unless the probe closes on an exception."""
         return [] if not clean else self.release()
+
+    def agree(self, first: dict[int, int]) -> dict[int, int]:
+        """At a clean close: the first non-finite step of each check slot, as all processes saw it."""
+        return first
 
 
 def make_parts(model, layout, meta: dict, stats: str, scaler: object | None, group: object | None,

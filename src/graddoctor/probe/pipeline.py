@@ -30,6 +30,7 @@ class Pipeline:
         self.trace, self.layout, self.parts, self.checks, self.sinks = trace, layout, parts, checks, sinks
         self.meta = trace.meta
         self.pending: list[tuple[int, RawStep]] = []  # fetched, not yet pooled into the Trace
+        self.closed = False
 
     def ship(self, rec: StepRecord, step: int) -> None:
         """A recorded step ends: the checks and parts add theirs, one host copy, the parts transform it."""
@@ -70,13 +71,24 @@ class Pipeline:
             self.trace.set_step_metric("nonfinite_loss", float(not np.isfinite(float(value))))
 
     def close(self, step: int, clean: bool = True) -> None:
-        """The parts let go (a held step is reduced unless closing on an exception); the last checks are read."""
+        """The parts let go (a held step is reduced unless closing on an exception); the last checks are read.
+
+        Only the first call counts (the Probe closes on an exception with clean=False, then as usual).
+        """
+        if self.closed:
+            return
+        self.closed = True
         for part in self.parts:
             self.pending.extend(part.close(clean))
         tail = self.checks.tail()  # the checks of the steps after the last recorded one: one host copy
         if tail is not None:
             self.pending.append((step, tail))
         self.checks.close()
+        if clean:  # every process is here: the checks of all of them (DDP ranks: one small collective)
+            self.trace._sync()  # pooled: every fetched check row scanned
+            for part in self.parts:
+                if hasattr(part, "agree"):  # structure.py's part duck-types Part without it
+                    self.checks.agree(part.agree)
 
     def pool(self) -> None:
         """Turn the buffered steps into Trace rows (numpy, many steps at once); the sinks see them."""

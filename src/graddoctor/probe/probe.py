@@ -15,6 +15,7 @@ buffered steps into Trace rows; the sinks it was given (sinks.py) see each new b
 """
 from __future__ import annotations
 
+import sys
 import warnings
 import weakref
 
@@ -110,6 +111,7 @@ class Probe:
         self._module_hooks: list = []
         self._opt_hooks: list = []
         self._optimizer: torch.optim.Optimizer | None = None
+        self._step_frame = None  # torch's step() wrapper frame of the optimizer step in progress
         self._snapshot: WeightSample | None = None  # sampled weight copies, for update ratios (update.py)
         self._update: tuple | None = None  # (layers, trainable weights, indices of their norms before)
         self._step = 0
@@ -152,8 +154,8 @@ class Probe:
         self._check_open()
         for h in self._opt_hooks:
             h.remove()
-        self._opt_hooks = [optimizer.register_step_pre_hook(self._before_update),
-                           optimizer.register_step_post_hook(self._after_update)]
+        self._opt_hooks = [optimizer.register_step_pre_hook(self._pre_step_hook),
+                           optimizer.register_step_post_hook(self._post_step_hook)]
         self._note_optimizer(optimizer)
 
     def before_update(self, optimizer: torch.optim.Optimizer) -> None:
@@ -178,7 +180,7 @@ class Probe:
             m.training = training
         if self._record is not None:
             self._record.closed = True
-        self._record, self._snapshot, self._update = None, None, None
+        self._record, self._snapshot, self._update, self._step_frame = None, None, None, None
         _WATCHED.difference_update(m for m, _ in self._modes)
         self._flow.close(self._step)
         self._pool()
@@ -213,6 +215,27 @@ class Probe:
         self._forwards += 1
         for part in self._forward_parts:
             part.forward(layer, x)
+
+    def _pre_step_hook(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        """The optimizer's step pre-hook: once per optimizer step, also when step() runs nested.
+
+        torch wraps the step() of every optimizer class it has instantiated with the hook calls,
+        so a subclass whose step() calls super().step() fires the hooks twice per step, once
+        per wrapper (the inner one while the outer one runs). The outer wrapper's frame tells
+        them apart; a stored frame that is no longer on the stack is a step that raised.
+        """
+        frame = sys._getframe(1)  # torch's wrapper around optimizer.step
+        if self._step_frame is not None and _on_stack(self._step_frame, frame):
+            return  # the inner wrapper of the same step
+        self._step_frame = frame
+        self._before_update(optimizer, args, kwargs)
+
+    def _post_step_hook(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        """The optimizer's step post-hook: the outer wrapper's only (see _pre_step_hook)."""
+        if self._step_frame is not None and sys._getframe(1) is not self._step_frame:
+            return  # the inner wrapper's: the outer step is still running
+        self._step_frame = None
+        self._after_update(optimizer, args, kwargs)
 
     def _before_update(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         self._loss_open = False
@@ -335,3 +358,12 @@ class Probe:
     def _pool_now(self) -> None:
         """What the Trace calls before every read: pool the buffered steps."""
         self._flow.pool()
+
+
+def _on_stack(frame: object, start: object) -> bool:
+    """Is `frame` `start` or one of its callers?"""
+    while start is not None:
+        if start is frame:
+            return True
+        start = start.f_back
+    return False
