@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -50,7 +51,10 @@ def test_explains_sigmoid_with_the_chain_rule_split():
     assert 0.5 < cause.evidence["weight_factor"] < 2.0
     assert f.evidence["first_layer"] == "body.0.linear"
     assert f.evidence["decades"] < -8  # ~ -12 decades at depth 20
-    assert "sigmoid derivative contributes" in cause.explanation
+    # the explanation quotes the measured factor, formatted as _x() does ("0.24x")
+    said = re.search(r"sigmoid derivative contributes ([0-9.e+-]+)x", cause.explanation)
+    assert said, cause.explanation
+    assert said.group(1) == f"{cause.evidence['activation_factor']:.2g}"
     assert f.remedies[0] == "swap_activation"
 
 
