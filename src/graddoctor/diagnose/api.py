@@ -63,18 +63,26 @@ def diagnose(trace: Trace) -> Diagnosis:
     return Diagnosis(findings, s.names, ctx)
 
 
-def theory_evidence(model: nn.Module, diagnosis: Diagnosis, input_var: float) -> dict | None:
-    """Mean-field prediction next to the measurement, for graddoctor's own MLPs at initialisation."""
+def theory_evidence(model: nn.Module, diagnosis: Diagnosis, inputs: Tensor) -> dict | None:
+    """Mean-field prediction next to the measurement, for graddoctor's own NetSpec networks at initialisation.
+
+    `inputs` is the batch the diagnosis measured: its mean square and (for BatchNorm) its size
+    enter the prediction.
+    """
     from ..nets import NetSpec
     from ..theory import predict
 
     spec = getattr(model, "spec", None)
-    if not isinstance(spec, NetSpec):
+    if not isinstance(spec, NetSpec) or not isinstance(inputs, Tensor) or not inputs.is_floating_point():
         return None
-    pred = predict(spec, input_var=input_var)
+    input_var = float(inputs.detach().double().pow(2).mean())
+    pred = predict(spec, input_var=input_var, batch=len(inputs))
+    if not pred.applicable or not pred.layers:
+        return None
+    # the prediction names its first and last hidden layers (inside residual branches too)
     rows = {r["name"]: r["signal_decades"] for r in diagnosis.context.get("table", [])}
-    first, last = rows.get("body.0.linear"), rows.get(f"body.{spec.depth - 1}.linear")
-    if not pred.applicable or first is None or last is None:
+    first, last = rows.get(pred.layers[0]), rows.get(pred.layers[-1])
+    if first is None or last is None:
         return None
     # the table holds log10 per-sample norms relative to a reference: the squared ratio is 2x
     return {"predicted_log10_sq_ratio": pred.log10_ratio, "measured_log10_sq_ratio": 2 * (first - last),
@@ -128,8 +136,8 @@ def checkup(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: Callable
                     opt.step()
                 probe.step(loss)
         diagnosis = diagnose(probe.trace)
-        if steps == 0 and inputs.is_floating_point():
-            theory = theory_evidence(model, diagnosis, float(inputs.detach().double().pow(2).mean()))
+        if steps == 0:
+            theory = theory_evidence(model, diagnosis, inputs)
             if theory:
                 diagnosis.context["theory"] = theory
         return diagnosis
