@@ -165,6 +165,10 @@ def test_bert_qk_at_init_is_the_near_uniform_attention_pattern():
     assert f.evidence["score_rms_estimate"] < 0.3  # the scores are near 0: near-uniform softmax
     s = analyse(trace)
     assert {s.names[i].rsplit(".", 1)[-1] for i in s.score_side} == {"query", "key"}
+    # the table shows what the verdict compared: Q/K against V (their median is the pattern's number)
+    rows = [r for r in d.context["table"] if r["name"].endswith((".query", ".key"))]
+    assert all(r["compared_with"] == r["name"].rsplit(".", 1)[0] + ".value" for r in rows)
+    assert np.median([r["judged_decades"] for r in rows]) == pytest.approx(f.evidence["qk_below_v_decades"], abs=0.05)
 
 
 def test_convnext_layerscale_is_info_with_its_scale():
@@ -174,6 +178,18 @@ def test_convnext_layerscale_is_info_with_its_scale():
     assert f.evidence["exit_decades"] == pytest.approx(-6.0, abs=0.1)  # layer_scale_init_value 1e-6
     assert f.evidence["scale_rms"] == pytest.approx(1e-6, rel=0.01)
     assert len(f.evidence["blocks"]) == 4
+    # the table shows what the verdict compared: each branch's exit against its block's output (the
+    # LayerScale), the layers inside the branch against the exit, the blocks against the last one
+    rows = {r["name"]: r for r in d.context["table"]}
+    for b in f.evidence["blocks"]:
+        assert rows[f"{b}.pwconv2"]["compared_with"] == b
+        assert rows[f"{b}.pwconv2"]["judged_decades"] == pytest.approx(-6.0, abs=0.1)
+        assert rows[f"{b}.pwconv1"]["compared_with"] == f"{b}.pwconv2"
+        assert -4 < rows[f"{b}.pwconv1"]["judged_decades"] < 0  # far less than the -7 of the chain view
+        assert rows[f"{b}.pwconv1"]["signal_decades"] < -5
+    assert rows["classifier"]["judged_decades"] is None  # outside the blocks: not compared layer by layer
+    levels = {b["name"]: b["signal_decades"] for b in d.context["structure"]["blocks"]}
+    assert levels["convnext.encoder.stages.1.layers.1"] == 0.0 and levels["convnext.encoder.stages.0.layers.0"] > -1.5
 
 
 class ZeroHead(nn.Module):

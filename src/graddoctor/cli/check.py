@@ -87,10 +87,10 @@ def check_setup(setup: UserSetup, steps: int = 0, lr: float = 0.01, every: int =
         model.train(was_training)
     diagnosis = diagnose(probe.trace)
     x = first[0] if isinstance(first, (tuple, list)) and first else None
-    if steps == 0 and isinstance(x, torch.Tensor) and x.is_floating_point():
+    if steps == 0 and isinstance(x, torch.Tensor):
         from ..diagnose.api import theory_evidence
 
-        theory = theory_evidence(model, diagnosis, float(x.detach().double().pow(2).mean()))
+        theory = theory_evidence(model, diagnosis, x)
         if theory:
             diagnosis.context["theory"] = theory
     return diagnosis

@@ -12,30 +12,33 @@ from torch.nn import functional as F
 
 from ..errors import GradDoctorError
 from ..probe.trace import Trace
-from .depth import judged_levels
 from .findings import SEVERITIES, Diagnosis
+from .judged import block_levels, layer_levels
 from .rules import RULES
 from .signals import Signals, median, signals, window
 
 
 def layer_table(s: Signals) -> list[dict]:
-    """One row per layer (forward order): the numbers the terminal and HTML reports show."""
+    """One row per layer (forward order): the numbers the terminal and HTML reports show.
+
+    `signal_decades` is the chain view (against the reference layer); `judged_decades` is what
+    the verdict compared, against `compared_with` (judged.py; None: not compared layer by layer);
+    `block` is the block (on the depth axis) the layer belongs to, None outside the blocks.
+    """
     w = window(s.n_steps)
     rel, gain = median(s.rel, w), median(s.log_gain, w)
     cols = {k: median(s.layer[k], w) for k in ("grad_rms", "saturated", "dead", "update_ratio", "act_std")}
     f = lambda v: None if not np.isfinite(v) else float(v)
-    _, inner = judged_levels(s)
-    apart = s.structure.apart() if s.structure is not None else frozenset()
-    chain = not inner and not any(b for b in (s.structure.blocks if s.structure else []))
+    levels = layer_levels(s)
+    st = s.structure
     rows = []
     for i in range(len(s.names)):
-        # what the verdict compared this layer with: its branch's exit (inside a block), the
-        # reference layer (a chain of layers), or nothing (outside the blocks, attention internals)
-        against, judged = (inner[i] if i in inner else (s.names[s.ref], f(rel[i])) if chain and i not in apart
-                           else (None, None))
-        rows.append({"name": s.names[i], "type": s.types[i], "activation": s.activations[i],
-                     "signal_decades": f(rel[i]), "gain": f(10 ** gain[i]) if np.isfinite(gain[i]) else None,
-                     **{k: f(v[i]) for k, v in cols.items()}, "compared_with": against, "judged_decades": judged})
+        against, judged = levels.get(i, (None, None))
+        block = st.blocks[st.block_of[i]].name if st is not None and st.block_of[i] >= 0 else None
+        rows.append({"name": s.names[i], "type": s.types[i], "activation": s.activations[i], "block": block,
+                     "signal_decades": f(rel[i]), "judged_decades": judged, "compared_with": against,
+                     "gain": f(10 ** gain[i]) if np.isfinite(gain[i]) else None,
+                     **{k: f(v[i]) for k, v in cols.items()}})
     return rows
 
 
@@ -56,25 +59,33 @@ def diagnose(trace: Trace) -> Diagnosis:
                "reference_layer": s.names[s.ref], "table": layer_table(s)}
         if s.structure is not None:
             ctx["structure"] = s.structure.to_dict()
-            block_levels, _ = judged_levels(s)
+            levels = block_levels(s)
             for b in ctx["structure"]["blocks"]:  # dL/d(block output) against the stack's last block, decades
-                b["signal_decades"] = block_levels.get(b["name"])
+                b["signal_decades"] = levels.get(b["name"])
     findings.sort(key=lambda f: -SEVERITIES.index(f.severity))
     return Diagnosis(findings, s.names, ctx)
 
 
-def theory_evidence(model: nn.Module, diagnosis: Diagnosis, input_var: float) -> dict | None:
-    """Mean-field prediction next to the measurement, for graddoctor's own MLPs at initialisation."""
+def theory_evidence(model: nn.Module, diagnosis: Diagnosis, inputs: Tensor) -> dict | None:
+    """Mean-field prediction next to the measurement, for graddoctor's own NetSpec networks at initialisation.
+
+    `inputs` is the batch the diagnosis measured: its mean square and (for BatchNorm) its size
+    enter the prediction.
+    """
     from ..nets import NetSpec
     from ..theory import predict
 
     spec = getattr(model, "spec", None)
-    if not isinstance(spec, NetSpec):
+    if not isinstance(spec, NetSpec) or not isinstance(inputs, Tensor) or not inputs.is_floating_point():
         return None
-    pred = predict(spec, input_var=input_var)
+    input_var = float(inputs.detach().double().pow(2).mean())
+    pred = predict(spec, input_var=input_var, batch=len(inputs))
+    if not pred.applicable or not pred.layers:
+        return None
+    # the prediction names its first and last hidden layers (inside residual branches too)
     rows = {r["name"]: r["signal_decades"] for r in diagnosis.context.get("table", [])}
-    first, last = rows.get("body.0.linear"), rows.get(f"body.{spec.depth - 1}.linear")
-    if not pred.applicable or first is None or last is None:
+    first, last = rows.get(pred.layers[0]), rows.get(pred.layers[-1])
+    if first is None or last is None:
         return None
     # the table holds log10 per-sample norms relative to a reference: the squared ratio is 2x
     return {"predicted_log10_sq_ratio": pred.log10_ratio, "measured_log10_sq_ratio": 2 * (first - last),
@@ -128,8 +139,8 @@ def checkup(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: Callable
                     opt.step()
                 probe.step(loss)
         diagnosis = diagnose(probe.trace)
-        if steps == 0 and inputs.is_floating_point():
-            theory = theory_evidence(model, diagnosis, float(inputs.detach().double().pow(2).mean()))
+        if steps == 0:
+            theory = theory_evidence(model, diagnosis, inputs)
             if theory:
                 diagnosis.context["theory"] = theory
         return diagnosis

@@ -9,6 +9,8 @@ outside the blocks: a branch receives `scale x` the stream's gradient by design.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from . import thresholds as T
@@ -167,31 +169,57 @@ def along_depth(s: Signals) -> list[Finding]:
     return out
 
 
+class Level(NamedTuple):
+    """What a layer's signal was compared with, and how far above (+) or below (-) it was."""
+
+    against: str  # a layer's or a block's name
+    decades: np.ndarray  # (S,) log10 per-element RMS ratio, per recorded step
+    exit: bool = False  # a branch's exit, compared with its block's output
+
+
+def branch_levels(s: Signals) -> dict[int, Level]:
+    """What the verdicts compare each branch layer with, and its level against it per step (decades, (S,)).
+
+    A layer inside a branch: against the gradient entering the branch (the median of its exits;
+    inside_branches). An exit of a residual block's branch: against the block's output (the
+    stream there; patterns.branch_scale). Attention Q/K (patterns.attention_qk) and outputs not
+    batched by sample are not here. {} for a chain of layers (no stacks).
+    """
+    out: dict[int, Level] = {}
+    if not stacks(s):
+        return out
+    st = s.structure
+    for k, b in enumerate(st.blocks):
+        for br in b.branches:
+            if not br.exits:
+                continue
+            entering = np.nanmedian(s.log_rms[:, list(br.exits)], axis=1)  # (S,)
+            for i in br.layers:
+                if i in br.exits:
+                    if b.residual:
+                        out[i] = Level(b.name, s.log_rms[:, i] - s.block_log[:, k], exit=True)
+                elif i not in st.score_side and i not in st.other_lead:
+                    out[i] = Level(s.names[br.exits[-1]], s.log_rms[:, i] - entering)
+    return out
+
+
 def inside_branches(s: Signals) -> list[Finding]:
     """A layer's signal far below (or above) the gradient entering its branch, beyond what its design explains."""
-    if s.structure is None or s.block_log is None or not stacks(s):
-        return []
     judged = _judged(s)
     st = s.structure
     low, high = [], []
     depth: dict[int, float] = {}
-    for k, b in enumerate(st.blocks):
-        ref = s.block_log[:, k]
-        for br in b.branches:
-            if not br.exits:
-                continue
-            exit_rel = np.nanmedian(s.log_rms[:, list(br.exits)], axis=1) - ref  # (S,)
-            for i in br.layers:
-                if i in st.score_side or i in st.other_lead or i in br.exits:
-                    continue
-                inner = s.log_rms[judged, i] - ref[judged] - exit_rel[judged]
-                if not np.isfinite(inner).any():
-                    continue
-                depth[i] = float(np.nanmedian(inner))
-                if persistent(inner < -T.INNER_VANISH_DECADES):
-                    low.append(i)
-                elif persistent(inner > T.INNER_EXPLODE_DECADES):
-                    high.append(i)
+    for i, level in branch_levels(s).items():
+        if level.exit:
+            continue  # judged against the stream (patterns.branch_scale)
+        inner = level.decades[judged]
+        if not np.isfinite(inner).any():
+            continue
+        depth[i] = float(np.nanmedian(inner))
+        if persistent(inner < -T.INNER_VANISH_DECADES):
+            low.append(i)
+        elif persistent(inner > T.INNER_EXPLODE_DECADES):
+            high.append(i)
     out = []
     for kind, hits in (("vanishing", low), ("exploding", high)):
         if not hits:
@@ -215,26 +243,3 @@ def inside_branches(s: Signals) -> list[Finding]:
         f = _finding(kind, severity, hits, s, summary, evidence, rank(causes))
         out.append(judge_impact(s, f, hits, judged) if kind == "vanishing" else f)
     return out
-
-
-def judged_levels(s: Signals) -> tuple[dict[str, float], dict[int, tuple[str, float]]]:
-    """What the verdicts compared, for the reports: each block's signal against its stack's last block
-    (decades), and each branch layer's against the gradient entering its branch ({layer: (branch exit, decades)})."""
-    judged = _judged(s)
-    blocks: dict[str, float] = {}
-    layers: dict[int, tuple[str, float]] = {}
-    if s.structure is None or s.block_log is None or not len(judged):
-        return blocks, layers
-    for _, idx in stacks(s):
-        med = median(s.block_log[:, idx] - s.block_log[:, idx[-1]:idx[-1] + 1], judged)
-        blocks.update({s.structure.blocks[k].name: float(v) for k, v in zip(idx, med) if np.isfinite(v)})
-    for b in s.structure.blocks:
-        for br in b.branches:
-            if not br.exits:
-                continue
-            exit_rel = median(np.nanmax(s.log_rms[:, list(br.exits)], axis=1, keepdims=True), judged)[0]
-            for i in br.layers:
-                v = float(median(s.log_rms[:, i:i + 1], judged)[0] - exit_rel)
-                if np.isfinite(v):
-                    layers[i] = (s.names[br.exits[-1]], v)
-    return blocks, layers

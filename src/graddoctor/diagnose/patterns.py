@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import thresholds as T
-from .depth import stacks
+from .depth import branch_levels, stacks
 from .evidence import _finding, _judged
 from .findings import Finding
 from .signals import Signals, median
@@ -33,17 +33,14 @@ def branch_scale(s: Signals) -> list[Finding]:
         return []
     judged = _judged(s)
     st = s.structure
-    rows = []  # (block, exit decades, scale evidence)
-    for k, b in enumerate(st.blocks):
-        if not b.residual:
-            continue
+    levels = branch_levels(s)  # an exit of a residual block's branch: against the block's output
+    rows = []  # (block, exit decades)
+    for b in st.blocks:
         for br in b.branches:
-            if not br.exits:
-                continue
-            rel = median(s.log_rms[:, list(br.exits)] - s.block_log[:, k:k + 1], judged)
-            d = float(np.nanmax(rel)) if np.isfinite(rel).any() else np.nan
-            if np.isfinite(d) and d < -T.BRANCH_SCALE_DECADES:
-                rows.append((b, d))
+            rel = [float(np.nanmedian(levels[i].decades[judged])) for i in br.exits if i in levels]
+            rel = [d for d in rel if np.isfinite(d)]
+            if rel and max(rel) < -T.BRANCH_SCALE_DECADES:
+                rows.append((b, max(rel)))
     if not rows:
         return []
     w = median(s.layer["weight_rms"], judged)
@@ -57,7 +54,8 @@ def branch_scale(s: Signals) -> list[Finding]:
     d = float(np.median([r[1] for r in rows]))
     zero = d < -100
     names = sorted({s.names[i] for i in scales})
-    where = f" ({', '.join(repr(n) for n in names[:2])}{' ...' if len(names) > 2 else ''}: RMS " \
+    more = f" and {len(names) - 2} more" if len(names) > 2 else ""
+    where = f" ({', '.join(repr(n) for n in names[:2])}{more}: RMS " \
             f"{_fmt(float(np.median(w[scales])))})" if scales else " (a scale applied before the residual add)"
     what = ("start at zero" if zero else f"enter the residual stream scaled by ~{_fmt(10 ** d)}")
     summary = (f"branches of {len(rows)} blocks {what}{where}: their layers receive "
@@ -89,20 +87,31 @@ def zero_init(s: Signals) -> list[Finding]:
     return [_finding("by_design", "info", zero, s, summary, evidence, [])]
 
 
-def attention_qk(s: Signals) -> list[Finding]:
-    """Q/K projections far below V (the other inputs of the same consumer): near-uniform attention at init."""
+def qk_levels(s: Signals, judged: np.ndarray) -> dict[int, dict[int, tuple[str, float]]]:
+    """Per attention consumer: its Q/K producers' signal against its strongest value producer's, decades.
+
+    {consumer: {q_or_k: (the value projection's name, median log10 RMS ratio over the judged steps)}}.
+    """
     st = s.structure
     if st is None or not st.score_side:
-        return []
-    judged = _judged(s)
+        return {}
     lr = median(s.log_rms, judged)
-    gaps, qk_all = [], set()
+    out: dict[int, dict[int, tuple[str, float]]] = {}
     for c in sorted({c for p, c in st.edges if p in st.score_side}):
         qk = [p for p, b in st.edges if b == c and p in st.score_side and np.isfinite(lr[p])]
         v = [p for p, b in st.edges if b == c and p not in st.score_side and st.is_weight(p) and np.isfinite(lr[p])]
         if qk and v:
-            gaps.append(float(np.median(lr[qk]) - np.max(lr[v])))
-            qk_all |= set(qk)
+            top = max(v, key=lambda p: lr[p])
+            out[c] = {p: (s.names[top], float(lr[p] - lr[top])) for p in sorted(qk)}
+    return out
+
+
+def attention_qk(s: Signals) -> list[Finding]:
+    """Q/K projections far below V (the other inputs of the same consumer): near-uniform attention at init."""
+    judged = _judged(s)
+    levels = qk_levels(s, judged)
+    gaps = [float(np.median([d for _, d in qk.values()])) for qk in levels.values()]
+    qk_all = {p for qk in levels.values() for p in qk}
     if not gaps or np.median(gaps) > -T.QK_BELOW_V_DECADES:
         return []
     gap = float(np.median(gaps))

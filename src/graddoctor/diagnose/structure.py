@@ -106,9 +106,17 @@ class Structure:
         return i in self.weighted
 
 
+_INDEX = re.compile(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.|$)")  # a dotted name's numeric parts
+
+
 def stack_key(name: str) -> str:
     """'resnet.encoder.stages.2.layers.1' -> 'resnet.encoder.stages.*.layers.*'."""
-    return re.sub(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.|$)", "*", name)
+    return _INDEX.sub("*", name)
+
+
+def block_index(name: str) -> str:
+    """'resnet.encoder.stages.2.layers.1' -> '2.1': the parts that stack_key replaces."""
+    return ".".join(_INDEX.findall(name))
 
 
 def _components(nodes: list[int], edges: set[tuple[int, int]]) -> list[list[int]]:

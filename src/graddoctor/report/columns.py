@@ -3,11 +3,12 @@
 Pure: rows (the diagnosis's `context["table"]`) and a width in, a rich Table out. Every cell
 is formatted once, here, and each column is built exactly as wide as its widest cell, so rich
 never has to shorten one. When the columns do not fit the width, whole columns go in the
-order of their `drop` rank (the bar, type, dead, sat, gain) while the layer names fold onto
+order of their `drop` rank (the bar, type, dead, sat, gain, vs) while the layer names fold onto
 lines of NAME_FOLD characters; then the names fold further (down to NAME_MIN). Room left over
-widens the names, then the signal bar (BAR_MIN to BAR_MAX). `#`, layer, grad RMS and signal
-are never dropped: if even they do not fit, the table is wider than the width (the terminal
-wraps its lines; nothing is cut).
+widens the names, then the signal bar (BAR_MIN to BAR_MAX). `#`, layer, grad RMS, signal and
+judged are never dropped: if even they do not fit, the table is wider than the width (the
+terminal wraps its lines; nothing is cut). `judged` and `vs` (what the verdict compared each
+layer with) appear for networks of blocks only: in a chain of layers they repeat `signal`.
 """
 from __future__ import annotations
 
@@ -48,21 +49,46 @@ class Col:
     left: bool = False  # left-justified (text) rather than right (numbers)
 
 
+def _vs(_: int, row: dict) -> str:
+    """What the verdict compared the layer with, named inside the layer's block: 'block' for the
+    block's output, else the layer's name without the block's prefix ('attention.self.value')."""
+    against, block = row.get("compared_with"), row.get("block")
+    if not against:
+        return ""
+    if against == block:
+        return "block"
+    return against[len(block) + 1:] if block and against.startswith(block + ".") else str(against)
+
+
 BAR = "bar"  # the header of the one column drawn, not formatted (signal_bar)
+JUDGED = ("judged", "vs")  # shown only for networks of blocks (judged_by_structure)
 COLUMNS: tuple[Col, ...] = (
     Col("#", lambda i, _: str(i)),
     Col("layer", _text("name"), left=True),
-    Col("type", _text("type"), drop=4, left=True),
+    Col("type", _text("type"), drop=5, left=True),
     Col("activation", _text("activation"), wide_only=True, left=True),
     Col("grad RMS", _num("grad_rms", ".2e")),
     Col("signal", _num("signal_decades", "+.1f")),  # log10(error signal / the reference layer's)
-    Col(BAR, lambda _, row: "", drop=5, left=True),
-    Col("gain", _num("gain", ".3g"), drop=1),
-    Col("sat", _num("saturated", ".0%"), drop=2),
-    Col("dead", _num("dead", ".0%"), drop=3),
+    Col("judged", _num("judged_decades", "+.1f")),  # log10(error signal / what the verdict compared it with)
+    Col("vs", _vs, drop=1, left=True),
+    Col(BAR, lambda _, row: "", drop=6, left=True),
+    Col("gain", _num("gain", ".3g"), drop=2),
+    Col("sat", _num("saturated", ".0%"), drop=3),
+    Col("dead", _num("dead", ".0%"), drop=4),
     Col("update ratio", _num("update_ratio", ".2e"), wide_only=True),
     Col("input std", _num("act_std", ".3g"), wide_only=True),
 )
+
+
+def judged_by_structure(rows: list[dict]) -> bool:
+    """True when the verdict compared layers with more than one thing (a network of blocks: branch
+    exits, block outputs); in a chain every layer is judged against the reference, as `signal` shows."""
+    return len({r.get("compared_with") for r in rows if r.get("compared_with")}) > 1
+
+
+def bar_key(rows: list[dict]) -> str:
+    """The row key the bar draws: what the verdict judged."""
+    return "judged_decades" if judged_by_structure(rows) else "signal_decades"
 
 
 def signal_bar(decades: float | None, width: int = BAR_MAX) -> Text:
@@ -104,6 +130,7 @@ def _total(cols: list[Col], texts: dict[str, list[str]], name_w: int, bar_w: int
 
 
 def _build(rows: list[dict], texts: dict[str, list[str]], cols: list[Col], name_w: int, bar_w: int) -> Table:
+    drawn = bar_key(rows)
     spec = []
     for c in cols:
         w = _width(c, texts, name_w, bar_w)
@@ -113,7 +140,7 @@ def _build(rows: list[dict], texts: dict[str, list[str]], cols: list[Col], name_
             spec.append(Column(c.header, width=w, no_wrap=True, justify="left" if c.left else "right"))
     t = Table(*spec, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for i, row in enumerate(rows):
-        t.add_row(*[signal_bar(row.get("signal_decades"), bar_w) if c.header == BAR else texts[c.header][i]
+        t.add_row(*[signal_bar(row.get(drawn), bar_w) if c.header == BAR else texts[c.header][i]
                     for c in cols])
     return t
 
@@ -121,7 +148,8 @@ def _build(rows: list[dict], texts: dict[str, list[str]], cols: list[Col], name_
 def fit(rows: list[dict], width: int | None = None, wide: bool = False) -> Fitted:
     """The table for `width` characters (None: its natural width, every default column)."""
     texts = cells(rows)
-    cols = [c for c in COLUMNS if wide or not c.wide_only]
+    absent = () if judged_by_structure(rows) else JUDGED  # a chain: `signal` is what was judged
+    cols = [c for c in COLUMNS if (wide or not c.wide_only) and c.header not in absent]
     longest = max(len(t) for t in texts["layer"] + ["layer"])
     name_w, bar_w = longest, BAR_MAX
     if width is not None:
@@ -135,4 +163,4 @@ def fit(rows: list[dict], width: int | None = None, wide: bool = False) -> Fitte
         name_w = fold + min(spare, longest - fold)
         bar_w = BAR_MIN + min(BAR_MAX - BAR_MIN, spare - (name_w - fold))  # (unused when the bar went)
     return Fitted(_build(rows, texts, cols, name_w, bar_w), _total(cols, texts, name_w, bar_w),
-                  [c.header for c in COLUMNS if c not in cols])
+                  [c.header for c in COLUMNS if c not in cols and c.header not in absent])

@@ -15,7 +15,8 @@ from ..errors import require
 from ..store import RunStore
 from . import figdata as fd
 from . import figures
-from .terminal import structure_summary
+from .columns import judged_by_structure
+from .terminal import depth_axis, structure_summary
 
 TEMPLATE = "report.html"
 # Figure name -> (title, caption): what to look at in each picture.
@@ -40,7 +41,8 @@ FIGURE_TEXT = {
                  "Training loss per step and validation accuracy per epoch; after treat, each candidate's "
                  "final accuracy."),
 }
-TEXT_COLUMNS = ("name", "type", "activation")
+TEXT_COLUMNS = ("name", "type", "activation", "compared_with")
+HIDDEN_COLUMNS = ("block",)  # in the per-layer table's rows, not shown: "compared with" names it
 LONG = 4  # evidence with more values than this (e.g. one per layer) goes into a folded <details>
 
 
@@ -88,11 +90,16 @@ def report_context(data: fd.ReportData, pngs: dict[str, bytes], store_path: str 
     table = (d.context.get("table") if d is not None else None) or fd.layer_rows(data.trace)
     note = ("Medians over the steps the diagnosis judged." if d is not None and d.context.get("table")
             else "Medians over all recorded steps.")
-    cols = list(dict.fromkeys(k for row in table for k in row))
+    if judged_by_structure(table):
+        note += (" signal decades: log10 of the layer's error signal relative to the reference layer "
+                 f"{d.context.get('reference_layer')!r} (the chain view); judged decades: relative to what the "
+                 "verdict compared it with (compared with: its branch's exit, its block's output, the value "
+                 "projection for Q/K; empty: not compared layer by layer).")
+    cols = [k for k in dict.fromkeys(k for row in table for k in row) if k not in HIDDEN_COLUMNS]
     return {
         "run": data.run, "spec_summary": fd.spec_summary(data.run.spec), "final_acc": data.run.final_acc,
         "verdict": _verdict(data), "findings": list(d.findings) if d is not None else [],
-        "structure": structure_summary(d),
+        "structure": structure_summary(d), "depth_axis": depth_axis(d),
         "layer_rows": table, "layer_cols": cols, "text_cols": TEXT_COLUMNS, "layer_note": note,
         "figures": [{"name": k, "title": FIGURE_TEXT[k][0], "caption": FIGURE_TEXT[k][1],
                      "b64": base64.b64encode(v).decode("ascii")} for k, v in pngs.items()],

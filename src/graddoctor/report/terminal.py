@@ -1,4 +1,5 @@
-"""The terminal report (rich): the network's structure, the per-layer table, the verdict, causes
+"""The terminal report (rich): the network's structure, the per-layer table (the chain view and, for
+networks of blocks, what the verdict judged), the depth axis block by block, the verdict, causes
 and remedies — at any width, without cutting a number.
 
 Which width: a terminal's own; else the COLUMNS environment variable; else (a pipe, a CI log,
@@ -18,9 +19,10 @@ from rich.segment import Segment, Segments
 from rich.text import Text
 
 from ..diagnose.findings import Diagnosis
-from .columns import BAR, fit, signal_bar
+from ..diagnose.structure import block_index
+from .columns import BAR, fit, judged_by_structure, signal_bar
 
-__all__ = ["output_width", "print_diagnosis", "print_uncut", "render_text", "signal_bar", "verdict"]
+__all__ = ["depth_axis", "output_width", "print_diagnosis", "print_uncut", "render_text", "signal_bar", "verdict"]
 
 PROSE_MIN = 80  # at natural width, prose (title, verdict) wraps at the table's width, but at least this
 _STYLE = {"info": "cyan", "warning": "yellow", "critical": "bold red"}
@@ -78,6 +80,41 @@ def theory_line(diagnosis: Diagnosis) -> Text | None:
                 f"network at initialisation, 10^{t['measured_log10_sq_ratio']:.1f} measured", style="dim")
 
 
+def depth_axis(d: Diagnosis | None) -> list[dict]:
+    """Per stack judged along its depth axis: {"stack", "axis", "reference", "blocks": [(index, name,
+    decades)], "stages": [index of each stage's first block]}; decades = log10 dL/d(block output) per
+    element against the stack's last block, as the verdict compared them."""
+    s = d.context.get("structure") if d is not None else None
+    if not isinstance(s, dict):
+        return []
+    out = []
+    for key in s.get("stacks", {}):
+        blocks = [b for b in s.get("blocks", []) if b.get("stack") == key and b.get("signal_decades") is not None]
+        if not blocks:
+            continue
+        residual = sum(bool(b.get("residual")) for b in blocks) >= len(blocks) / 2
+        stage = [b["name"].rsplit(".", 1)[0] for b in blocks]
+        out.append({"stack": key, "axis": "residual stream" if residual else "chain of blocks",
+                    "reference": blocks[-1]["name"],
+                    "blocks": [(block_index(b["name"]), b["name"], b["signal_decades"]) for b in blocks],
+                    "stages": [j for j in range(1, len(blocks)) if stage[j] != stage[j - 1]]})
+    return out
+
+
+def depth_lines(diagnosis: Diagnosis) -> list[Text]:
+    """'along 'h.*' (residual stream) ...: 0:+0.1 1:+0.0 ...', one line a stack ('|' between stages)."""
+    out = []
+    for a in depth_axis(diagnosis):
+        cells = []
+        for j, (index, _, decades) in enumerate(a["blocks"]):
+            cells += ["|"] if j in a["stages"] else []
+            cells.append(f"{index}:{decades:+.1f}")
+        out.append(Text.assemble(("depth axis: ", "bold"), f"log10 dL/d(block output) per element along "
+                                 f"{a['stack']!r} ({a['axis']}), relative to its last block {a['reference']!r}"
+                                 f"{' (| : a stage transition)' if a['stages'] else ''}: {' '.join(cells)}"))
+    return out
+
+
 def report_parts(diagnosis: Diagnosis, width: int | None, wide: bool = False,
                  hint: str = "--wide") -> tuple[list[RenderableType], int]:
     """What to print, in order, and the width to print it at (never less than the table's)."""
@@ -92,13 +129,20 @@ def report_parts(diagnosis: Diagnosis, width: int | None, wide: bool = False,
         fitted = fit(rows, width, wide)
         out_w = max(out_w, fitted.width)
         ref = diagnosis.context.get("reference_layer", "")
-        drawn = " (the bar draws it)" if BAR not in fitted.hidden else ""
-        parts.append(Text(f"error signal per layer, forward order; signal = log10 of the layer's error signal "
-                          f"relative to {ref!r}{drawn}", style="bold"))
+        bar = BAR not in fitted.hidden
+        if judged_by_structure(rows):
+            head = (f"signal = log10 of the layer's error signal relative to {ref!r} (the chain view); judged = "
+                    "relative to what the verdict compared it with (vs): its branch's exit, its block's output, "
+                    "V for Q/K; blank: not compared layer by layer" + (" (the bar draws judged)" if bar else ""))
+        else:
+            head = f"signal = log10 of the layer's error signal relative to {ref!r}" + (" (the bar draws it)" if bar
+                                                                                         else "")
+        parts.append(Text(f"error signal per layer, forward order; {head}", style="bold"))
         parts.append(fitted.table)
         if fitted.hidden:
             at = f" at {width} columns" if width is not None else ""
             parts.append(Text(f"left out{at}: {', '.join(fitted.hidden)} (all columns: {hint})", style="dim"))
+    parts += depth_lines(diagnosis)
     parts.append(verdict(diagnosis))
     line = theory_line(diagnosis)
     if line is not None:
