@@ -32,8 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SOURCE = ("residual-stream recursion: branch variances add up the stream, each branch passes back its "
-          "variance gain (Xiong et al. 2020; De & Smith 2020; Brock et al. 2021)")
+SOURCE = "residual-stream recursion (Xiong et al. 2020; De & Smith 2020; Brock et al. 2021)"
 
 
 @dataclass(frozen=True)

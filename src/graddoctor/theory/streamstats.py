@@ -25,12 +25,16 @@ which, the blocks, their branches, shortcuts and outputs). Per block:
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 
+from .. import activations
 from ..diagnose.structure import Block, Structure, analyse
+from ..errors import GradDoctorError
 from ..probe.trace import Trace
+from .quad import gauss_expect
 from .stream import SOURCE, BlockStats, Event, profile
 
 BLOCK_SERIES = "block_delta_rms"
@@ -92,19 +96,44 @@ def _ratio(st: _Stats, path: tuple[int, ...], entry: int) -> float:
             srcs = [{a for a, b in edges if b == p} for p in fed]
             if all(x and x == srcs[0] for x in srcs):  # a gate: two weight layers of the same input, multiplied
                 r *= 2.0
-        if len(fed) == 1 and st.layers[c].activation and np.isfinite(st.deriv2[c]) and st.ms[c] > 0:
+        act = st.layers[c].activation
+        if len(fed) == 1 and act and np.isfinite(st.deriv2[c]) and st.ms[c] > 0:
             normed = any(st.centring(j) for j in _reach(edges, c) if j != c)
-            r *= st.out2[fed[0]] * st.deriv2[c] / (st.var[c] if normed else st.ms[c])
+            r *= _pre_activation(act, st.ms[c]) * st.deriv2[c] / (st.var[c] if normed else st.ms[c])
     return r
 
 
-def _chi(st: _Stats, path: tuple[int, ...], exits: tuple[int, ...], scale2: float) -> tuple[float, int]:
+@functools.cache
+def _phi2_table(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(log q, log E[phi(sqrt(q) z)^2]) on a grid: E[phi^2] rises with q for every registry activation."""
+    act = activations.get(name)
+    log_q = np.linspace(-12.0, 8.0, 401) * np.log(10)
+    return log_q, np.log(gauss_expect(lambda t: act.fn(t, 0.01) ** 2, np.exp(log_q)))
+
+
+def _pre_activation(name: str, mean_square: float) -> float:
+    """The variance q of a centred Gaussian pre-activation whose image under phi has this mean square."""
+    try:
+        log_q, log_m = _phi2_table(name)
+    except GradDoctorError:  # an activation the registry does not know
+        return float("nan")
+    return float(np.exp(np.interp(np.log(mean_square), log_m, log_q)))
+
+
+def _chi(st: _Stats, path: tuple[int, ...], exits: tuple[int, ...], scale2: float,
+         stream_makers: frozenset[int] = frozenset()) -> tuple[float, int]:
     """(chi, entry layer) of a path that reads the stream and writes `exits` (-1: it reads nothing)."""
     names = {st.s.names[j] for j in path}
     fed = [i for i in path if any(f.endswith(":in") or f not in names for f in st.feeds(i))]
     if not fed or not exits:
         return 0.0, -1
     entry = fed[0]
+    # a path that branches off another one inside the block (BiT's shortcut reads the branch's
+    # first norm): its own path starts where that prefix reads the stream
+    index = {n: i for i, n in enumerate(st.s.names)}
+    while len(st.feeds(entry)) == 1 and (p := index.get(next(iter(st.feeds(entry))))) is not None \
+            and p not in stream_makers and st.s.block_of[p] == st.s.block_of[entry] and p not in path:
+        path, entry = (p, *path), p
     sigma2 = st.var[entry] if any(st.centring(i) for i in path) else st.ms[entry]
     v = float(sum(st.out2[i] for i in exits)) * scale2
     return _ratio(st, path, entry) * v / sigma2, entry
@@ -118,13 +147,15 @@ def block_stats(st: _Stats, k: int) -> BlockStats:
     items = []  # (forward position, kind, gain, layers that output the new stream state, entry layer)
     sc = blk.shortcut
     projection = any(s.is_weight(i) for i in sc)
+    # layers whose output is a state of the stream (a pre-activation block's shared first norm is not)
+    makers = frozenset(sc[-1:] if projection else sc) | frozenset(i for br in blk.branches for i in br.exits)
     if projection:
-        chi, entry = _chi(st, sc, (sc[-1],), 1.0)
+        chi, entry = _chi(st, sc, (sc[-1],), 1.0, makers)
         items.append((-1, "join", chi, (sc[-1],), entry))
     else:
         items += [(i, "norm", st.gain(i), (i,), -1) for i in sc]
     for br in blk.branches:
-        chi, entry = _chi(st, br.layers, br.exits, scale2)
+        chi, entry = _chi(st, br.layers, br.exits, scale2, makers)
         if entry >= 0:
             items.append((max(br.exits), "join", chi, br.exits, entry))
     items.sort(key=lambda it: it[0])
