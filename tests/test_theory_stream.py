@@ -2,10 +2,10 @@
 prediction from the probe's forward statistics against its measurement of dL/d(block output) on
 real architectures of the zoo at their library init, over seeds.
 
-The bounds were measured on seeds 0-2 (benchmarks/theory.py --real has the table for seeds
+The bounds were measured on seeds 0-2 (`benchmarks/theory.py --families real` has the table for seeds
 0-4): the worst block of GPT-2 (pre-LN) is off by at most 0.01 decades, of ConvNeXt (LayerScale,
 downsampling between stages: a drop of a decade in one step) by 0.03, of ResNet-18-like
-(BatchNorm, projections, ReLU after the join) by 0.12; each bound is about twice that and
+(BatchNorm, projections, ReLU after the join) by 0.12; each bound is two to three times that and
 smaller than what the measured profile itself spans, so a flat prediction fails it.
 """
 from __future__ import annotations
