@@ -78,17 +78,6 @@ def theory_line(diagnosis: Diagnosis) -> Text | None:
                 f"network at initialisation, 10^{t['measured_log10_sq_ratio']:.1f} measured", style="dim")
 
 
-def stream_line(diagnosis: Diagnosis) -> Text | None:
-    """'<source>: RMS dL/d(block output), first block over last = 10^+0.08 predicted, 10^+0.08 measured ...', if any."""
-    t = diagnosis.context.get("theory_stream")
-    if not t:
-        return None
-    stacks = "; ".join(f"10^{s['predicted'][0]:+.2f} predicted, 10^{s['measured'][0]:+.2f} measured ({s['stack']}, "
-                       f"{s['form']}, {len(s['blocks'])} blocks)" for s in t["stacks"])
-    return Text(f"{t['source']}: RMS of dL/d(block output), first block over last = {stacks}; per-block error at most "
-                f"{t['worst_error']:.2f} decades", style="dim")
-
-
 def report_parts(diagnosis: Diagnosis, width: int | None, wide: bool = False,
                  hint: str = "--wide") -> tuple[list[RenderableType], int]:
     """What to print, in order, and the width to print it at (never less than the table's)."""
@@ -161,3 +150,14 @@ def render_text(diagnosis: Diagnosis, width: int | None, wide: bool = False, hin
     with console.capture() as cap:
         _emit(console, parts, out_w)
     return cap.get()
+
+
+def stream_line(diagnosis: Diagnosis) -> Text | None:
+    """'<source>: RMS dL/d(block output), first block over last = 10^+0.08 predicted, 10^+0.08 measured ...', if any."""
+    t = diagnosis.context.get("theory_stream")
+    if not t:
+        return None
+    stacks = "; ".join(f"10^{s['predicted'][0]:+.2f} predicted, 10^{s['measured'][0]:+.2f} measured ({s['stack']}, "
+                       f"{s['form']}, {len(s['blocks'])} blocks)" for s in t["stacks"])
+    return Text(f"{t['source']}: RMS of dL/d(block output), first block over last = {stacks}; per-block error at most "
+                f"{t['worst_error']:.2f} decades", style="dim")
