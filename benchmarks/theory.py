@@ -207,8 +207,9 @@ def real_one(m, seed: int) -> list[dict]:
     m.train_step(model, batch).backward()
     for h in kept.pop("_handles"):
         h.remove()
-    return [{"model": m.name, "family": m.family, "seed": seed, **s, "share_last": _share(kept.get(s["blocks"][-1])),
-             "share_first": _share(kept.get(s["blocks"][0]))} for s in ev["stacks"]]
+    return [{"model": m.name, "family": m.family, "seed": seed, **s, "n_blocks": len(s["blocks"]),
+             "share_last": _share(kept.get(s["blocks"][-1])), "share_first": _share(kept.get(s["blocks"][0]))}
+            for s in ev["stacks"]]
 
 
 def real_rows(seeds: int) -> list[dict]:
@@ -250,7 +251,7 @@ def real_markdown(rows: list[dict], seeds: int) -> str:
         worst = max(r["worst_error"] for r in rs)
         rms = math.sqrt(np.mean([r["rms_error"] ** 2 for r in rs]))
         share = f"{_mean_sd([r['share_last'] for r in rs])} → {_mean_sd([r['share_first'] for r in rs])}"
-        out.append(f"| {model} | `{stack}` | {rs[0]['form']} | {len(rs[0]['blocks'])} | {np.mean(p0):+.3f} ± "
+        out.append(f"| {model} | `{stack}` | {rs[0]['form']} | {rs[0]['n_blocks']} | {np.mean(p0):+.3f} ± "
                    f"{np.std(p0):.3f} | {np.mean(m0):+.3f} ± {np.std(m0):.3f} | {worst:.3f} | {rms:.3f} | {share} |")
         several = sum(k[0] == model for k in groups) > 1
         summary.setdefault(rs[0]["form"], []).append((worst, f"{model} `{stack}`" if several else model))
@@ -263,16 +264,26 @@ def real_markdown(rows: list[dict], seeds: int) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_real(rows: list[dict], seeds: int) -> str:
-    """docs/results/theory_real.{json,md}."""
+def write_real(rows: list[dict], seeds: int, blocks: dict | None = None) -> str:
+    """docs/results/theory_real.{json,md}; the block names of each stack go once into meta["blocks"]."""
     import transformers
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    md = real_markdown(rows, seeds)
-    meta = {"seeds": seeds, "torch": torch.__version__, "transformers": transformers.__version__}
-    (RESULTS / "theory_real.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    blocks = blocks or {f"{r['model']} {r['stack']}": r["blocks"] for r in rows if "blocks" in r}
+    meta = {"seeds": seeds, "torch": torch.__version__, "transformers": transformers.__version__, "blocks": blocks}
+    kept = [{k: _round(v) for k, v in r.items() if k != "blocks"} for r in rows]  # one row a line, 4 decimals
+    md = real_markdown(kept, seeds)  # from what the file keeps: --render gives the same page
+    lines = ",\n".join(json.dumps(r) for r in kept)
+    (RESULTS / "theory_real.json").write_text(f'{{"meta": {json.dumps(meta)},\n"rows": [\n{lines}\n]}}\n')
     (RESULTS / "theory_real.md").write_text(md)
     return md
+
+
+def _round(x):
+    """Floats (also inside lists) to 4 decimals, for the results file."""
+    if isinstance(x, float):
+        return round(x, 4)
+    return [_round(v) for v in x] if isinstance(x, list) else x
 
 
 def main() -> None:
@@ -289,7 +300,8 @@ def main() -> None:
     families = args.families.split(",")
     if args.render:
         for name, render in (("theory", lambda d: write(d["rows"], d["meta"]["seeds"], d["meta"]["seed_sets"])),
-                             ("theory_real", lambda d: write_real(d["rows"], d["meta"]["seeds"]))):
+                             ("theory_real", lambda d: write_real(d["rows"], d["meta"]["seeds"],
+                                                                  d["meta"].get("blocks")))):
             if (RESULTS / f"{name}.json").exists():
                 print(render(json.loads((RESULTS / f"{name}.json").read_text())))
         return
