@@ -143,6 +143,12 @@ def checkup(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: Callable
             theory = theory_evidence(model, diagnosis, inputs)
             if theory:
                 diagnosis.context["theory"] = theory
+        if steps == 0:  # the gradient along a residual stream, predicted from the forward statistics
+            from ..theory.streamstats import stream_evidence
+
+            stream = stream_evidence(probe.trace)
+            if stream:
+                diagnosis.context["theory_stream"] = stream
         return diagnosis
     finally:
         with torch.no_grad():

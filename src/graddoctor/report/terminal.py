@@ -144,9 +144,9 @@ def report_parts(diagnosis: Diagnosis, width: int | None, wide: bool = False,
             parts.append(Text(f"left out{at}: {', '.join(fitted.hidden)} (all columns: {hint})", style="dim"))
     parts += depth_lines(diagnosis)
     parts.append(verdict(diagnosis))
-    line = theory_line(diagnosis)
-    if line is not None:
-        parts.append(line)
+    for line in (theory_line(diagnosis), stream_line(diagnosis)):
+        if line is not None:
+            parts.append(line)
     return parts, out_w
 
 
@@ -194,3 +194,14 @@ def render_text(diagnosis: Diagnosis, width: int | None, wide: bool = False, hin
     with console.capture() as cap:
         _emit(console, parts, out_w)
     return cap.get()
+
+
+def stream_line(diagnosis: Diagnosis) -> Text | None:
+    """'<source>: RMS dL/d(block output), first block over last = 10^+0.08 predicted, 10^+0.08 measured ...', if any."""
+    t = diagnosis.context.get("theory_stream")
+    if not t:
+        return None
+    stacks = "; ".join(f"10^{s['predicted'][0]:+.2f} predicted, 10^{s['measured'][0]:+.2f} measured ({s['stack']}, "
+                       f"{s['form']}, {len(s['blocks'])} blocks)" for s in t["stacks"])
+    return Text(f"{t['source']}: RMS of dL/d(block output), first block over last = {stacks}; per-block error at most "
+                f"{t['worst_error']:.2f} decades", style="dim")

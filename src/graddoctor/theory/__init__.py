@@ -4,7 +4,10 @@ predict: one entry point for every NetSpec family (plain, residual, BatchNorm, C
 meanfield: the q and chi recursions, fixed points, phases (wide random MLPs); plan: a NetSpec's
 blocks and variances; stack: the walk over blocks (plain/residual MLPs and CNNs); meanmode:
 residual MLPs at finite width; batchnorm: BN stacks; quad: the Gaussian expectations;
-measure: the same ratio on real float64 networks.
+measure: the same ratio on real float64 networks. For real architectures (issue 20, point 4):
+stream, the recursion along a residual stream, block by block; streampath, one path's gain from
+the probe's forward statistics; streamstats.stream_evidence, the prediction beside the
+measurement for a Trace (what `checkup` shows).
 """
 from .meanfield import (
     CRITICAL_TOL,
