@@ -80,7 +80,9 @@ def lm_result():
 
 def test_a_language_model_is_repaired_in_the_users_own_step(lm_result):
     _, r, _ = lm_result
-    assert {"vanishing"} <= r.diagnosis.kinds()
+    # under AdamW the small gradient itself is no harm, the layers that stop moving are; at init
+    # (no optimizer yet) the checkup shows the vanishing gradient and the sigmoids behind it
+    assert r.diagnosis.kinds() >= {"stalled_layers"} and "vanishing" in r.baseline.at_init.kinds()
     best = r.best
     assert best is not None and best.label.startswith("swap_activation")
     assert best.loss < 0.5 * r.baseline.loss  # next-token loss, the mean of the last quarter of steps
