@@ -15,6 +15,7 @@ from torch import nn
 
 from ..diagnose.api import diagnose
 from ..diagnose.findings import Diagnosis
+from ..diagnose.structure import analyse
 from .base import Patient, Remedy, Sample
 from .loop import start_run, train_steps
 from .recipe import Recipe
@@ -80,9 +81,10 @@ def screen(trial: Trial, recipe: Recipe, batch: object, seed: int, drop: set[str
         trial.model = None
 
 
-def segment(trial: Trial, recipe: Recipe, steps: int, data_seed: int, probe: object | None = None) -> None:
-    """Train `steps` more steps (recorded by `probe`, if given); the loss after them."""
-    losses = train_steps(trial.run, recipe.batches(data_seed), recipe.step, steps, probe)
+def segment(trial: Trial, recipe: Recipe, steps: int, data_seed: int, probe: object | None = None,
+            deadline: float | None = None) -> None:
+    """Train `steps` more steps (recorded by `probe`, if given; fewer if `deadline` comes); the loss after them."""
+    losses = train_steps(trial.run, recipe.batches(data_seed), recipe.step, steps, probe, deadline)
     finite = [v for v in losses if math.isfinite(v)]
     measured = recipe.evaluate(trial.model) if len(finite) == len(losses) else None
     if measured is not None:
@@ -108,13 +110,19 @@ def start(trial: Trial, recipe: Recipe, seed: int, pilot: int) -> None:
     segment(trial, recipe, pilot, seed)
 
 
-def finish(trial: Trial, recipe: Recipe, seed: int, budget: int) -> None:
-    """Train the rest of the budget under a probe (unless it diverged) and re-diagnose."""
+def finish(trial: Trial, recipe: Recipe, seed: int, budget: int, deadline: float | None = None) -> None:
+    """Train the rest of the budget under a probe (unless it diverged) and re-diagnose.
+
+    A run the `deadline` (treat's max_seconds) cuts short is not finished: not judged a fix.
+    """
     from ..probe.probe import watch
 
     if math.isfinite(trial.loss) and budget > trial.steps:
         with watch(trial.model, every=EVERY, stats="full", scaler=trial.run.scaler) as probe:
-            segment(trial, recipe, budget - trial.steps, seed + 1, probe)
+            segment(trial, recipe, budget - trial.steps, seed + 1, probe, deadline)
+        if trial.steps < budget and math.isfinite(trial.loss):
+            trial.note = f"cut short by the time budget after {trial.steps} of {budget} steps: not judged"
+            return
         trial.after = diagnose(probe.trace) if len(probe.trace) else trial.after
 
 
@@ -136,7 +144,10 @@ def baseline(trial: Trial, recipe: Recipe, seed: int, pilot: int, budget: int) -
         if math.isfinite(trial.loss) and budget > trial.steps:
             segment(trial, recipe, budget - trial.steps, seed + 1, probe)
         trial.timing["finish"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
     trial.after = diagnose(probe.trace)
+    trial.timing["diagnose"] = time.perf_counter() - t2
+    trial.structure = analyse(probe.trace)  # what the remedies read (branches.py): the diagnosis' own
 
 
 def candidate(remedies: Sequence[Remedy], base: Patient, sample: Sample, seed: int) -> Trial:

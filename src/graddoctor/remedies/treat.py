@@ -87,12 +87,12 @@ def _run_round(result: TreatResult, groups: list[tuple[Remedy, ...]], recipe: Re
                 trial.model = trial.run = None
                 continue
             bar.update(0, candidate=trial.label)
-            stages.guarded(trial, "finish", lambda: stages.finish(trial, recipe, seed, budget))
+            stages.guarded(trial, "finish", lambda: stages.finish(trial, recipe, seed, budget, result.deadline()))
             # the treated finding is gone, and no other gradient pathology took its place
             gone = trial.after is not None and not (trial.after.kinds() & bad)
             margin = PAIRED_MARGIN if math.isfinite(base.loss) else LOSS_MARGIN
             beats = trial.loss < (1 - margin) * result.reference_loss
-            if trial.status == "not fixed" and gone and beats:
+            if trial.status == "not fixed" and trial.steps >= budget and gone and beats:
                 trial.status = "fixed"
             bar.update(1, fixed=sum(t.fixed for t in result.trials))
     return trials
@@ -157,7 +157,7 @@ def treat(model_factory: NetSpec | nn.Module | Callable[[], nn.Module], data: ob
     diagnosis = diagnosis or candidates.combined(base.after, base.at_init)
     result = TreatResult(diagnosis, [base], budget_steps, pilot_steps=pilot, prior_loss=recipe.prior_loss,
                          max_steps=max_steps, max_seconds=max_seconds, started=t0)
-    sample = replace(recipe.sample(), budget_steps=budget_steps)
+    sample = replace(recipe.sample(), budget_steps=budget_steps, structure=base.structure)
     ranked, skipped = candidates.singles(result.diagnosis, base.patient, sample, base.at_init)
     tried = _run_round(result, [(r,) for r in ranked], recipe, sample, seed, "treat: singles", progress_bar)
     if pairs and ranked and result.best is None:
