@@ -7,23 +7,28 @@ LM, masked LM, seq2seq, classification) and `make_optimizer` (AdamW), on its 4 f
 
     treat(planted model, batches, train_step=..., make_optimizer=..., budget_steps=B, max_steps=S)
 
-B steps per candidate; the budget of the whole treatment (baseline and candidates) is one
-plain run of the recipe: S = 5B steps and the seconds those S steps took, measured in the same
-process right before (max_steps, max_seconds). Reported per case:
-- repaired: treat found a fix (TreatResult.best: the treated finding gone, no other gradient
-  pathology, training loss >= 10% below the untreated run's);
+B steps per candidate (50: the steps the zoo's own judgement trains); the budget of the whole
+treatment (baseline and candidates) is one plain run of the recipe: S = 5B steps and the
+seconds those S steps took, measured in the same process right before (max_steps,
+max_seconds). Reported per case:
+- detected: treat's own diagnosis of the untreated run (its checkup at init plus its probed
+  run of B steps) is not healthy: there is something to treat;
+- repaired: treat found a fix (TreatResult.best: the treated finding gone at init and after
+  the budget, no other gradient pathology, training loss below the untreated run's by
+  treat.PAIRED_MARGIN, or by LOSS_MARGIN below the lowest it reached if it diverged);
 - healthy level: the winner's loss after B steps within 20% of the healthy recipe's after B
   steps on the same batches (an independent check of the repair: the unmodified model);
 - cost in optimizer steps: all steps treat trained / S (S: one training run of that budget);
 - cost in wall time: treat's seconds / the seconds of S plain steps of the untreated recipe
   (zero_grad, loss, backward, optimizer step: the user's loop, unprobed), timed in the same
   process right before treat; the median plain step (ms) says which models count as >= 20 ms;
-- where the fixed cost per candidate goes: seconds per stage, summed over candidates.
+- where the fixed cost per candidate goes: seconds per stage, summed over candidates;
+- why each case that is not repaired is not: not detected by the diagnosis, no applicable
+  remedy, or the remedies tried did not fix it (each with its status and note).
 The healthy zoo: treat on every healthy model must propose zero changes.
 The corpus (tests/corpus.py, graddoctor's own nets on digits, the NetSpec path) as before.
 
-The verdicts come from the diagnosis in this checkout (its commit is written to the results):
-until the structure-aware diagnosis lands, a wrong verdict is a wrong treatment target.
+The verdicts come from the diagnosis in this checkout (its commit is written to the results).
 Writes docs/results/treat.json and docs/results/treat.md.
 
     python benchmarks/treat.py                        # zoo + corpus
@@ -59,7 +64,7 @@ from graddoctor import data as gd_data  # noqa: E402
 from graddoctor.progress import bar  # noqa: E402
 
 RESULTS = ROOT / "docs" / "results"
-BUDGET = 40  # optimizer steps per candidate (the zoo's recipes learn within 50)
+BUDGET = 50  # optimizer steps per candidate: as many as the zoo's judgement trains (zoo.judge)
 TOTAL = 5  # S = TOTAL x BUDGET: the step budget of the whole treatment, and the reference run
 HEALTHY_LEVEL = 1.2  # "healthy level": the winner's loss <= this x the healthy recipe's
 SLOW_STEP_MS = 20.0  # wall-time cost is judged on models whose plain step takes at least this
@@ -118,11 +123,11 @@ def zoo_case(p, seed: int, budget: int) -> dict:
            "planted_kinds": sorted(p.kinds), "step_ms": 1000 * statistics.median(ref_times),
            "reference_seconds": sum(ref_times), "seconds": seconds, "healthy_loss": healthy, "error": error}
     if r is None:
-        return {**row, "repaired": False, "healthy_level": False}
+        return {**row, "detected": False, "repaired": False, "healthy_level": False}
     best = r.best
     stages = {s: sum(t.timing.get(s, 0.0) for t in r.trials[1:]) for s in STAGES}
     row.update({
-        "diagnosis": sorted(r.diagnosis.kinds()), "repaired": best is not None,
+        "diagnosis": sorted(r.diagnosis.kinds()), "detected": not r.diagnosis.healthy, "repaired": best is not None,
         "best": best.label if best else None,
         "changes": [str(c) for c in best.changes] if best else [],
         "baseline_loss": r.baseline.loss, "best_loss": best.loss if best else None,
@@ -206,6 +211,22 @@ def _median(xs: list[float]) -> str:
     return f"{statistics.median(xs):.2f}x" if xs else "-"
 
 
+def why_not_repaired(row: dict) -> str:
+    """The reason a planted case was not repaired: not detected, no applicable remedy, or none helped."""
+    if row.get("error"):
+        return f"treat raised {row['error']}"
+    if not row.get("detected"):
+        return "not detected by the diagnosis (treat's diagnosis of the untreated run is healthy: nothing to treat)"
+    tried = row.get("tried", [])
+    ran = [t for t in tried if t[1] not in ("not applicable", "not tried")]
+    detail = "; ".join(f"{lab}: {st}" + (f" ({note})" if note else "") for lab, st, note in tried[:8])
+    if not ran and not any(st == "not tried" for _, st, _ in tried):
+        return "no applicable remedy: " + (detail or "the diagnosis names none")
+    if not ran:
+        return "over the budget before any candidate ran: " + detail
+    return "the remedies tried did not fix it: " + detail
+
+
 def markdown(res: dict) -> str:
     """The results as the docs page includes them."""
     z, lines = res["zoo"], []
@@ -226,7 +247,13 @@ def markdown(res: dict) -> str:
     lines += ["", "| summary | calibration | held-out | all |", "|---|---|---|---|"]
     halves = {h: [r for r in z["planted"] if r["half"] == h] for h in ("calibration", "held_out")}
     allp = z["planted"]
-    lines.append("| repaired (treat found a fix) | " + " | ".join(_rate(v, "repaired") for v in halves.values())
+    detected = lambda rows: [r for r in rows if r.get("detected")]
+    lines.append("| detected (treat's diagnosis is not healthy) | "
+                 + " | ".join(_rate(v, "detected") for v in halves.values()) + f" | {_rate(allp, 'detected')} |")
+    lines.append("| **repaired, of those detected** | " + " | ".join(_rate(detected(v), "repaired")
+                                                               for v in halves.values())
+                 + f" | **{_rate(detected(allp), 'repaired')}** |")
+    lines.append("| repaired, of all planted | " + " | ".join(_rate(v, "repaired") for v in halves.values())
                  + f" | {_rate(allp, 'repaired')} |")
     lines.append(f"| reached the healthy recipe's loss (x{HEALTHY_LEVEL}) | "
                  + " | ".join(_rate(v, "healthy_level") for v in halves.values())
@@ -250,12 +277,9 @@ def markdown(res: dict) -> str:
                      f"{base / spent:.0%}, " + ", ".join(f"{s} {v / spent:.0%}" for s, v in tot.items()) + ".")
     missed = [r for r in allp if not r["repaired"]]
     if missed:
-        lines += ["", "Not repaired:"]
-        for r in missed:
-            why = r.get("error") or ("diagnosed healthy: nothing to treat" if not r.get("diagnosis") else
-                                     "; ".join(f"{lab}: {st}" + (f" ({note})" if note else "")
-                                               for lab, st, note in r.get("tried", [])[:6]) or "no candidate")
-            lines.append(f"- {r['case']} ({', '.join(r.get('diagnosis') or []) or 'healthy'}): {why}")
+        lines += ["", "Not repaired, and why:"]
+        lines += [f"- {r['case']} ({', '.join(r.get('diagnosis') or []) or 'healthy'}): {why_not_repaired(r)}"
+                  for r in missed]
     wrong = [r for r in z["healthy"] if r["candidates"] or r.get("error")]
     if wrong:
         lines += ["", "Healthy models where treat proposed changes (a diagnosis false alarm treated):"]

@@ -1,6 +1,7 @@
 """Each remedy on its own, on any nn.Module: what it changes, what it leaves alone, and why not."""
 import copy
 import math
+import re
 
 import pytest
 import torch
@@ -436,7 +437,11 @@ def test_normalize_inputs_standardises_what_the_model_sees():
     p = Patient(TrainConfig(), model=DeepSigmoidSeq())
     remedy = get("normalize_inputs")
     assert remedy.why_not(p, None, sample_of(raw)) == ""
-    net = remedy.apply(p, sample_of(raw)).build(0)
+    treated = remedy.apply(p, sample_of(raw))
+    before = re.fullmatch(r"mean (\S+), std (\S+)", treated.changes[-1].before)  # the inputs' measured statistics
+    mean, std = float(before.group(1)), float(before.group(2))
+    assert mean == pytest.approx(40 + 255 / 2, rel=0.02) and std == pytest.approx(255 / math.sqrt(12), rel=0.02)
+    net = treated.build(0)
     z = (raw.x_train - net.gd_input_mean) / net.gd_input_std
     assert z.mean(0).abs().max() < 1e-4 and torch.allclose(z.std(0), torch.ones(16), atol=1e-3)
     with torch.no_grad():
@@ -479,6 +484,19 @@ def test_candidates_follow_the_ranked_causes_and_say_why_not(data):
     ok, skipped = singles(d, Patient(TrainConfig(), model=DeepSigmoidSeq(0.01)), sample_of(data))
     assert all(why for _, why in skipped)
     assert singles(Diagnosis([], ["0"]), p, sample_of(data)) == ([], [])  # healthy: zero changes proposed
+
+
+def test_the_checkup_at_init_orders_the_candidates():
+    trained = _diagnosis("exploding", "init_too_large")
+    # healthy at init: the finding arose in training, so the learning rate is the first suspect
+    first = ranked_labels(trained, Diagnosis([], ["0"]))
+    assert first[:4] == ["tune_optimizer(lr/10)", "tune_optimizer(lr/100)", "clip_gradients", "warmup"]
+    assert first.index("reinit") > 3 and ranked_labels(trained)[0] == "reinit"  # without the checkup: by cause
+    # stalled under Adam, vanishing at init behind sigmoids: the activation swap joins, after the rest
+    stalled = ranked_labels(_diagnosis("stalled_layers", "chain_product_depth"),
+                            _diagnosis("vanishing", "saturating_activation"))
+    assert stalled[0] == "add_residual" and "swap_activation(relu)" in stalled
+    assert "tune_optimizer(lr/10)" not in stalled
 
 
 def test_pairs_combine_the_best_singles_and_remedies_for_different_causes():

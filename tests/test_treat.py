@@ -1,6 +1,8 @@
 """treat() end to end on real small runs: it must find, and prove, a fix."""
 import copy
+import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -69,7 +71,7 @@ def test_printed_result_names_the_winner_and_its_changes(sigmoid_result):
     best = sigmoid_result.best
     assert text.splitlines()[0].startswith("treating: ") and "vanishing" in text.splitlines()[0]
     assert f"best: {best.label}" in text and str(best.changes[0]) in text
-    assert "total time" in text
+    assert text.splitlines()[-1] == f"total time {sigmoid_result.seconds:.1f} s"  # the measured time, printed
 
 
 class FunctionalSigmoidNet(nn.Module):
@@ -138,10 +140,18 @@ def test_bad_arguments_fail_with_one_clear_error(digits):
 
 
 def test_cli_treat_prints_the_table_and_the_flags_to_rerun(capsys):
+    from graddoctor.cli.common import spec_flags
+    from graddoctor.remedies import Patient, get
+
     code = main(["treat", "--depth", "12", "--width", "32", "--activation", "sigmoid", "--init",
                  "xavier_normal", "--budget-steps", "40", "--no-pairs"])
     out = capsys.readouterr().out
-    assert code == 0 and "baseline" in out and "re-run the winner: graddoctor train --kind mlp" in out
+    label = re.search(r"^best: (\S+) \(loss", out, re.M).group(1)
+    rerun = next(line for line in out.splitlines() if line.startswith("re-run the winner: "))
+    spec = NetSpec(depth=12, width=32, in_shape=(64,), out_features=10, activation="sigmoid", init="xavier_normal")
+    winner = get(label).apply(Patient(TrainConfig(), spec=spec)).spec  # what the winning remedy makes of the flags
+    assert code == 0 and winner != spec
+    assert rerun == f"re-run the winner: graddoctor train {spec_flags(winner)} --data digits"
 
 
 def test_cli_treat_user_factory_saves_the_winner_and_it_reloads(tmp_path, capsys):
@@ -150,7 +160,9 @@ def test_cli_treat_user_factory_saves_the_winner_and_it_reloads(tmp_path, capsys
     out = tmp_path / "treated"
     code = main(["treat", f"{EXAMPLES}:deep_sigmoid", "--budget-steps", "40", "--no-pairs", "--save", str(out)])
     text = capsys.readouterr().out
-    assert code == 0 and "best: " in text and (out / "changes.json").exists() and (out / "state_dict.pt").exists()
+    saved = json.loads((out / "changes.json").read_text())
+    assert code == 0 and f"best: {saved['remedy']} (loss {saved['loss']:.4f} vs baseline" in text
+    assert (out / "state_dict.pt").exists()
     spec = importlib.util.spec_from_file_location("examples_models", EXAMPLES)
     examples = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(examples)

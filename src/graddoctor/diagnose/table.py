@@ -52,10 +52,10 @@ TABLE: dict[str, CauseEntry] = {
         ()),
     "non_finite_forward": CauseEntry(
         "a forward operation produced the first NaN/Inf (an overflow, log(0), 0/0): the module is named",
-        ("tune_optimizer(lr/10)", "clip_gradients")),
+        ("bf16", "tune_optimizer(lr/10)", "clip_gradients", "warmup")),  # bf16: float16's range overflowed
     "precision_underflow": CauseEntry(
         "16-bit gradients below the smallest float16 became exactly 0: scale the loss (GradScaler) or use bfloat16",
-        ()),
+        ("loss_scale", "bf16")),
 }
 
 

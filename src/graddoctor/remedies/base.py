@@ -131,6 +131,7 @@ class Sample:
     step: Callable[[nn.Module, object], Tensor]  # (model, batch) -> loss: the user's forward + loss
     dataset: Dataset | None = None  # the in-memory data set, when there is one (input statistics)
     budget_steps: int = 0  # optimizer steps each candidate trains (warmup is a fraction of it)
+    structure: object | None = None  # diagnose.structure.Structure of the untreated run (treat() sets it)
 
     def run(self, model: nn.Module) -> Tensor:
         """The loss of one forward in eval mode, autograd on (grad_fn readable); the mode is restored."""

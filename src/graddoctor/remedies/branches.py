@@ -1,31 +1,35 @@
-"""The residual branches of a network's repeated blocks, read off one forward's autograd graph.
+"""The network's structure as the remedies need it: the diagnosis' own, not a second analysis.
 
-For each repeated block (a transformer layer, a ResNet unit) whose output adds its input to
-something: the module whose output is that something, the branch's *exit* (GPT-2's attention
-and MLP `c_proj`, a ResNet unit's last BatchNorm). At every add behind the block's output, the
-operand that reaches the block's input without passing a weight layer is the stream; the
-nearest module output behind the other operand is the exit (through dropout, views and a
-LayerScale multiplication, which is noted). Post-LN blocks (LN(x + f(x))) count: norms are
-not weight layers. What the structure-scaled remedies need, nothing more.
+The probe learns the structure during one recorded forward (probe/structure.py: which layers
+feed which, which repeated blocks add their input to their output, which layers lie on a
+block's shortcut) and diagnose/structure.py turns it into blocks and branches, each branch with
+its *exits* (the layers whose output leaves it into the stream: GPT-2's attention and MLP
+`c_proj`, a ResNet unit's last BatchNorm, BERT's `output.dense` before its post-LN norm).
+`add_residual` reads the blocks' residual flags, `scale_branches`, `zero_init_norms` and
+`layer_scale` read the exits. treat() hands over the Structure of the untreated run's trace
+(Sample.structure); otherwise it is recorded here by the probe on one forward/backward of the
+sample (weights unchanged, gradients cleared).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from torch import Tensor, nn
+from torch import nn
 
-from .base import Sample, with_hooks
+from ..diagnose.structure import Structure
+from .base import Patient, Sample
 from .hooks import SCALE
-from .residual import MIN_RUN, repeated_blocks
-from .tracing import is_norm, is_weight_layer
+from .surgery import current
 
-MAX_NODES = 20000  # autograd nodes visited per block at most
-ADDS = frozenset({"AddBackward0", "AddBackward1"})
+# Changes after which the untreated network's structure no longer describes the patient's
+# (a new norm module is a new layer; a skip changes which blocks are residual).
+STRUCTURAL_OPS = frozenset({"norm_after", "skip"})
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 @dataclass
 class Exit:
-    """The last module of one residual branch."""
+    """The last layer of one residual branch."""
 
     path: str
     norm: bool  # a normalisation layer (zero-initialising its weight silences the branch)
@@ -36,7 +40,7 @@ class Exit:
 
 @dataclass
 class Branches:
-    """Every repeated block with a skip, and its branch exits."""
+    """Every residual block of the depth axis and its branch exits."""
 
     blocks: dict[str, list[Exit]] = field(default_factory=dict)
 
@@ -46,124 +50,67 @@ class Branches:
         return [e for es in self.blocks.values() for e in es]
 
 
-def _first(obj: object) -> Tensor | None:
-    if isinstance(obj, Tensor):
-        return obj
-    if isinstance(obj, (tuple, list)) and obj and isinstance(obj[0], Tensor):
-        return obj[0]
-    return None
+def record(net: nn.Module, sample: Sample) -> Structure:
+    """The Structure the probe records on one forward/backward of the sample (no weight changes)."""
+    from ..diagnose.structure import analyse
+    from ..probe.probe import watch
+
+    try:
+        with watch(net, every=1, stats="full") as probe:
+            loss = sample.run(net)
+            loss.backward()
+            probe.step(loss)
+    finally:
+        net.zero_grad(set_to_none=True)
+    return analyse(probe.trace)
 
 
-def _is_param(node: object) -> bool:
-    return type(node).__name__ == "AccumulateGrad" and getattr(node, "variable", None) is not None
+_CACHE: dict[tuple, tuple[Patient, Sample, Structure]] = {}
 
 
-def _stream(node: object, start: object, weight_out: set, memo: dict) -> bool:
-    """Does `node` reach the block input `start` without passing a weight layer's output?"""
-    stack, seen = [node], set()
-    while stack and len(seen) < MAX_NODES:
-        n = stack.pop()
-        if n is None or n in seen:
+def structure_of(patient: Patient, sample: Sample) -> Structure:
+    """The patient's network's Structure: the untreated run's (Sample.structure) unless a change
+    alters it, else recorded on the patient's network as built (cached like surgery.current)."""
+    if sample.structure is not None and not any(c.op in STRUCTURAL_OPS for c in patient.changes):
+        return sample.structure
+    key = (id(patient.model), id(patient.spec), patient.changes, id(sample))
+    hit = _CACHE.get(key)
+    if hit is None or hit[0].model is not patient.model or hit[1] is not sample:
+        if len(_CACHE) >= 8:
+            _CACHE.pop(next(iter(_CACHE)))
+        hit = _CACHE[key] = (patient, sample, record(current(patient, sample)[0], sample))
+    return hit[2]
+
+
+def _exit(net: nn.Module, s: Structure, i: int, scaled: bool, shape: tuple) -> Exit:
+    mod = net.get_submodule(s.names[i])
+    conv = isinstance(mod, CONVS) or (len(shape) == 4 and "BatchNorm" in type(mod).__name__)
+    dim = 1 if conv else -1
+    scaled = scaled or hasattr(mod, SCALE)  # graddoctor's own LayerScale is a hook on the exit
+    return Exit(s.names[i], s.is_norm(i), scaled, shape[dim] if shape else 0, dim)
+
+
+def residual_branches(patient: Patient, sample: Sample) -> tuple[nn.Module, Branches]:
+    """The patient's network and the exits of the branches of its residual blocks.
+
+    An exit that is a scale layer (a library's LayerScale module, owning a 1-D parameter) marks
+    the branch as scaled; its exit is then the weight layer or norm feeding that scale.
+    """
+    net, flow = current(patient, sample)
+    s = structure_of(patient, sample)
+    out = Branches()
+    for b in s.blocks:
+        if not b.residual or not any(n in flow.out_shape for n in (s.names[i] for i in b.layers)):
             continue
-        if n is start:
-            return True
-        seen.add(n)
-        if n in memo:
-            if memo[n]:
-                return True
-            continue
-        if n in weight_out or _is_param(n):
-            continue
-        stack.extend(m for m, _ in n.next_functions)
-    return False
-
-
-def _exit_behind(node: object, outputs: dict, start: object) -> tuple[str | None, bool]:
-    """The nearest module output behind `node` (the branch exit), and whether a parameter multiplied it."""
-    scaled, stack, seen = False, [node], set()
-    while stack and len(seen) < 64:
-        n = stack.pop(0)
-        if n is None or n in seen or n is start:
-            continue
-        seen.add(n)
-        if n in outputs:
-            return outputs[n], scaled
-        kids = [m for m, _ in n.next_functions if m is not None]
-        if type(n).__name__ == "MulBackward0" and any(_is_param(m) for m in kids):
-            scaled = True
-        stack.extend(m for m in kids if not _is_param(m))
-    return None, scaled
-
-
-def _analyse(start: object, end: object, outputs: dict, weight_out: set) -> list[tuple[str, bool]]:
-    """(exit path, scaled) of every add between the block input `start` and its output `end`."""
-    found, memo, stack, seen = [], {}, [end], set()
-    while stack and len(seen) < MAX_NODES:
-        n = stack.pop()
-        if n is None or n in seen or n is start or _is_param(n):
-            continue
-        seen.add(n)
-        kids = [m for m, _ in n.next_functions]
-        if type(n).__name__ in ADDS and len(kids) == 2 and all(k is not None for k in kids):
-            side = [_stream(k, start, weight_out, memo) for k in kids]
-            if side[0] != side[1]:
-                path, scaled = _exit_behind(kids[side.index(False)], outputs, start)
-                if path is not None:
-                    found.append((path, scaled))
-        stack.extend(kids)
-    return list(dict.fromkeys(found))
-
-
-def residual_branches(net: nn.Module, sample: Sample) -> Branches:
-    """The exits of the residual branches of every repeated block (one forward of the sample)."""
-    names = {m: n for n, m in net.named_modules()}
-    blocks = repeated_blocks(net)
-    if len(blocks) < MIN_RUN:
-        return Branches()
-    leaves = [m for m in names if any(True for _ in m.parameters(recurse=False)) and (is_weight_layer(m) or is_norm(m))]
-    outputs: dict[object, str] = {}  # grad_fn of a leaf module's output -> its path
-    weight_out: set = set()
-    shapes: dict[str, tuple] = {}
-    inputs: dict[str, object] = {}
-    result = Branches()
-
-    def leaf_post(mod, args, out):
-        y = _first(out)
-        if y is not None and y.grad_fn is not None:
-            outputs.setdefault(y.grad_fn, names[mod])
-            shapes.setdefault(names[mod], tuple(y.shape))
-            if is_weight_layer(mod):
-                weight_out.add(y.grad_fn)
-
-    def block_pre(mod, args, kwargs):
-        x = _first(args) if args else kwargs.get("hidden_states")
-        inputs[names[mod]] = x.grad_fn if isinstance(x, Tensor) else None
-
-    def block_post(mod, args, kwargs, out):
-        path, y = names[mod], _first(out)
-        start = inputs.pop(path, None)
-        if start is None or y is None or y.grad_fn is None or path in result.blocks:
-            return
-        inside = {o: p for o, p in outputs.items() if p.startswith(path + ".")}
-        exits = []
-        for p, scaled in _analyse(start, y.grad_fn, inside, weight_out):
-            shape = shapes.get(p, ())
-            conv = isinstance(net.get_submodule(p), (nn.Conv1d, nn.Conv2d, nn.Conv3d)) or (
-                len(shape) == 4 and "BatchNorm" in type(net.get_submodule(p)).__name__)
-            dim = 1 if conv else -1
-            mod = net.get_submodule(p)
-            scaled = scaled or hasattr(mod, SCALE)  # graddoctor's own LayerScale works by a hook on it
-            exits.append(Exit(p, is_norm(mod), scaled, shape[dim] if shape else 0, dim))
+        exits: list[Exit] = []
+        for br in b.branches:
+            for i in br.exits:
+                scaled = bool(b.exit_params)  # a parameter multiplies the block's output (ConvNeXt's gamma)
+                behind = [i]
+                if not s.is_weight(i) and not s.is_norm(i):  # a scale layer: the layers feeding it
+                    scaled, behind = True, [p for p, c in s.edges if c == i and p in br.layers] or [i]
+                exits += [_exit(net, s, j, scaled, flow.out_shape.get(s.names[j], ())) for j in behind
+                          if s.names[j] in flow.out_shape]
         if exits:
-            result.blocks[path] = exits
-
-    def register(model: nn.Module) -> list:
-        hs = [m.register_forward_hook(leaf_post) for m in leaves]
-        for b in blocks:
-            mod = model.get_submodule(b)
-            hs += [mod.register_forward_pre_hook(block_pre, with_kwargs=True),
-                   mod.register_forward_hook(block_post, with_kwargs=True)]
-        return hs
-
-    with_hooks(net, register, lambda: sample.run(net))
-    return result
+            out.blocks[b.name] = list({e.path: e for e in exits}.values())
+    return net, out

@@ -20,23 +20,38 @@ CLASSIC_PAIRS: tuple[tuple[str, str], ...] = (
 MAX_PAIRS = 4  # pairs tried when no single fixes (screened, then raced like the singles)
 
 
-def ranked_labels(diagnosis: Diagnosis) -> list[str]:
+# When the checkup at initialisation found nothing, what training shows arose while training:
+# what the optimizer does is the first suspect (the weights it started from gave a healthy
+# gradient), so the remedies for these causes come before those of the findings' own causes.
+TRAINING_CAUSES = ("learning_rate_too_high",)
+
+
+def _labels(names) -> list[str]:
+    return [r.label for name in names for r in expand(name)]
+
+
+def ranked_labels(diagnosis: Diagnosis, at_init: Diagnosis | None = None) -> list[str]:
     """Remedy labels for the non-info findings: by finding (worst first), then cause, then remedy.
 
     Each cause contributes the variants diagnose.table lists for it (lr/10 and lr/100 for a
     rate too high, never lr*10); a family the finding names that no cause covered adds all of
-    its variants.
+    its variants. With `at_init` (the checkup of the untreated network at initialisation): if it
+    is healthy, the findings arose in training and the TRAINING_CAUSES' remedies come first;
+    if not, the remedies of what it found come after the rest (e.g. a saturating activation
+    behind layers that stalled under Adam).
     """
     out: list[str] = []
+    if at_init is not None and at_init.healthy:
+        out.extend(_labels(r for c in TRAINING_CAUSES for r in TABLE[c].remedies))
     for f in diagnosis.findings:
         if f.severity == "info":
             continue
-        for name in (r for c in f.causes if c.name in TABLE for r in TABLE[c.name].remedies):
-            out.extend(r.label for r in expand(name))
+        out.extend(_labels(r for c in f.causes if c.name in TABLE for r in TABLE[c.name].remedies))
         covered = {r.name for lab in out for r in expand(lab)}
-        for family in f.remedies:
-            if family not in covered:
-                out.extend(r.label for r in expand(family))
+        out.extend(_labels(family for family in f.remedies if family not in covered))
+    for f in at_init.findings if at_init is not None else ():
+        if f.severity != "info":
+            out.extend(_labels(r for c in f.causes if c.name in TABLE for r in TABLE[c.name].remedies))
     return list(dict.fromkeys(out))
 
 
@@ -48,13 +63,13 @@ def combined(trained: Diagnosis, at_init: Diagnosis | None) -> Diagnosis:
     return Diagnosis(trained.findings + extra, trained.layers, dict(trained.context))
 
 
-def singles(diagnosis: Diagnosis, patient: Patient,
-            sample: Sample | None) -> tuple[list[Remedy], list[tuple[Remedy, str]]]:
+def singles(diagnosis: Diagnosis, patient: Patient, sample: Sample | None,
+            at_init: Diagnosis | None = None) -> tuple[list[Remedy], list[tuple[Remedy, str]]]:
     """The remedies to try one at a time (ranked), and those that do not apply here with why not."""
     if diagnosis.healthy:
         return [], []
     ok, skipped = [], []
-    for r in (r for lab in ranked_labels(diagnosis) for r in expand(lab)):
+    for r in (r for lab in ranked_labels(diagnosis, at_init) for r in expand(lab)):
         why = r.why_not(patient, diagnosis, sample)
         (skipped.append((r, why)) if why else ok.append(r))
     return ok, skipped

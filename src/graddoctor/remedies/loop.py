@@ -9,6 +9,7 @@ scheduler the user's make_optimizer returned keeps its own schedule underneath).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -108,15 +109,21 @@ def _optimizer_step(run: Run) -> None:
 
 
 def train_steps(run: Run, batches: Iterator, step: Callable[[nn.Module, object], Tensor], n: int,
-                probe: object | None = None) -> list[float]:
-    """Take n optimizer steps; returns each step's loss (stops after the first non-finite one)."""
+                probe: object | None = None, deadline: float | None = None) -> list[float]:
+    """Take n optimizer steps; returns each step's loss (stops after the first non-finite one, and
+    before a step that would end past `deadline`, a time.perf_counter() value, at the last step's pace)."""
     model, opt, s = run.model, run.optimizer, run.settings
     params = [p for g in opt.param_groups for p in g["params"]]
     if probe is not None:
         probe.bind_optimizer(opt)
     losses: list[float] = []
     model.train()
+    last = time.perf_counter()
     for _ in range(n):
+        now = time.perf_counter()
+        if deadline is not None and now + (now - last if losses else 0.0) > deadline:
+            break
+        last = now
         loss = step(model, next(batches))
         if not isinstance(loss, Tensor) or loss.numel() != 1:
             raise GradDoctorError(f"train_step(model, batch) must return the loss as a one-element tensor, "

@@ -1,18 +1,18 @@
 """add_residual: skip connections around repeated same-shaped blocks that have none.
 
-Blocks are the innermost repeated children with two or more weight layers each (a
-transformer's layers, a ResNet's units); in a plain chain (no such blocks), its layers: a
-weight layer with the activations after it. A block that already has a skip is never wrapped: with
-its weight matrices zeroed (torch.func.functional_call, nothing copied), a block without a
-skip computes a constant, while one with a skip still passes its input through (x + f(x),
-LN(x + f(x)), ...). Wrapped blocks compute x + a * block(x), a = 1/sqrt(blocks in the run),
-through hooks on the existing modules (hooks.add_skip): no module is renamed.
+The blocks are the diagnosis' own (branches.structure_of: the repeated blocks of the depth
+axis, each with the probe's verdict on whether a path from its input to its output skips its
+weight layers): a block that already has a skip is never wrapped. A network without such
+blocks (a plain chain, e.g. an MLP) is its own depth axis: its units are a weight layer with
+the activations after it; a unit module is checked by calling it with its weight matrices
+zeroed (torch.func.functional_call, nothing copied): without a skip it computes a constant.
+Wrapped blocks compute x + a * block(x), a = 1/sqrt(blocks in the run), through hooks on the
+existing modules (hooks.add_skip): no module is renamed.
 """
 from __future__ import annotations
 
 import copy
 import math
-from collections import Counter
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +20,7 @@ from torch.func import functional_call
 
 from ..diagnose.findings import Diagnosis
 from .base import Change, Patient, Sample, run_forward, with_hooks
+from .branches import structure_of
 from .surgery import current
 from .tracing import Flow, is_weight_layer
 
@@ -40,31 +41,6 @@ def _weight_layers(mod: nn.Module) -> int:
     return sum(is_weight_layer(m) for m in mod.modules())
 
 
-def repeated_blocks(model: nn.Module) -> list[str]:
-    """The innermost repeated blocks: children of one module repeating one class, >= 2 weight layers each.
-
-    A transformer's layers, a ResNet's units (not their single conv layers, nor the stages
-    around them). [] for a plain chain of layers (an MLP), whose blocks are its layers.
-    """
-    out: list[str] = []
-
-    def visit(path: str, mod: nn.Module) -> bool:
-        kids = list(mod.named_children())
-        found = False
-        for n, c in kids:
-            found = visit(f"{path}.{n}" if path else n, c) or found
-        if found:
-            return True
-        multi = [(n, c) for n, c in kids if _weight_layers(c) >= 2]
-        classes = Counter(type(c) for _, c in multi)
-        rep = [(n, c) for n, c in multi if classes[type(c)] >= MIN_RUN]
-        out.extend(f"{path}.{n}" if path else n for n, _ in rep)
-        return bool(rep)
-
-    visit("", model)
-    return out
-
-
 def _chains(path: str, seq: nn.Module) -> list[tuple[str, str]]:
     """(first, last) paths of the layers of a plain chain: a weight layer and what follows it."""
     kids = list(seq.named_children())
@@ -82,14 +58,8 @@ def _chains(path: str, seq: nn.Module) -> list[tuple[str, str]]:
     return [(full(b[0]), full(b[-1])) for b in out if is_weight_layer(seq.get_submodule(b[0]))]
 
 
-def candidate_blocks(model: nn.Module) -> list[list[tuple[str, str]]]:
-    """Groups (by parent) of consecutive (first, last) blocks: the repeated blocks, else the chain's layers."""
-    blocks = repeated_blocks(model)
-    if blocks:
-        groups: dict[str, list[tuple[str, str]]] = {}
-        for b in blocks:
-            groups.setdefault(b.rpartition(".")[0], []).append((b, b))
-        return list(groups.values())
+def chain_units(model: nn.Module) -> list[list[tuple[str, str]]]:
+    """Groups (by parent) of consecutive (first, last) units of a plain chain of layers."""
     return [c for p, m in model.named_modules() if isinstance(m, (nn.Sequential, nn.ModuleList))
             for c in [_chains(p, m)] if len(c) >= MIN_RUN]
 
@@ -155,28 +125,37 @@ def has_skip(block: nn.Module, args: tuple, kwargs: dict) -> bool:
     return not torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-6 * float(x.abs().max()) + 1e-12)
 
 
-def _runs(net: nn.Module, flow: Flow, sample: Sample) -> tuple[list[list[tuple[str, str]]], int]:
-    """Runs of >= MIN_RUN consecutive skip-less, same-shaped blocks; and how many blocks had a skip."""
-    groups = candidate_blocks(net)
-    single = [f for g in groups for f, last in g if f == last]
-    inputs = _capture(net, single, sample) if single else {}
-    runs, with_skip = [], 0
-    for blocks in groups:
-        cur: list[tuple[str, str]] = []
-        for first, last in blocks + [(None, None)]:
-            ok = first is not None and flow.in_shape.get(first) is not None \
-                and flow.in_shape.get(first) == flow.out_shape.get(last)
-            if ok and first == last and first in inputs:
-                skip = has_skip(net.get_submodule(first), *inputs[first])
-                with_skip += skip
-                ok = not skip
-            if ok:
-                cur.append((first, last))
-                continue
-            if len(cur) >= MIN_RUN:
-                runs.append(cur)
-            cur = []
-    return runs, with_skip
+def _split(units: list[tuple[str, str, bool]], flow: Flow) -> list[list[tuple[str, str]]]:
+    """Runs of >= MIN_RUN consecutive skip-less units whose output has the shape of their input."""
+    runs, cur = [], []
+    for first, last, skip in units + [(None, None, True)]:
+        if first is not None and not skip and flow.in_shape.get(first) is not None \
+                and flow.in_shape.get(first) == flow.out_shape.get(last):
+            cur.append((first, last))
+            continue
+        if len(cur) >= MIN_RUN:
+            runs.append(cur)
+        cur = []
+    return runs
+
+
+def _runs(patient: Patient, sample: Sample) -> tuple[list[list[tuple[str, str]]], int]:
+    """Runs of skip-less same-shaped blocks (or chain units); and how many had a skip already."""
+    net, flow = current(patient, sample)
+    structure = structure_of(patient, sample)
+    if structure.blocks:  # the depth axis' blocks, by their stage (a ResNet stage, a transformer's list)
+        stages: dict[str, list[tuple[str, str, bool]]] = {}
+        for b in structure.blocks:
+            stages.setdefault(b.stage, []).append((b.name, b.name, b.residual))
+        groups = list(stages.values())
+    else:  # a plain chain: unit modules checked with their weights zeroed
+        chains = chain_units(net)
+        single = [f for g in chains for f, last in g if f == last]
+        inputs = _capture(net, single, sample) if single else {}
+        groups = [[(f, last, f == last and f in inputs and has_skip(net.get_submodule(f), *inputs[f]))
+                   for f, last in g] for g in chains]
+    runs = [r for g in groups for r in _split(g, flow)]
+    return runs, sum(skip for g in groups for _, _, skip in g)
 
 
 class AddResidual:
@@ -193,7 +172,7 @@ class AddResidual:
             return "" if patient.spec.depth >= MIN_RUN * BLOCK else "too shallow for residual blocks"
         if sample is None:
             return "needs a sample batch to check block shapes"
-        runs, with_skip = _runs(*current(patient, sample), sample)
+        runs, with_skip = _runs(patient, sample)
         if runs:
             return ""
         if with_skip:
@@ -211,9 +190,9 @@ class AddResidual:
         why = self.why_not(patient, None, sample)
         if why:
             return patient.with_(self.label, [Change("<model>", "no skips", "unchanged", note=why)])
-        net, flow = current(patient, sample)
+        net = current(patient, sample)[0]
         changes = []
-        for run in _runs(net, flow, sample)[0]:
+        for run in _runs(patient, sample)[0]:
             scale = branch_scale(len(run))
             for first, last in run:
                 where = first if first == last else f"{first}..{last.rpartition('.')[2]}"

@@ -42,6 +42,7 @@ class Trial:
     timing: dict = field(default_factory=dict)  # seconds per stage: changes, build, screen, pilot, finish
     model: nn.Module | None = field(default=None, repr=False)  # the trained network
     run: object | None = field(default=None, repr=False)  # loop.Run: optimizer, scheduler (between segments)
+    structure: object | None = field(default=None, repr=False)  # the baseline's diagnose.structure.Structure
 
     @property
     def changes(self) -> tuple[Change, ...]:
@@ -123,6 +124,13 @@ class TreatResult:
             else 1.0  # the probe's (and the re-diagnosis') cost factor on a finishing segment
         need = (fixed if new_candidate else 0.0) + plain * s + probed * s * max(1.0, factor)
         return time.perf_counter() - self.started + need <= self.max_seconds
+
+    def deadline(self) -> float | None:
+        """The time.perf_counter() by which a finalist must stop training: max_seconds after the start,
+        less what its re-diagnosis takes (the untreated run's, as measured); None without max_seconds."""
+        if self.max_seconds is None:
+            return None
+        return self.started + self.max_seconds - self.baseline.timing.get("diagnose", 0.0)
 
     def over_budget(self) -> str:
         """Why a candidate was not tried: the budget, and what was used of it."""
@@ -216,7 +224,7 @@ class TreatResult:
             if best.patient.model is not None and any(c.op for c in best.changes):
                 lines.append("  re-apply to a fresh model: graddoctor.apply_changes(model, result.best.changes)")
         notes = [t for t in self.trials if t.note and t.status in ("not applicable", "failed", "dropped at init",
-                                                                   "not tried")]
+                                                                   "not tried", "not fixed")]
         if notes:
             lines.append("why not:")
             lines += [f"  {t.label}: {t.note}" for t in notes]

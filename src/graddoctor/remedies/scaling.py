@@ -7,7 +7,7 @@
   identity (Goyal et al. 2017, "zero-gamma");
 - layer_scale: a learnable per-channel factor on each branch output, initialised small
   (CaiT, Touvron et al. 2021: 0.1 up to depth 18, 1e-5 up to 24, 1e-6 deeper).
-The branches come from one forward's autograd graph (branches.py).
+The branches and their exits are the diagnosis' structure of the network (branches.py).
 """
 from __future__ import annotations
 
@@ -18,24 +18,9 @@ from torch import nn
 
 from ..diagnose.findings import Diagnosis
 from .base import Change, Patient, Sample
-from .branches import Branches, residual_branches
+from .branches import residual_branches
 from .reinit import STD_TOLERANCE
-from .surgery import current
 from .tracing import is_weight_layer
-
-_BRANCHES: dict[tuple, tuple[Patient, Sample, Branches]] = {}
-
-
-def branches_of(patient: Patient, sample: Sample) -> tuple[nn.Module, Branches]:
-    """The patient's network and its residual branches (cached like surgery.current)."""
-    net, _ = current(patient, sample)
-    key = (id(patient.model), id(patient.spec), patient.changes, id(sample))
-    hit = _BRANCHES.get(key)
-    if hit is None or hit[0].model is not patient.model or hit[1] is not sample:
-        if len(_BRANCHES) >= 8:
-            _BRANCHES.pop(next(iter(_BRANCHES)))
-        hit = _BRANCHES[key] = (patient, sample, residual_branches(net, sample))
-    return net, hit[2]
 
 
 def _std(mod: nn.Module) -> float:
@@ -59,7 +44,7 @@ class ScaleBranches:
     name = label = "scale_branches"
 
     def _todo(self, patient: Patient, sample: Sample) -> list[tuple[str, float, float]]:
-        net, br = branches_of(patient, sample)
+        net, br = residual_branches(patient, sample)
         k = 1 / math.sqrt(2 * max(1, len(br.blocks)))
         out = []
         for block, exits in br.blocks.items():
@@ -79,7 +64,7 @@ class ScaleBranches:
         """'' when some branch output projection is larger than 1/sqrt(2 x blocks) of its block's layers."""
         if why := _no_branches(patient, sample):
             return why
-        if not branches_of(patient, sample)[1].blocks:
+        if not residual_branches(patient, sample)[1].blocks:
             return "no repeated blocks with a residual branch"
         return "" if self._todo(patient, sample) else "the branch outputs are scaled down already (or are norms)"
 
@@ -98,7 +83,7 @@ class ZeroInitNorms:
     name = label = "zero_init_norms"
 
     def _todo(self, patient: Patient, sample: Sample) -> list[str]:
-        net, br = branches_of(patient, sample)
+        net, br = residual_branches(patient, sample)
         return [e.path for e in br.exits if e.norm and getattr(net.get_submodule(e.path), "weight", None) is not None
                 and bool(net.get_submodule(e.path).weight.detach().abs().max() > 0)]
 
@@ -109,7 +94,7 @@ class ZeroInitNorms:
         if self._todo(patient, sample):
             return ""
         return "no residual branch ends in a norm layer" if not any(
-            e.norm for e in branches_of(patient, sample)[1].exits) else "the branch norms start at zero already"
+            e.norm for e in residual_branches(patient, sample)[1].exits) else "the branch norms start at zero already"
 
     def apply(self, patient: Patient, sample: Sample | None = None) -> Patient:
         """A Patient whose branch-final norms have weight 0."""
@@ -129,7 +114,7 @@ class LayerScale:
         """'' when some residual branch has no LayerScale yet."""
         if why := _no_branches(patient, sample):
             return why
-        br = branches_of(patient, sample)[1]
+        br = residual_branches(patient, sample)[1]
         if not br.blocks:
             return "no repeated blocks with a residual branch"
         return "" if any(not e.scaled and e.channels for e in br.exits) else "the branches have a LayerScale already"
@@ -138,7 +123,7 @@ class LayerScale:
         """A Patient whose branch outputs are multiplied by gamma (channels,), gamma = layer_scale_init."""
         if why := self.why_not(patient, None, sample):
             return patient.with_(self.label, [Change("<model>", "branches", "unchanged", note=why)])
-        br = branches_of(patient, sample)[1]
+        br = residual_branches(patient, sample)[1]
         init = layer_scale_init(len(br.blocks))
         return patient.with_(self.label, [Change(e.path, "output", f"gamma * output, gamma ({e.channels},) = {init:g}",
                                                  op="layer_scale", args={"channels": e.channels, "dim": e.dim,

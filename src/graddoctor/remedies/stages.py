@@ -15,15 +15,18 @@ from torch import nn
 
 from ..diagnose.api import diagnose
 from ..diagnose.findings import Diagnosis
+from ..diagnose.structure import analyse
 from .base import Patient, Remedy, Sample
 from .loop import start_run, train_steps
 from .recipe import Recipe
 from .result import Trial
 
 SCREEN_BATCH = 128  # in-memory data: samples in the screening forward/backward (the first rows)
-# Probed steps per segment: the diagnosis judges the last half of them and needs at least 3
-# (diagnose.thresholds.MIN_STEPS); recording is the probe's expensive part.
-RECORDS = 8
+# Record every step of a probed run, as `graddoctor.watch` does by default: the diagnosis that
+# decides what is treated (and whether a finalist is cured) then sees the run the way a user's
+# own probe sees it (a sparser record misses a divergence between two recorded steps and judges
+# a learning rate too high from too few points).
+EVERY = 1
 WINDOW = 0.25  # streamed data: a segment's loss is the mean of its last quarter of step losses
 
 
@@ -78,17 +81,10 @@ def screen(trial: Trial, recipe: Recipe, batch: object, seed: int, drop: set[str
         trial.model = None
 
 
-def segment(trial: Trial, recipe: Recipe, steps: int, data_seed: int, every: int | None) -> None:
-    """Train `steps` more steps; probe every `every` steps and diagnose, if given."""
-    from ..probe.probe import watch
-
-    run, batches = trial.run, recipe.batches(data_seed)
-    if every is not None:
-        with watch(trial.model, every=every, stats="full", scaler=run.scaler) as probe:
-            losses = train_steps(run, batches, recipe.step, steps, probe)
-        trial.after = diagnose(probe.trace) if len(probe.trace) else trial.after
-    else:
-        losses = train_steps(run, batches, recipe.step, steps)
+def segment(trial: Trial, recipe: Recipe, steps: int, data_seed: int, probe: object | None = None,
+            deadline: float | None = None) -> None:
+    """Train `steps` more steps (recorded by `probe`, if given; fewer if `deadline` comes); the loss after them."""
+    losses = train_steps(trial.run, recipe.batches(data_seed), recipe.step, steps, probe, deadline)
     finite = [v for v in losses if math.isfinite(v)]
     measured = recipe.evaluate(trial.model) if len(finite) == len(losses) else None
     if measured is not None:
@@ -101,20 +97,57 @@ def segment(trial: Trial, recipe: Recipe, steps: int, data_seed: int, every: int
     trial.steps += len(losses)
 
 
-def start(trial: Trial, recipe: Recipe, seed: int, pilot: int, every: int | None = None) -> None:
-    """Train the pilot segment of the network as built (seeded), building it if not screened."""
+def _begin(trial: Trial, recipe: Recipe, seed: int) -> None:
     if trial.model is None:
         trial.model = trial.patient.build(seed)
     torch.manual_seed(seed)  # dropout and other randomness inside the model
     trial.run = start_run(trial.model, recipe.optimizer_factory(trial.patient), trial.patient.step_settings())
-    segment(trial, recipe, pilot, seed, every)
 
 
-def finish(trial: Trial, recipe: Recipe, seed: int, budget: int) -> None:
-    """Train the rest of the budget under a probe (unless it diverged) and re-diagnose."""
+def start(trial: Trial, recipe: Recipe, seed: int, pilot: int) -> None:
+    """Train the pilot segment (unprobed) of the network as built (seeded), building it if not screened."""
+    _begin(trial, recipe, seed)
+    segment(trial, recipe, pilot, seed)
+
+
+def finish(trial: Trial, recipe: Recipe, seed: int, budget: int, deadline: float | None = None) -> None:
+    """Train the rest of the budget under a probe (unless it diverged) and re-diagnose.
+
+    A run the `deadline` (treat's max_seconds) cuts short is not finished: not judged a fix.
+    """
+    from ..probe.probe import watch
+
     if math.isfinite(trial.loss) and budget > trial.steps:
-        rest = budget - trial.steps
-        segment(trial, recipe, rest, seed + 1, every=max(1, math.ceil(rest / RECORDS)))
+        with watch(trial.model, every=EVERY, stats="full", scaler=trial.run.scaler) as probe:
+            segment(trial, recipe, budget - trial.steps, seed + 1, probe, deadline)
+        if trial.steps < budget and math.isfinite(trial.loss):
+            trial.note = f"cut short by the time budget after {trial.steps} of {budget} steps: not judged"
+            return
+        trial.after = diagnose(probe.trace) if len(probe.trace) else trial.after
+
+
+def baseline(trial: Trial, recipe: Recipe, seed: int, pilot: int, budget: int) -> None:
+    """The untreated run: both segments (pilot, then the rest) under one probe, then its diagnosis.
+
+    One trace of the whole run, every step recorded (as the user's own probe would), so the
+    diagnosis that decides what is treated also sees a divergence in the first steps.
+    """
+    from ..probe.probe import watch
+
+    _begin(trial, recipe, seed)
+    with watch(trial.model, every=EVERY, stats="full", scaler=trial.run.scaler) as probe:
+        t0 = time.perf_counter()
+        segment(trial, recipe, pilot, seed, probe)
+        trial.pilot_loss = trial.loss
+        t1 = time.perf_counter()
+        trial.timing["pilot"] = t1 - t0
+        if math.isfinite(trial.loss) and budget > trial.steps:
+            segment(trial, recipe, budget - trial.steps, seed + 1, probe)
+        trial.timing["finish"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    trial.after = diagnose(probe.trace)
+    trial.timing["diagnose"] = time.perf_counter() - t2
+    trial.structure = analyse(probe.trace)  # what the remedies read (branches.py): the diagnosis' own
 
 
 def candidate(remedies: Sequence[Remedy], base: Patient, sample: Sample, seed: int) -> Trial:

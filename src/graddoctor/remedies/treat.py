@@ -40,9 +40,6 @@ FINALISTS = 2  # at most this many (lowest pilot loss first) train the rest; the
 # beat is the lowest it reached): LOSS_MARGIN, so that staying at the initial loss is no fix.
 LOSS_MARGIN = 0.1
 PAIRED_MARGIN = 0.02
-# The untreated run's pilot is probed every PILOT_EVERY steps; one that diverges there (and so
-# has no second segment) is run again, probed at every step up to its divergence.
-PILOT_EVERY = 2
 # A candidate showing any of these at initialisation is dropped before training, as is one
 # still showing the finding being treated.
 FATAL_AT_INIT = frozenset({"vanishing", "exploding", "non_finite"})
@@ -90,12 +87,12 @@ def _run_round(result: TreatResult, groups: list[tuple[Remedy, ...]], recipe: Re
                 trial.model = trial.run = None
                 continue
             bar.update(0, candidate=trial.label)
-            stages.guarded(trial, "finish", lambda: stages.finish(trial, recipe, seed, budget))
+            stages.guarded(trial, "finish", lambda: stages.finish(trial, recipe, seed, budget, result.deadline()))
             # the treated finding is gone, and no other gradient pathology took its place
             gone = trial.after is not None and not (trial.after.kinds() & bad)
             margin = PAIRED_MARGIN if math.isfinite(base.loss) else LOSS_MARGIN
             beats = trial.loss < (1 - margin) * result.reference_loss
-            if trial.status == "not fixed" and gone and beats:
+            if trial.status == "not fixed" and trial.steps >= budget and gone and beats:
                 trial.status = "fixed"
             bar.update(1, fixed=sum(t.fixed for t in result.trials))
     return trials
@@ -153,21 +150,15 @@ def treat(model_factory: NetSpec | nn.Module | Callable[[], nn.Module], data: ob
         raise GradDoctorError(f"the untreated model cannot be built: {base.note}")
     stages.guarded(base, "screen", lambda: setattr(base, "at_init", stages.checkup_step(base.model, recipe.step,
                                                                             stages.screen_batch(recipe, seed), seed)))
-    # the pilot probed too: a baseline that diverges in its first steps is diagnosed as well
-    stages.guarded(base, "pilot", lambda: stages.start(base, recipe, seed, pilot, every=PILOT_EVERY))
-    if base.status != "failed" and not math.isfinite(base.loss) and PILOT_EVERY > 1:
-        base.model = None  # diverged between two recorded steps, maybe: again, every step recorded
-        stages.guarded(base, "pilot", lambda: stages.start(base, recipe, seed, pilot, every=1))
-    base.pilot_loss = base.loss
-    stages.guarded(base, "finish", lambda: stages.finish(base, recipe, seed, budget_steps))
+    stages.guarded(base, "train", lambda: stages.baseline(base, recipe, seed, pilot, budget_steps))
     if base.status == "failed":
         raise GradDoctorError(f"the untreated model cannot be trained with this step and data: {base.note}")
     base.seconds = time.perf_counter() - t0
     diagnosis = diagnosis or candidates.combined(base.after, base.at_init)
     result = TreatResult(diagnosis, [base], budget_steps, pilot_steps=pilot, prior_loss=recipe.prior_loss,
                          max_steps=max_steps, max_seconds=max_seconds, started=t0)
-    sample = replace(recipe.sample(), budget_steps=budget_steps)
-    ranked, skipped = candidates.singles(result.diagnosis, base.patient, sample)
+    sample = replace(recipe.sample(), budget_steps=budget_steps, structure=base.structure)
+    ranked, skipped = candidates.singles(result.diagnosis, base.patient, sample, base.at_init)
     tried = _run_round(result, [(r,) for r in ranked], recipe, sample, seed, "treat: singles", progress_bar)
     if pairs and ranked and result.best is None:
         by_label = {r.label: r for r in ranked}
