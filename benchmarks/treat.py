@@ -295,6 +295,12 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def log(row: dict) -> None:
+    """One finished case on stderr, as it finishes (a long run shows its results as it goes)."""
+    keys = ("case", "model", "diagnosis", "best", "fixed", "candidates", "step_cost", "wall_cost", "step_ms", "error")
+    print(json.dumps({k: row[k] for k in keys if k in row}, default=str), file=sys.stderr, flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--suite", choices=("zoo", "corpus", "all"), default="all")
@@ -319,10 +325,12 @@ def main() -> int:
                 for p in planted:
                     b.update(0, case=p.name)
                     res["zoo"]["planted"].append(zoo_case(p, seed, args.budget))
+                    log(res["zoo"]["planted"][-1])
                     b.update(1)
             for m in healthy:
                 b.update(0, case=m.name)
                 res["zoo"]["healthy"].append(healthy_case(m, 0, args.budget))
+                log(res["zoo"]["healthy"][-1])
                 b.update(1)
     if args.suite in ("corpus", "all"):
         sick = [c for c in PATHOLOGICAL if pick(c.id)]

@@ -140,6 +140,22 @@ class ConvTanh(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
+class PaddedConvSigmoid(nn.Module):
+    """Conv2d -> nn.Sigmoid, then zero padding before the next Conv2d (TensorFlow "same" padding, as in
+    Hugging Face's MobileNet and EfficientNet)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(1 if i == 0 else 8, 8, 3) for i in range(3))
+        self.acts = nn.ModuleList(nn.Sigmoid() for _ in range(3))
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        for c, a in zip(self.convs, self.acts):
+            x = a(c(F.pad(x, (1, 1, 1, 1))))
+        return self.head(x.mean((2, 3)))
+
+
 class Half(nn.Module):
     """A float16 MLP (inputs cast to the parameters' dtype in forward)."""
 
@@ -259,6 +275,16 @@ def test_functional_activations_are_swapped_during_forward(data):
             h = torch.relu(fc(h))
         assert torch.equal(net(x), net.head(h))
     assert grad_ratio(model, x, y) < 1e-3 and 0.1 < grad_ratio(net, x, y) < 10
+
+
+def test_an_activation_feeding_a_layer_through_zero_padding_is_swapped(images):
+    torch.manual_seed(0)
+    model = PaddedConvSigmoid()
+    new = get("swap_activation(relu)").apply(Patient(TrainConfig(), model=model), sample_of(images))
+    swapped = [c.module_path for c in new.changes if c.op == "set_module"]
+    assert swapped == ["acts.0", "acts.1"]  # acts.2 feeds the mean and the head, no weight layer through a pad
+    assert [c.module_path for c in new.changes if c.op == "reinit"] == ["convs.0", "convs.1"]
+    assert isinstance(new.build(0).acts[0], nn.ReLU)
 
 
 def test_gates_and_functions_inside_other_functions_are_not_activations(data):

@@ -11,6 +11,13 @@ from torch import nn
 from ..diagnose.findings import Diagnosis
 from .base import Change, Patient
 
+# A finalist's rest of the budget is recorded every FINISH_EVERY-th step: its diagnosis only has to
+# show (stages.finish) that no vanishing/exploding gradient is left (the probe still checks every step for a
+# non-finite value, and a diverging loss is seen in the step losses), and a recorded step costs
+# a full probe's overhead while the others cost close to a plain step.
+FINISH_EVERY = 4
+FINISH_MARGIN = 1.5  # a new candidate is piloted only if the finalist's projected rest fits this many times
+
 STATUSES = ("baseline", "fixed", "not fixed", "stopped after pilot", "dropped at init", "not applicable",
             "failed", "not tried")
 
@@ -120,9 +127,13 @@ class TreatResult:
         tried = [t for t in self.trials[1:] if "build" in t.timing]
         fixed = sum(t.timing.get(k, 0.0) for t in tried for k in ("changes", "build", "screen")) / max(1, len(tried))
         b = self.baseline
-        factor = b.timing.get("finish", 0.0) / max(1, b.steps - self.pilot_steps) / s if b.steps > self.pilot_steps \
-            else 1.0  # the probe's (and the re-diagnosis') cost factor on a finishing segment
-        need = (fixed if new_candidate else 0.0) + plain * s + probed * s * max(1.0, factor)
+        probed_factor = b.timing.get("finish", 0.0) / max(1, b.steps - self.pilot_steps) / s \
+            if b.steps > self.pilot_steps else 1.0  # the probe's cost factor on a step recorded in full
+        factor = 1.0 + max(0.0, probed_factor - 1.0) / FINISH_EVERY  # a finalist records every FINISH_EVERY-th
+        # piloting one more candidate must leave a finalist's rest with room to spare (the machine's
+        # pace varies while treat runs): a pilot that eats the finish's time leaves no fix at all
+        need = (fixed + plain * s + probed * s * factor * FINISH_MARGIN) if new_candidate \
+            else plain * s + probed * s * factor
         return time.perf_counter() - self.started + need <= self.max_seconds
 
     def deadline(self) -> float | None:

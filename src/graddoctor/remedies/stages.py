@@ -19,7 +19,7 @@ from ..diagnose.structure import analyse
 from .base import Patient, Remedy, Sample
 from .loop import start_run, train_steps
 from .recipe import Recipe
-from .result import Trial
+from .result import FINISH_EVERY, Trial
 
 SCREEN_BATCH = 128  # in-memory data: samples in the screening forward/backward (the first rows)
 # Record every step of a probed run, as `graddoctor.watch` does by default: the diagnosis that
@@ -118,7 +118,7 @@ def finish(trial: Trial, recipe: Recipe, seed: int, budget: int, deadline: float
     from ..probe.probe import watch
 
     if math.isfinite(trial.loss) and budget > trial.steps:
-        with watch(trial.model, every=EVERY, stats="full", scaler=trial.run.scaler) as probe:
+        with watch(trial.model, every=FINISH_EVERY, stats="full", scaler=trial.run.scaler) as probe:
             segment(trial, recipe, budget - trial.steps, seed + 1, probe, deadline)
         if trial.steps < budget and math.isfinite(trial.loss):
             trial.note = f"cut short by the time budget after {trial.steps} of {budget} steps: not judged"
