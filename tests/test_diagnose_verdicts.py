@@ -49,12 +49,13 @@ def nonfinite_finding(d):
 
 
 # -- divergence and its causes ------------------------------------------------------------------
-def test_divergence_on_an_unrecorded_step_is_reported():
+def _diverging_trace():
+    """25 steps recorded every 10th; a NaN weight makes step 13's forward the first non-finite one."""
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     with gd.watch(model, every=10, optimizer=opt) as probe:
         for step, (x, y) in enumerate(_batches(25)):
-            if step == 13:  # a NaN weight: step 13's forward is the first non-finite one
+            if step == 13:
                 with torch.no_grad():
                     model[0].weight[0, 0] = float("nan")
             opt.zero_grad(set_to_none=True)
@@ -62,7 +63,11 @@ def test_divergence_on_an_unrecorded_step_is_reported():
             loss.backward()
             opt.step()
             probe.step(loss)
-    trace = probe.trace
+    return probe.trace
+
+
+def test_divergence_on_an_unrecorded_step_is_reported():
+    trace = _diverging_trace()
     assert list(trace.steps) == [0, 10, 20]
     f = nonfinite_finding(gd.diagnose(trace))
     assert f.severity == "critical"
@@ -192,19 +197,7 @@ def test_a_network_where_every_layer_barely_moves_keeps_its_vanishing_finding(se
 def test_a_selection_of_steps_before_a_divergence_is_not_non_finite():
     """trace.select keeps the every-step non-finite record only up to its last step: the verdict at
     initialisation of a run that diverges at step 13 has no non_finite finding."""
-    model = _mlp()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    with gd.watch(model, every=10, optimizer=opt) as probe:
-        for step, (x, y) in enumerate(_batches(25)):
-            if step == 13:
-                with torch.no_grad():
-                    model[0].weight[0, 0] = float("nan")
-            opt.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            probe.step(loss)
-    trace = probe.trace
+    trace = _diverging_trace()
     assert "non_finite" not in gd.diagnose(trace.select([0])).kinds()
     assert trace.select([0]).meta["nonfinite"]["first_step"] is None
     assert trace.meta["nonfinite"]["first_step"] == 13  # the whole run keeps it
