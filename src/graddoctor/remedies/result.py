@@ -16,7 +16,6 @@ from .base import Change, Patient
 # non-finite value, and a diverging loss is seen in the step losses), and a recorded step costs
 # a full probe's overhead while the others cost close to a plain step.
 FINISH_EVERY = 4
-FINISH_MARGIN = 1.5  # a new candidate is piloted only if the finalist's projected rest fits this many times
 
 STATUSES = ("baseline", "fixed", "not fixed", "stopped after pilot", "dropped at init", "not applicable",
             "failed", "not tried")
@@ -130,10 +129,7 @@ class TreatResult:
         probed_factor = b.timing.get("finish", 0.0) / max(1, b.steps - self.pilot_steps) / s \
             if b.steps > self.pilot_steps else 1.0  # the probe's cost factor on a step recorded in full
         factor = 1.0 + max(0.0, probed_factor - 1.0) / FINISH_EVERY  # a finalist records every FINISH_EVERY-th
-        # piloting one more candidate must leave a finalist's rest with room to spare (the machine's
-        # pace varies while treat runs): a pilot that eats the finish's time leaves no fix at all
-        need = (fixed + plain * s + probed * s * factor * FINISH_MARGIN) if new_candidate \
-            else plain * s + probed * s * factor
+        need = (fixed if new_candidate else 0.0) + plain * s + probed * s * factor
         return time.perf_counter() - self.started + need <= self.max_seconds
 
     def deadline(self) -> float | None:

@@ -58,7 +58,8 @@ def _run_round(result: TreatResult, groups: list[tuple[Remedy, ...]], recipe: Re
             trial = stages.candidate(group, base.patient, sample, seed)
             trial.timing["changes"] = trial.seconds = time.perf_counter() - t0
             bar.update(0, candidate=trial.label)
-            if trial.status == "not fixed" and not result.affords(pilot, budget - pilot):  # one finalist's rest
+            # one more pilot only while the finalists' rests still fit: a pilot that eats their time leaves no fix
+            if trial.status == "not fixed" and not result.affords(pilot, FINALISTS * (budget - pilot)):
                 trial.status, trial.note = "not tried", result.over_budget()
             if trial.status == "not fixed":
                 stages.guarded(trial, "build", lambda: setattr(trial, "model", trial.patient.build(seed)))
