@@ -184,6 +184,9 @@ def test_max_steps_bounds_the_whole_treatment(digits):
     r = gd.treat(spec, digits, budget_steps=40, max_steps=100, config=TrainConfig(lr=0.01), pairs=False,
                  progress_bar=False)
     assert r.steps <= 100 and r.max_steps == 100
+    # baseline 40, then a pilot of 10 if one finalist's rest (30) still fits after it (40 + 10 + 30), a
+    # second pilot only if both finalists' rests do (50 + 10 + 60 > 100): one candidate, trained in full
+    assert [t.steps for t in r.trials if t.steps] == [40, 40]
     skipped = [t for t in r.trials if t.status == "not tried"]
     assert skipped and all(t.steps == 0 and "over the budget" in t.note for t in skipped)
     with pytest.raises(GradDoctorError, match="max_steps must be at least 2 x budget_steps"):

@@ -58,8 +58,10 @@ def _run_round(result: TreatResult, groups: list[tuple[Remedy, ...]], recipe: Re
             trial = stages.candidate(group, base.patient, sample, seed)
             trial.timing["changes"] = trial.seconds = time.perf_counter() - t0
             bar.update(0, candidate=trial.label)
-            # one more pilot only while the finalists' rests still fit: a pilot that eats their time leaves no fix
-            if trial.status == "not fixed" and not result.affords(pilot, FINALISTS * (budget - pilot)):
+            # one more pilot only while the rests of the finalists it makes possible still fit after it
+            # (two once two were piloted): a pilot that eats the finalists' time leaves no fix at all
+            finalists = min(FINALISTS, 1 + sum(t.steps > 0 for t in trials))
+            if trial.status == "not fixed" and not result.affords(pilot, finalists * (budget - pilot)):
                 trial.status, trial.note = "not tried", result.over_budget()
             if trial.status == "not fixed":
                 stages.guarded(trial, "build", lambda: setattr(trial, "model", trial.patient.build(seed)))
