@@ -118,6 +118,7 @@ def finish(trial: Trial, recipe: Recipe, seed: int, budget: int, deadline: float
     from ..probe.probe import watch
 
     if math.isfinite(trial.loss) and budget > trial.steps:
+        torch.manual_seed(seed + 1)  # the model's randomness (dropout) as in the baseline's second segment
         with watch(trial.model, every=FINISH_EVERY, stats="full", scaler=trial.run.scaler) as probe:
             segment(trial, recipe, budget - trial.steps, seed + 1, probe, deadline)
         if trial.steps < budget and math.isfinite(trial.loss):
@@ -142,6 +143,7 @@ def baseline(trial: Trial, recipe: Recipe, seed: int, pilot: int, budget: int) -
         t1 = time.perf_counter()
         trial.timing["pilot"] = t1 - t0
         if math.isfinite(trial.loss) and budget > trial.steps:
+            torch.manual_seed(seed + 1)  # reseeded as each finalist's is: other candidates run in between
             segment(trial, recipe, budget - trial.steps, seed + 1, probe)
         trial.timing["finish"] = time.perf_counter() - t1
     t2 = time.perf_counter()
