@@ -35,6 +35,7 @@ def test_readme_copies_of_results_files_are_verbatim():
     shown = dict(copies((ROOT / "README.md").read_text()))
     assert "results/treat_lm.md" in shown, "README.md lost its treat section"
     for path, text in shown.items():
-        assert text == (ROOT / "docs" / path).read_text(), path
+        assert text == (ROOT / "docs" / path).read_text(), (
+            f"README.md's copy of docs/{path} is stale: paste the file between its copy markers")
     assert "reloaded into a fresh GPT2LMHeadModel: outputs bit-identical to the treated model: True" in \
         shown["results/treat_lm.md"]
