@@ -210,7 +210,26 @@ def wrong(rows: list[dict]) -> list[str]:
         else:
             continue
         if ph or r["error"]:
-            out.append(f"{r['name']} ({r['half']}): {', '.join(ph) or 'error'}")
+            seed = f", seed {r['seed']}" if r["seed"] else ""
+            out.append(f"{r['name']} ({r['half']}{seed}): {', '.join(ph) or 'error'}")
+    return out
+
+
+def flips(rows: list[dict]) -> list[str]:
+    """The recipes whose verdict (healthy, or the kinds found) differs between seeds, per phase."""
+    out = []
+    for name in dict.fromkeys(r["name"] for r in rows):
+        rs = sorted((r for r in rows if r["name"] == name), key=lambda r: r["seed"])
+        for ph in ("init", "trained"):
+            seen: dict[str, list[int]] = {}
+            for r in rs:
+                v = r[ph]
+                word = "-" if v is None else "healthy" if v["healthy"] else "+".join(
+                    sorted({f["kind"] for f in v["findings"]}))
+                seen.setdefault(word, []).append(r["seed"])
+            if len(seen) > 1:
+                out.append(f"{name} ({ph}): " + "; ".join(f"{w} (seed {', '.join(map(str, ss))})"
+                                                          for w, ss in seen.items()))
     return out
 
 
@@ -299,20 +318,30 @@ def bench(args: argparse.Namespace) -> None:
     head = (f"{len(items)} recipes ({n['zoo']} zoo models, {n['planted']} planted pathologies, {n['harmless']} "
             f"harmless and {n['unscored']} unscored plantings), seeds {seed_range(args.seeds)}, {args.steps} steps, "
             f"every={args.every}; torch {torch.__version__}, transformers {transformers.__version__}, one CPU thread"
-            + ("; verdicts of an earlier full run re-scored against the current claims (--rescore)" if args.rescore
-               else ""))
+            + (f"; verdicts of {len(args.rescore.split(','))} earlier run(s) re-scored against the current claims "
+               "(--rescore)" if args.rescore else ""))
     lines = summary_lines(s)
     wr = wrong(rows)
-    md = "\n".join([f"{head}\n", "**Summary**\n", *[f"- {x}" for x in lines], "",
-                    "**Wrong verdicts** (phase)\n", *([f"- {x}" for x in wr] or ["- none"]), "",
-                    table(rows), ""])
-    print(table(rows), "", *lines, "", "wrong verdicts:", *(wr or ["none"]), sep="\n")
+    per_seed, flipped = [], []
+    if len(args.seeds) > 1:  # the spread behind the pooled counts, and the verdicts that change with the seed
+        per_seed = [f"seed {seed}, {x}" for seed in args.seeds
+                    for x in summary_lines(summarise([r for r in rows if r["seed"] == seed]))]
+        flipped = flips(rows)
+        per_seed = ["", "**Per seed**\n", *[f"- {x}" for x in per_seed], "",
+                    "**Verdicts that differ between seeds** (phase)\n", *([f"- {x}" for x in flipped] or ["- none"])]
+    md = "\n".join([f"{head}\n", f"**Summary** ({'pooled over the seeds' if len(args.seeds) > 1 else 'one seed'})\n",
+                    *[f"- {x}" for x in lines], *per_seed, "",
+                    "**Wrong verdicts** (phase; a model appears once per seed it is wrong on)\n",
+                    *([f"- {x}" for x in wr] or ["- none"]), "", table(rows), ""])
+    print(table(rows), "", *lines, *per_seed, "", "wrong verdicts:", *(wr or ["none"]), sep="\n")
     if not args.only and not args.json:  # the results files hold full runs only
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / "zoo.md").write_text(md)
     if args.json or not args.only:
         path = Path(args.json) if args.json else RESULTS / "zoo.json"
-        head_json = json.dumps({"config": vars(args), "header": head, "summary": s, "wrong": wr}, indent=1)
+        seeds_json = {str(seed): summarise([r for r in rows if r["seed"] == seed]) for seed in args.seeds}
+        head_json = json.dumps({"config": vars(args), "header": head, "summary": s, "summary_per_seed": seeds_json,
+                                "wrong": wr, "flips": flipped}, indent=1)
         body = ",\n".join(json.dumps(r) for r in rows)  # one row per line: small, and diffs by model
         path.write_text(f'{head_json[:-2]},\n "rows": [\n{body}\n]}}\n')
         print(f"\nwrote {path}" + ("" if args.only or args.json else f" and {RESULTS / 'zoo.md'}"))
