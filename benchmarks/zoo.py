@@ -312,6 +312,9 @@ def bench(args: argparse.Namespace) -> None:
             for seed in args.seeds:
                 for kind, m, p in items:
                     rows.append(run_one(kind, m, seed, args.steps, args.every, p))
+                    if args.partial:  # a long run that is stopped keeps what it judged
+                        with open(args.partial, "a") as fh:
+                            fh.write(json.dumps(rows[-1]) + "\n")
                     b.update(1, model=m.name)
     s = summarise(rows)
     n = {k: sum(it[0] == k for it in items) for k in KINDS}
@@ -401,6 +404,7 @@ def main() -> None:
                     "separated, e.g. one per seed) against the current claims, and rewrite the results (no judging)")
     ap.add_argument("--json", help="write the results JSON here instead of docs/results/ (default with a full run: "
                     "docs/results/zoo.json and zoo.md)")
+    ap.add_argument("--partial", metavar="JSONL", help="append each judged row to this file as it is done")
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--oracle", action="store_true", help="print the autograd measurements behind each truth")
     ap.add_argument("--category", choices=("planted", "harmless", "unscored"), help="--oracle: only these plantings")
