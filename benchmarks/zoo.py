@@ -272,6 +272,8 @@ def seed_list(text: str) -> list[int]:
 
 def seed_range(seeds: list[int]) -> str:
     """The seeds as the header names them: "0..2" for a run of consecutive seeds, else a list."""
+    if len(seeds) == 1:
+        return str(seeds[0])
     if seeds == list(range(seeds[0], seeds[-1] + 1)):
         return f"{seeds[0]}..{seeds[-1]}"
     return ", ".join(map(str, seeds))
@@ -293,11 +295,25 @@ def merged(paths: str) -> tuple[list[dict], dict]:
     return rows, configs[0]
 
 
+def rejudged_note(paths: str) -> str:
+    """The header's note on rows that a later run judged again."""
+    rows, _ = merged(paths)
+    names = sorted({r["name"] for r in rows})
+    return (f"{len(rows)} rows ({', '.join(names)}; seeds {seed_range(sorted({r['seed'] for r in rows}))}) "
+            "were judged again by a later run, on code that changed only their verdicts (--rejudged)")
+
+
 def bench(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     items = select(args.only)
     if args.rescore:  # the verdicts of earlier full runs, scored against the claims as they are now
         old, config = merged(args.rescore)
+        if args.rejudged:  # rows judged again by a later run replace the earlier ones (same model and seed)
+            new, new_config = merged(args.rejudged)
+            if (new_config["steps"], new_config["every"]) != (config["steps"], config["every"]):
+                sys.exit(f"zoo: error: {args.rejudged} differs from {args.rescore} in --steps or --every")
+            keys = {(r["name"], r["seed"]) for r in new}
+            old = [r for r in old if (r["name"], r["seed"]) not in keys] + new
         rows = rescore(old)
         args.seeds = sorted({r["seed"] for r in rows})
         args.steps, args.every = config["steps"], config["every"]
@@ -322,7 +338,8 @@ def bench(args: argparse.Namespace) -> None:
             f"harmless and {n['unscored']} unscored plantings), seeds {seed_range(args.seeds)}, {args.steps} steps, "
             f"every={args.every}; torch {torch.__version__}, transformers {transformers.__version__}, one CPU thread"
             + (f"; verdicts of {len(args.rescore.split(','))} earlier run(s) re-scored against the current claims "
-               "(--rescore)" if args.rescore else ""))
+               "(--rescore)" if args.rescore else "")
+            + (f"; {rejudged_note(args.rejudged)}" if args.rescore and args.rejudged else ""))
     lines = summary_lines(s)
     wr = wrong(rows)
     per_seed, flipped = [], []
@@ -402,6 +419,9 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=1, help="watch(every=) during training")
     ap.add_argument("--rescore", metavar="JSON", help="re-score the verdicts of earlier full runs' JSON files (comma-"
                     "separated, e.g. one per seed) against the current claims, and rewrite the results (no judging)")
+    ap.add_argument("--rejudged", metavar="JSON", help="with --rescore: rows of these runs (comma-separated JSON) "
+                    "replace those of the same model and seed (a subset judged again after a change that only "
+                    "affects it)")
     ap.add_argument("--json", help="write the results JSON here instead of docs/results/ (default with a full run: "
                     "docs/results/zoo.json and zoo.md)")
     ap.add_argument("--partial", metavar="JSONL", help="append each judged row to this file as it is done")

@@ -226,7 +226,7 @@ def test_benchmark_merges_runs_of_distinct_seeds_and_lists_flipped_verdicts(tmp_
     for bad in ("", "a", "1,1", "-1,2"):
         with pytest.raises(argparse.ArgumentTypeError):
             bench.seed_list(bad)
-    assert bench.seed_range([0, 1, 2]) == "0..2" and bench.seed_range([0, 2]) == "0, 2"
+    assert bench.seed_range([0, 1, 2]) == "0..2" and bench.seed_range([0, 2]) == "0, 2" and bench.seed_range([2]) == "2"
     vanish = {"healthy": False, "findings": [_finding("vanishing", {}, [])]}
     row = lambda seed, init: {"name": "gpt2", "seed": seed, "init": init, "trained": {"healthy": True}}
     config = {"steps": 50, "every": 1}
