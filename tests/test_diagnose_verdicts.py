@@ -171,3 +171,23 @@ def test_stalled_layers_under_adam_need_a_gradient_below_eps():
     trace = _train(model, _batches(8), optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3))
     assert gd.diagnose(trace).healthy
     assert np.isfinite(trace["update_ratio"][1:]).all()
+
+
+def test_a_demoted_vanishing_says_whether_its_gradient_is_below_adams_eps(monkeypatch):
+    """A BERT at 10x lr (zoo: bert-lr10) had 'gradient RMS 4.1e-13 >> eps 1e-08' in its text: the words
+    follow the measured comparison, and a gradient below eps is said to be (the steps move only as
+    much as the rest's: the whole network may be stalled, which stalled_layers judges)."""
+    from graddoctor.diagnose import impact
+    from graddoctor.diagnose.findings import Finding
+
+    ev = {"learns": True, "update_ratio": 2e-3, "update_ratio_rest": 4e-3, "relative_update": 0.5,
+          "grad_rms": 4.1e-13, "eps": 1e-8, "below_eps": True, "decay_only": False, "optimizer": "AdamW"}
+    found = Finding("vanishing", "critical", ("a",), "signal far below")
+    for grad, below, tail in ((4.1e-13, True, "; their gradient RMS 4.1e-13 is below 1x eps 1e-08, so their steps "
+                                              "are only as large as the rest's"),
+                              (3e-5, False, ", gradient RMS 3e-05 above eps 1e-08")):
+        monkeypatch.setattr(impact, "learning", lambda *a, g=grad, b=below: {**ev, "grad_rms": g, "below_eps": b})
+        f = impact.judge_impact(None, found, [0], np.array([0]))
+        assert f.severity == "info" and not f.causes
+        head = "signal far below; but under AdamW they learn: update/weight 0.002 vs 0.004 for the rest"
+        assert f.summary == head + tail
