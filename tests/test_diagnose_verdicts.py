@@ -49,12 +49,13 @@ def nonfinite_finding(d):
 
 
 # -- divergence and its causes ------------------------------------------------------------------
-def test_divergence_on_an_unrecorded_step_is_reported():
+def _diverging_trace():
+    """25 steps recorded every 10th; a NaN weight makes step 13's forward the first non-finite one."""
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     with gd.watch(model, every=10, optimizer=opt) as probe:
         for step, (x, y) in enumerate(_batches(25)):
-            if step == 13:  # a NaN weight: step 13's forward is the first non-finite one
+            if step == 13:
                 with torch.no_grad():
                     model[0].weight[0, 0] = float("nan")
             opt.zero_grad(set_to_none=True)
@@ -62,7 +63,11 @@ def test_divergence_on_an_unrecorded_step_is_reported():
             loss.backward()
             opt.step()
             probe.step(loss)
-    trace = probe.trace
+    return probe.trace
+
+
+def test_divergence_on_an_unrecorded_step_is_reported():
+    trace = _diverging_trace()
     assert list(trace.steps) == [0, 10, 20]
     f = nonfinite_finding(gd.diagnose(trace))
     assert f.severity == "critical"
@@ -140,7 +145,8 @@ def test_a_small_gradient_is_a_disease_only_if_the_layers_stop_learning(depth, o
         assert f.severity in ("warning", "critical")
         assert impact["below_eps"] if optimizer == "adamw" else impact["relative_update"] < 0.01
         # the summary gives the evidence that was measured, not only the template's words
-        why = (f"their gradient RMS {impact['grad_rms']:.2g} is below" if optimizer == "adamw" else
+        why = (f"their update/weight ratio {impact['update_ratio']:.2g} is below" if impact["tiny"] else
+               f"their gradient RMS {impact['grad_rms']:.2g} is below" if optimizer == "adamw" else
                f"they move {impact['relative_update']:.2g}x as much as the rest")
         assert f"they stop learning: {why}" in f.summary, f.summary
 
@@ -191,3 +197,34 @@ def test_a_demoted_vanishing_says_whether_its_gradient_is_below_adams_eps(monkey
         assert f.severity == "info" and not f.causes
         head = "signal far below; but under AdamW they learn: update/weight 0.002 vs 0.004 for the rest"
         assert f.summary == head + tail
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_network_where_every_layer_barely_moves_keeps_its_vanishing_finding(seed):
+    """Tiny init (the lab's `init` experiment, tanh small): at the first step every layer's update/weight
+    ratio is ~1e-23, so 'the affected layers move as much as the rest' is no evidence that they learn:
+    the vanishing stays critical (it was demoted to info)."""
+    spec = gd.NetSpec(depth=20, width=128, in_shape=(64,), activation="tanh", init="small", dtype="float64")
+    model = gd.build(spec, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(64, 64, generator=g, dtype=torch.float64), torch.randint(0, 10, (64,), generator=g)
+    opt = torch.optim.SGD(model.parameters(), lr=0.005, momentum=0.9)
+    trace = _train(model, [(x, y)] * 3, optimizer=opt)
+    d = gd.diagnose(trace.select([0]))
+    (f,) = [f for f in d.findings if f.kind == "vanishing"]
+    assert f.severity == "critical", str(d)
+    impact = f.evidence["impact"]
+    assert impact["tiny"] and not impact["learns"] and impact["update_ratio"] < 1e-6
+    assert impact["relative_update"] > 0.01  # the relative test alone would have called it learning
+    assert "would not change their weights" in f.summary and f.causes[0].name == "init_too_small"
+
+
+def test_a_selection_of_steps_before_a_divergence_is_not_non_finite():
+    """trace.select keeps the every-step non-finite record only up to its last step: the verdict at
+    initialisation of a run that diverges at step 13 has no non_finite finding."""
+    trace = _diverging_trace()
+    assert "non_finite" not in gd.diagnose(trace.select([0])).kinds()
+    assert trace.select([0]).meta["nonfinite"]["first_step"] is None
+    assert trace.meta["nonfinite"]["first_step"] == 13  # the whole run keeps it
+    assert "non_finite" not in gd.diagnose(trace.select([0, 1])).kinds()  # steps 0 and 10: before step 13
+    assert "non_finite" in gd.diagnose(trace).kinds()

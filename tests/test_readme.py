@@ -26,3 +26,12 @@ def test_readme_example_runs_and_the_deep_sigmoid_net_vanishes():
 def test_readme_links_point_at_existing_pages():
     for target in re.findall(r"\]\((docs/[^)#]+)", (ROOT / "README.md").read_text()):
         assert (ROOT / target).exists(), target
+
+
+def test_readme_treat_output_is_the_examples_results_file():
+    """The treat section's printout is docs/results/treat_lm.md as `python examples/treat_lm.py` wrote it."""
+    text = (ROOT / "README.md").read_text()
+    shown = re.search(r"<!-- treat_lm:begin -->\n(.*?)<!-- treat_lm:end -->", text, re.S)
+    assert shown is not None, "README.md lost its treat section"
+    assert shown.group(1) == (ROOT / "docs" / "results" / "treat_lm.md").read_text()
+    assert "reloaded into a fresh GPT2LMHeadModel: outputs bit-identical to the treated model: True" in shown.group(1)

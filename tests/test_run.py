@@ -262,8 +262,9 @@ def test_module_form_and_a_script_that_trains_nothing(tmp_path, monkeypatch, cap
     (["torchrun", "train.py"], "not 'torchrun'"),
     (["python", "missing.py"], "no such file: missing.py"),
     (["python", "-X", "dev", "train.py"], "python option '-X' is not supported"),
+    (["python", "-c", "print(1)"], "not python -c code: put the code in a file"),
     (["python", "-m", "no_such_module_here"], "no module named 'no_such_module_here'"),
-], ids=["empty", "launcher", "no-file", "option", "no-module"])
+], ids=["empty", "launcher", "no-file", "option", "code", "no-module"])
 def test_bad_command_is_one_line_exit_2(tmp_path, capsys, command, message):
     assert main(["run", "--store", str(tmp_path / "r.db"), "--", *command]) == 2
     err = capsys.readouterr().err.strip()

@@ -31,6 +31,14 @@ def is_adaptive(opt: dict) -> bool:
     return any(k in str(opt.get("type", "")) for k in ("Adam", "RMSprop", "Adagrad", "Adafactor", "Lion"))
 
 
+def converged(s: Signals, judged: np.ndarray) -> bool:
+    """True when the judged steps' loss is below CONVERGED_LOSS_FRACTION of the first: a finished fit."""
+    loss = s.step["loss"]
+    first = loss[np.isfinite(loss)][:1]
+    now = np.nanmedian(loss[judged]) if len(judged) and np.isfinite(loss[judged]).any() else np.nan
+    return bool(len(first) and np.isfinite(now) and now < T.CONVERGED_LOSS_FRACTION * first[0])
+
+
 def learning(s: Signals, layers: list[int], judged: np.ndarray) -> dict | None:
     """Whether `layers` learn: their update ratio vs the rest, gradient vs eps; None without updates."""
     if not len(judged) or not layers:
@@ -51,9 +59,12 @@ def learning(s: Signals, layers: list[int], judged: np.ndarray) -> dict | None:
     # weight decay alone moves weights by lr * weight_decay per step: no gradient step in that
     decay = float(opt.get("lr", 0) or 0) * float(opt.get("weight_decay", 0) or 0)
     decay_only = bool(grad == 0 or (decay > 0 and np.median(mine) <= 2 * decay))
+    # steps too small to change the weights in a million steps are a stall, whatever the rest does
+    # (a 20-layer tanh net at tiny init: every layer's update/weight ~1e-23, the rest's no larger)
+    tiny = bool(np.median(mine) < T.UPDATE_RATIO_LOW and not converged(s, judged))
     # a gradient below eps shrinks Adam's step only when the step measured is small too
-    stalled = decay_only or ratio < T.RELATIVE_UPDATE_LOW or (below_eps and ratio < T.RELATIVE_UPDATE_EPS)
-    return {"learns": not stalled, "update_ratio": float(np.median(mine)),
+    stalled = decay_only or tiny or ratio < T.RELATIVE_UPDATE_LOW or (below_eps and ratio < T.RELATIVE_UPDATE_EPS)
+    return {"learns": not stalled, "update_ratio": float(np.median(mine)), "tiny": tiny,
             "update_ratio_rest": float(np.median(others)), "relative_update": ratio, "grad_rms": grad, "eps": eps,
             "below_eps": below_eps, "decay_only": decay_only,
             "optimizer": opt.get("type")}
@@ -68,6 +79,8 @@ def judge_impact(s: Signals, finding: Finding, layers: list[int], judged: np.nda
     if not ev["learns"]:
         why = ("no gradient step moves them (their gradient is 0, or only weight decay changes them)"
                if ev["decay_only"] else
+               f"their update/weight ratio {ev['update_ratio']:.2g} is below {T.UPDATE_RATIO_LOW:g}: a million steps "
+               f"would not change their weights by their own size" if ev["tiny"] else
                f"their gradient RMS {ev['grad_rms']:.2g} is below {T.ADAM_EPS_FACTOR:g}x {ev['optimizer']}'s eps "
                f"{ev['eps']:.0e}, so their steps shrink" if ev["below_eps"] else
                f"they move {ev['relative_update']:.2g}x as much as the rest of the network "

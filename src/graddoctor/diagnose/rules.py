@@ -15,7 +15,7 @@ from .causes import gradient_causes, rank
 from .depth import along_depth, inside_branches, stacks
 from .evidence import _finding, _finite_steps, _judged, _lr_cause, _q, input_scale_cause
 from .findings import Cause, Finding
-from .impact import is_adaptive, judge_impact, optimizer_of
+from .impact import converged, is_adaptive, judge_impact, optimizer_of
 from .nonfinite import non_finite, precision_underflow
 from .patterns import PATTERNS
 from .signals import Signals, median, persistent
@@ -187,10 +187,7 @@ def stalled_layers(s: Signals) -> list[Finding]:
     ur = median(s.layer["update_ratio"], judged) if len(judged) else np.array([])
     if not np.isfinite(ur).any():
         return []
-    loss = s.step["loss"]
-    first = loss[np.isfinite(loss)][:1]
-    now = np.nanmedian(loss[judged]) if np.isfinite(loss[judged]).any() else np.nan
-    if len(first) and np.isfinite(now) and now < T.CONVERGED_LOSS_FRACTION * first[0]:
+    if converged(s, judged):
         return []  # converged: small steps are what a finished fit takes, not a stall
     g = median(s.layer["grad_rms"], judged)
     trainable = np.isfinite(ur) & np.isfinite(g)  # frozen layers: nan gradients

@@ -71,6 +71,9 @@ def parse_command(argv: list[str]) -> Command:
         if opt in ("-u", "-B"):
             unbuffered = unbuffered or opt == "-u"
             continue
+        if opt == "-c":
+            raise GradDoctorError("graddoctor run needs a script file or -m module, not python -c code: put the code "
+                                  f"in a file and run it: {USAGE}")
         raise GradDoctorError(f"python option {opt!r} is not supported by graddoctor run (the script runs in "
                               f"graddoctor's Python); drop it, or run: python {opt} -m graddoctor run -- script.py")
     if not argv:

@@ -174,8 +174,8 @@ class Trace:
     def select(self, index: np.ndarray | slice) -> Trace:
         """A new Trace with a subset of the recorded steps (by position)."""
         self._sync()
-        out = Trace(self.layers, self.meta)
         lv, sv, st = self._layer[: self._n][index], self._step[: self._n][index], self.steps[index]
+        out = Trace(self.layers, _meta_until(self.meta, int(st.max()) if len(st) else -1))
         for i in range(len(st)):
             out.append(int(st[i]), lv[i], sv[i])
         out.series = self.series.select(st)
@@ -238,3 +238,16 @@ class Trace:
 
     def __repr__(self) -> str:
         return f"Trace({self._n} steps x {len(self.layers)} layers x {len(LAYER_METRICS)} metrics)"
+
+
+def _meta_until(meta: dict, last: int) -> dict:
+    """`meta` with the every-step non-finite record cut to steps <= `last` (a selection ends there)."""
+    rec = meta.get("nonfinite")
+    if not rec:
+        return meta
+    cut = dict(rec)
+    if cut.get("first_step") is not None and cut["first_step"] > last:
+        cut["first_step"] = cut["what"] = None
+    if cut.get("input_first_step") is not None and cut["input_first_step"] > last:
+        cut["input_first_step"] = None
+    return {**meta, "nonfinite": cut}
