@@ -279,12 +279,17 @@ def seed_range(seeds: list[int]) -> str:
     return ", ".join(map(str, seeds))
 
 
-def merged(paths: str) -> tuple[list[dict], dict]:
-    """The rows of earlier runs (comma-separated JSON files, e.g. one per seed) and the first one's config."""
+def merged(paths: str, later_wins: bool = False) -> tuple[list[dict], dict]:
+    """The rows of earlier runs (comma-separated JSON files, e.g. one per seed) and the first one's config.
+
+    With `later_wins`, a row of a later file replaces an earlier file's row of the same model and seed
+    (runs that judged a subset again, in the order they ran); else such a pair is an error.
+    """
     rows, configs = [], []
     for path in paths.split(","):
         data = json.loads(Path(path).read_text())
-        rows += data["rows"]
+        keys = {(r["name"], r["seed"]) for r in data["rows"]} if later_wins else set()
+        rows = [r for r in rows if (r["name"], r["seed"]) not in keys] + data["rows"]
         configs.append(data["config"])
     for k in ("steps", "every"):
         if len({c[k] for c in configs}) > 1:
@@ -297,7 +302,7 @@ def merged(paths: str) -> tuple[list[dict], dict]:
 
 def rejudged_note(paths: str) -> str:
     """The header's note on rows that a later run judged again."""
-    rows, _ = merged(paths)
+    rows, _ = merged(paths, later_wins=True)
     names = sorted({r["name"] for r in rows})
     return (f"{len(rows)} rows ({', '.join(names)}; seeds {seed_range(sorted({r['seed'] for r in rows}))}) "
             "were judged again by a later run, on code that changed only their verdicts (--rejudged)")
@@ -309,7 +314,7 @@ def bench(args: argparse.Namespace) -> None:
     if args.rescore:  # the verdicts of earlier full runs, scored against the claims as they are now
         old, config = merged(args.rescore)
         if args.rejudged:  # rows judged again by a later run replace the earlier ones (same model and seed)
-            new, new_config = merged(args.rejudged)
+            new, new_config = merged(args.rejudged, later_wins=True)
             if (new_config["steps"], new_config["every"]) != (config["steps"], config["every"]):
                 sys.exit(f"zoo: error: {args.rejudged} differs from {args.rescore} in --steps or --every")
             keys = {(r["name"], r["seed"]) for r in new}
@@ -419,9 +424,9 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=1, help="watch(every=) during training")
     ap.add_argument("--rescore", metavar="JSON", help="re-score the verdicts of earlier full runs' JSON files (comma-"
                     "separated, e.g. one per seed) against the current claims, and rewrite the results (no judging)")
-    ap.add_argument("--rejudged", metavar="JSON", help="with --rescore: rows of these runs (comma-separated JSON) "
-                    "replace those of the same model and seed (a subset judged again after a change that only "
-                    "affects it)")
+    ap.add_argument("--rejudged", metavar="JSON", help="with --rescore: rows of these runs (comma-separated JSON, "
+                    "in the order they ran: a later one wins) replace those of the same model and seed (a subset "
+                    "judged again after a change that only affects it)")
     ap.add_argument("--json", help="write the results JSON here instead of docs/results/ (default with a full run: "
                     "docs/results/zoo.json and zoo.md)")
     ap.add_argument("--partial", metavar="JSONL", help="append each judged row to this file as it is done")

@@ -240,3 +240,7 @@ def test_benchmark_merges_runs_of_distinct_seeds_and_lists_flipped_verdicts(tmp_
     assert bench.flips(rows) == ["gpt2 (init): healthy (seed 0, 1); vanishing (seed 2)"]
     with pytest.raises(SystemExit, match="twice on seed 1"):  # the same seed in two runs is not merged
         bench.merged(f"{paths[1]},{paths[1]}")
+    again = tmp_path / "again.json"  # ... unless a later run judged it again (--rejudged): the later row wins
+    again.write_text(json.dumps({"config": config, "rows": [row(2, {"healthy": True})]}))
+    rows, _ = bench.merged(f"{paths[1]},{again}", later_wins=True)
+    assert [(r["seed"], r["init"]["healthy"]) for r in rows] == [(1, True), (2, True)]
