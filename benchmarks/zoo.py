@@ -305,7 +305,7 @@ def rejudged_note(paths: str) -> str:
     rows, _ = merged(paths, later_wins=True)
     names = sorted({r["name"] for r in rows})
     return (f"{len(rows)} rows ({', '.join(names)}; seeds {seed_range(sorted({r['seed'] for r in rows}))}) "
-            "were judged again by a later run, on code that changed only their verdicts (--rejudged)")
+            "were judged again by later runs, on code whose changes could affect only these rows (--rejudged)")
 
 
 def bench(args: argparse.Namespace) -> None:
