@@ -28,6 +28,7 @@ on CUDA torch.cuda.max_memory_allocated. Ratio to the plain step's peak.
     python benchmarks/overhead.py                   # CPU, all workloads; writes docs/results/overhead.*
     python benchmarks/overhead.py --device cuda     # the same on a GPU
     python benchmarks/overhead.py --profile mlp     # where the time of stats="full" goes, per phase
+    python benchmarks/overhead.py --profile all     # every workload and preset -> docs/results/overhead-profile.*
 """
 from __future__ import annotations
 
@@ -268,22 +269,36 @@ def memory(w: Workload, device: str) -> dict[str, float]:
 
 
 # -- where the time goes ---------------------------------------------------------------------
-PHASES = (  # (class, method, what it does): the probe's work, timed in place
+PHASES = (  # (class, method, what it does): the probe's work, timed in place, each exclusive of the others
     ("Probe", "_on_forward", "forward hooks: input/output statistics"),
     ("StepRecord", "signal_all", "tensor hooks: error-signal norms"),
     ("StepRecord", "_end_backward", "end of backward: file the norms"),
-    ("StepRecord", "params", "gradient norms (+ weight norms without optimizer)"),
-    ("Probe", "_before_update", "optimizer pre-hook: params + weight copy + weight norms"),
-    ("Probe", "_after_update", "optimizer post-hook: update norms + end of step"),
+    ("StepRecord", "params", "gradient norms (one pass over the gradients)"),
+    ("Probe", "_before_update", "optimizer pre-hook: weight sample copy + weight norms"),
+    ("Probe", "_after_update", "optimizer post-hook: update norms, end of step"),
     ("Pipeline", "ship", "end of a recorded step: parts, the one host copy"),
     ("Checks", "_on_input", "every step: input check"),
-    ("Checks", "grads", "every step: gradient check"),
+    ("Checks", "grads", "every step: gradient check (unrecorded steps: one pass over the gradients)"),
     ("Pipeline", "pool", "pooling into the Trace (every 64 steps)"),
 )
+PROFILES = {"full": {"stats": "full"}, "norms": {"stats": "norms"}, "full every=10": {"stats": "full", "every": 10}}
 
 
-def profile(name: str, device: str, stats: str = "full", every: int = 1, blocks: int = 6) -> None:
-    """Print where the probe's time goes: ms per step in each phase, next to the plain step."""
+def _dispatches(w: Workload, model: nn.Module, opt: torch.optim.Optimizer, data: list, probe, steps: int) -> float:
+    """aten ops dispatched from Python per step (top-level: an op's own sub-ops not counted)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(steps):
+            train_step(w, model, opt, data[i % len(data)], probe)
+    top = [e for e in prof.events() if e.name.startswith("aten::")
+           and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))]
+    return len(top) / steps
+
+
+def profile(name: str, device: str, kwargs: dict, blocks: int = 6) -> dict:
+    """Where the probe's time goes on one workload: ms per step in each phase (exclusive), next to the
+    plain step; aten ops the probe adds per step and per recorded layer call."""
     import collections
 
     from graddoctor.probe import checks, collect, pipeline
@@ -292,38 +307,89 @@ def profile(name: str, device: str, stats: str = "full", every: int = 1, blocks:
     classes = {"Probe": probe_mod.Probe, "StepRecord": collect.StepRecord, "Checks": checks.Checks,
                "Pipeline": pipeline.Pipeline}
     now = clock(device)
-    spent: dict[str, list[float]] = collections.defaultdict(list)
+    spent: dict[str, float] = collections.defaultdict(float)
+    calls: dict[str, int] = collections.defaultdict(int)
+    stack: list[list[float]] = []  # per running phase: time spent in phases nested inside it
     originals = []
     for cls_name, method, _ in PHASES:
         cls = classes[cls_name]
         fn = getattr(cls, method)
         originals.append((cls, method, fn))
 
-        def timed(*args, _fn=fn, _key=f"{cls_name}.{method}", **kwargs):
+        def timed(*args, _fn=fn, _key=f"{cls_name}.{method}", **kw):
+            stack.append([0.0])
             t = now()
             try:
-                return _fn(*args, **kwargs)
+                return _fn(*args, **kw)
             finally:
-                spent[_key].append(now() - t)
+                total = now() - t
+                nested = stack.pop()[0]
+                spent[_key] += total - nested
+                calls[_key] += 1
+                if stack:
+                    stack[-1][0] += total
         setattr(cls, method, timed)
     w = WORKLOADS[name]
     try:
         model, opt, data = setup(w, device)
+        block(w, model, opt, data, None, device)
         plain = [block(w, model, opt, data, None, device) for _ in range(blocks)]
-        with graddoctor.watch(model, optimizer=opt, stats=stats, every=every) as probe:
+        plain_ops = _dispatches(w, model, opt, data, None, STEPS)
+        with graddoctor.watch(model, optimizer=opt, **kwargs) as probe:
             block(w, model, opt, data, probe, device)
             spent.clear()
+            calls.clear()
             watched = [block(w, model, opt, data, probe, device) for _ in range(blocks)]
     finally:
         for cls, method, fn in originals:
             setattr(cls, method, fn)
+    with graddoctor.watch(model, optimizer=opt, **kwargs) as probe:  # the op count, untimed
+        block(w, model, opt, data, probe, device)
+        ops = _dispatches(w, model, opt, data, probe, STEPS) - plain_ops
     n = blocks * STEPS
-    print(f"{name}, stats={stats!r}, every={every}: plain {statistics.median(plain):.2f} ms/step, "
-          f"watched {statistics.median(watched):.2f} ms/step (medians over blocks)")
-    for cls_name, method, what in PHASES:
-        t = spent.get(f"{cls_name}.{method}", [])
-        print(f"  {sum(t) * 1e3 / n:7.3f} ms/step  {len(t) / n:5.1f} calls/step  {cls_name}.{method}: {what}")
-    print("  (nested: _before_update includes params; _after_update includes Pipeline.ship, the host copy)")
+    layer_calls = calls.get("Probe._on_forward", 0) / n
+    per_call = ops / layer_calls if layer_calls and kwargs.get("every", 1) == 1 else None
+    phases = {f"{c}.{m}": {"ms": spent.get(f"{c}.{m}", 0.0) * 1e3 / n, "calls": calls.get(f"{c}.{m}", 0) / n,
+                           "what": what} for c, m, what in PHASES}
+    return {"plain_ms": statistics.median(plain), "watched_ms": statistics.median(watched),
+            "probe_ms": sum(p["ms"] for p in phases.values()), "phases": phases,
+            "extra_ops_per_step": ops, "layer_calls_per_step": layer_calls,
+            "ops_per_layer_call": per_call}
+
+
+def print_profile(name: str, label: str, r: dict) -> None:
+    """One profile on the terminal."""
+    print(f"{name}, {label}: plain {r['plain_ms']:.2f} ms/step, watched {r['watched_ms']:.2f} ms/step "
+          f"(medians over blocks); the probe's phases {r['probe_ms']:.2f} ms/step; "
+          f"{r['extra_ops_per_step']:.0f} more aten ops per step"
+          + (f", {r['ops_per_layer_call']:.1f} per recorded layer call" if r["ops_per_layer_call"] else ""))
+    for key, p in r["phases"].items():
+        print(f"  {p['ms']:7.3f} ms/step  {p['calls']:5.1f} calls/step  {key}: {p['what']}")
+
+
+def write_profile(results: dict, device: str) -> list[Path]:
+    """docs/results/overhead-profile.json (+ .md: ms per step in each phase, per workload and preset)."""
+    suffix = "" if device == "cpu" else f"-{device}"
+    js = RESULTS / f"overhead-profile{suffix}.json"
+    js.write_text(json.dumps(results, indent=1) + "\n")
+    keys = [f"{c}.{m}" for c, m, _ in PHASES]
+    lines = [f"Where the probe's time goes ({results['machine']}; {results['clock']}; {results['load']}): "
+             "ms per training step in each phase of the probe, each exclusive of the others (medians of "
+             f"blocks of {STEPS} steps; the phases' sum is the probe's own time), and the aten ops the probe "
+             f"dispatches per step beyond the plain loop. Command: `{results['command']}`.", "",
+             "| workload | preset | plain ms/step | watched ms/step | probe ms/step | "
+             + " | ".join(f"`{k.split('.')[1]}`" for k in keys) + " | aten ops/step (per layer call) |",
+             "|---|---|---|---|---|" + "---|" * len(keys) + "---|"]
+    for name, presets in results["workloads"].items():
+        for label, r in presets.items():
+            per = f" ({r['ops_per_layer_call']:.0f})" if r["ops_per_layer_call"] else ""
+            lines.append(f"| {name} | {label} | {r['plain_ms']:.1f} | {r['watched_ms']:.1f} | {r['probe_ms']:.2f} | "
+                         + " | ".join(f"{r['phases'][k]['ms']:.2f}" for k in keys)
+                         + f" | {r['extra_ops_per_step']:.0f}{per} |")
+    lines += ["", "Phases: " + "; ".join(f"`{k.split('.')[1]}`: {what}" for k, (_, _, what) in zip(keys, PHASES)) + "."]
+    md = RESULTS / f"overhead-profile{suffix}.md"
+    md.write_text("\n".join(lines) + "\n")
+    return [js, md]
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -334,8 +400,8 @@ def write_results(results: dict, device: str) -> list[Path]:
     js = RESULTS / f"overhead{suffix}.json"
     js.write_text(json.dumps(results, indent=1) + "\n")
     targets = TARGETS.get(device, {})
-    clock_name = "CPU time of the training process" if device == "cpu" else "wall time"
-    lines = [f"Time per training step under `watch()` vs the plain loop ({results['machine']}; {clock_name}); "
+    lines = [f"Time per training step under `watch()` vs the plain loop ({results['machine']}; {clock_name(device)}; "
+             f"{results['load']}); "
              "ratio = median over interleaved rounds, in shuffled order, of (variant block / plain block of the "
              "same round). "
              f"Peak memory: one recorded step, ratio to the plain step's peak. Command: `{results['command']}`.",
@@ -358,6 +424,16 @@ def write_results(results: dict, device: str) -> list[Path]:
     return [js, md]
 
 
+def _machine(device: str) -> str:
+    return (f"{platform.machine()} {os.cpu_count()} cores (shared), 1 thread" if device == "cpu"
+            else torch.cuda.get_device_name())
+
+
+def clock_name(device: str) -> str:
+    """What a block's time is (see clock())."""
+    return "CPU time of the training process" if device == "cpu" else "wall time"
+
+
 def main() -> None:
     """Run the benchmark, print the ratios and write the results files."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -365,7 +441,11 @@ def main() -> None:
     p.add_argument("--models", default=",".join(WORKLOADS), help=f"comma-separated: {', '.join(WORKLOADS)}")
     p.add_argument("--rounds", type=int, default=None, help="blocks per variant (default: per workload)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
-    p.add_argument("--profile", default=None, metavar="MODEL", help="where the time goes, on this workload")
+    p.add_argument("--profile", default=None, metavar="MODEL",
+                   help="where the time goes, on this workload (all: every workload and preset, written to "
+                        "docs/results/overhead-profile.*)")
+    p.add_argument("--load", default="machine load not stated",
+                   help="a note on what else ran on the machine, for the results header")
     p.add_argument("--stats", default="full", help="the preset --profile looks at (default: full)")
     p.add_argument("--every", type=int, default=1, help="the every --profile looks at (default: 1)")
     p.add_argument("--no-write", action="store_true", help="print only; leave docs/results alone")
@@ -373,13 +453,25 @@ def main() -> None:
     if args.device == "cpu":
         torch.set_num_threads(1)
     if args.profile:
-        profile(args.profile, args.device, args.stats, args.every)
+        names = list(WORKLOADS) if args.profile == "all" else args.profile.split(",")
+        label = args.stats + (f" every={args.every}" if args.every > 1 else "")
+        presets = PROFILES if args.profile == "all" else {label: {"stats": args.stats, "every": args.every}}
+        out = {"machine": _machine(args.device), "clock": clock_name(args.device), "load": args.load,
+               "command": "python benchmarks/overhead.py --profile all", "workloads": {}}
+        for name in names:
+            out["workloads"][name] = {}
+            for label, kwargs in presets.items():
+                r = out["workloads"][name][label] = profile(name, args.device, kwargs)
+                print_profile(name, label, r)
+        if args.profile == "all" and not args.no_write:
+            for path in write_profile(out, args.device):
+                print(f"wrote {path}")
         return
-    machine = (f"{platform.machine()} {os.cpu_count()} cores (shared), 1 thread" if args.device == "cpu"
-               else torch.cuda.get_device_name())
+    machine = _machine(args.device)
     print(f"torch {torch.__version__}, device {args.device}, {machine}, {STEPS} steps per block")
     command = "python benchmarks/overhead.py" + ("" if args.device == "cpu" else f" --device {args.device}")
     results: dict = {"machine": machine, "torch": torch.__version__, "device": args.device, "command": command,
+                     "load": args.load,
                      "steps_per_block": STEPS, "targets": TARGETS.get(args.device, {}),
                      "memory_target": MEMORY_TARGET, "workloads": {}}
     targets = TARGETS.get(args.device, {})

@@ -267,6 +267,7 @@ def write_results(results: dict) -> list[Path]:
     names = list(results["workloads"])
     rows = list(dict.fromkeys(v for r in results["workloads"].values() for v in r["variants"]))
     lines = [f"Time per training step, ratio to the plain loop of the same round ({results['machine']}; "
+             f"{results.get('load', 'machine load not stated')}; "
              f"`{results['command']}`). Workloads as in the overhead table: "
              + "; ".join(f"**{n}**: {results['workloads'][n]['summary']} "
                          f"({results['workloads'][n]['variants']['plain']['ms']:.0f} ms/step plain)" for n in names)
@@ -293,6 +294,8 @@ def main() -> None:
     p.add_argument("--models", default=",".join(bench.WORKLOADS), help=f"comma-separated: {', '.join(bench.WORKLOADS)}")
     p.add_argument("--rounds", type=int, default=None, help="blocks per variant (default: per workload)")
     p.add_argument("--no-write", action="store_true", help="print only; leave docs/results alone")
+    p.add_argument("--load", default="machine load not stated",
+                   help="a note on what else ran on the machine, for the results header")
     p.add_argument("--worker-wandb", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -303,7 +306,8 @@ def main() -> None:
         print(json.dumps(r))
         return
     machine = f"CPU, {os.cpu_count()} cores (shared), 1 thread, torch {torch.__version__}"
-    results: dict = {"machine": machine, "command": "python benchmarks/peers.py", "workloads": {}, "skipped": {},
+    results: dict = {"machine": machine, "command": "python benchmarks/peers.py", "load": args.load,
+                     "workloads": {}, "skipped": {},
                      "versions": versions()}
     peers = [make() for make in IN_PROCESS]
     for peer in peers:

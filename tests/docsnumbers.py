@@ -37,6 +37,9 @@ NUMBER = re.compile(
 )
 VERSION = re.compile(r"(?:Python|torch|numpy|rich|mkdocs|==|>=|<=|~=|<|>|\bv)\s?\d+(?:\.\d+)+|\d+\.\d+\.\d+")
 INCLUDE = re.compile(r"""^\s*-+8<-+\s+["']([^"']+)["']""", re.M)
+# A verbatim copy of a results file where includes do not work (README.md on a forge):
+# <!-- copy: results/x.md --> ... <!-- end copy -->; tests check it equals the file.
+COPY = re.compile(r"<!-- copy: (\S+) -->\n(.*?)<!-- end copy -->", re.S)
 FENCE = re.compile(r"^(`{3,}|~{3,})([\w+-]*)[^\n]*\n(.*?)^\1\s*$", re.M | re.S)
 CODE_LANGS = {"python", "py", "bash", "sh", "shell", "console"}
 
@@ -101,8 +104,13 @@ def quotes(page: str, golden_blocks: set[int] = frozenset()) -> list[Quote]:
 
 
 def included(page: str) -> list[Path]:
-    """The files a page includes with `--8<-- "PATH"` (relative to docs/)."""
-    return [DOCS / p for p in INCLUDE.findall(page)]
+    """The files a page includes with `--8<-- "PATH"` or copies (COPY), relative to docs/."""
+    return [DOCS / p for p in INCLUDE.findall(page)] + [DOCS / p for p, _ in copies(page)]
+
+
+def copies(page: str) -> list[tuple[str, str]]:
+    """(path relative to docs/, the copied text) of each verbatim copy of a results file on a page."""
+    return COPY.findall(page)
 
 
 def unsupported(page_path: Path, constants: set[str] = frozenset(),

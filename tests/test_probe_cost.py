@@ -215,3 +215,58 @@ def test_fused_derivative_is_the_one_backward_applies(name, approximate):
         registry = activations.get(name).deriv(z.detach(), 0.0)
         assert float(got) == pytest.approx(float(registry.norm()), rel=1e-5)
     assert float(got) == pytest.approx(float(autograd_d.norm()), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["tanh", "sigmoid"])
+def test_saturation_shortcut_counts_as_the_registry_at_the_threshold(name):
+    """The host path's shortcut (tanh: from the largest |x|) and the count agree with the registry, ties included."""
+    act = activations.get(name)
+    z = torch.linspace(-1, 1, 4001)
+    edge = 0.99498743710662 if name == "tanh" else 0.9974937185533100  # phi'(edge) ~= the threshold
+    near = torch.tensor(edge, dtype=torch.float32) + z * 2e-7  # a few ulps on both sides
+    calm = z * 0.4 + (0.5 if name == "sigmoid" else 0.0)
+    counts = []
+    for y in (torch.cat([near, -near if name == "tanh" else 1 - near, calm]), calm, near[near > edge]):
+        x = y.reshape(-1, 1).repeat(1, 4)  # (samples, units)
+        expect = int(act.saturated(x).sum())
+        for host in (True, False):
+            got = stats.input_stats(x, stats.Source(name, None), Scratch(), host=host).saturated
+            assert float(got) == expect, (host, float(got), expect)
+        counts.append(expect)
+    assert counts[0] > 0 and counts[1] == 0 and counts[2] > 0  # mixed, calm (the shortcut), all just past the edge
+
+
+class _Shared(torch.nn.Module):
+    """Three projections of one tensor (as q/k/v): one input, reduced once, filed three times."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = torch.nn.Linear(6, 16)
+        self.q, self.k, self.v = torch.nn.Linear(16, 8), torch.nn.Linear(16, 8), torch.nn.Linear(16, 8)
+        self.out = torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.inp(x))
+        return self.out(torch.sigmoid(self.q(h)) * self.k(h) + self.v(h))
+
+
+def test_a_tensor_that_several_layers_receive_is_reduced_once_with_the_same_numbers(monkeypatch):
+    calls = []
+    real = stats.input_stats
+    monkeypatch.setattr(stats, "input_stats", lambda x, *a, **k: calls.append(x.shape) or real(x, *a, **k))
+    torch.manual_seed(0)
+    model = _Shared()
+    x = torch.randn(32, 6)
+    with watch(model, blocks=None) as probe:
+        loss = model(x).square().mean()
+        loss.backward()
+        probe.step(loss)
+    assert len(calls) == 3  # inp (x), q/k/v (h, once), out
+    t = probe.trace
+    names = [layer.name for layer in t.layers]
+    h = torch.tanh(model.inp(x)).detach()
+    for metric, expect in (("act_mean", float(h.mean())), ("act_std", float(h.std(correction=0))),
+                           ("act_deriv_rms", float((1 - h * h).square().mean().sqrt())),
+                           ("saturated", float(activations.get("tanh").saturated(h).double().mean()))):
+        for name in ("q", "k", "v"):
+            assert t[metric][0, names.index(name)] == pytest.approx(expect, rel=1e-5, abs=1e-7), (metric, name)

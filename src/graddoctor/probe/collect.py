@@ -53,6 +53,7 @@ class StepRecord(Record):
         self.grad_vector: Tensor | None = None  # the parameter-gradient norms, stacked (device)
         self._caught: list[Tensor] = []  # norms of the error signals of the running backward
         self._hooked: dict[int, tuple] = {}  # id(tensor) -> (weakref, version, targets) hooked this step
+        self._inputs: dict[int, tuple] = {}  # id(tensor) -> (weakref, version, its input rows) reduced this step
         self._keys: list[int] = []  # flat rows of each, index = position in _caught
         self.backward_open = False  # a backward started and has not finished (or raised)
         self.params_done = False
@@ -63,25 +64,42 @@ class StepRecord(Record):
     # -- hooks ----------------------------------------------------------------------------
     def forward(self, layer: int, x: Tensor | None, source: stats.Source | None, y: Tensor | None) -> None:
         """Reduce one call's input and output at once; hook their gradients."""
-        filed: list[tuple[int, int, Tensor | int | None]] = []  # (slot, count, value)
+        scalars: list[Tensor] = []
+        rows = self.rows
+        at = self.size  # value index of the next scalar
+
+        def put(slot: int, count: int, value: Tensor | int | None) -> None:
+            if isinstance(value, Tensor):
+                rows.extend((slot, layer, count, at + len(scalars), 1))
+                scalars.append(value)
+            elif value is not None:  # a number known on the host (0: no tensor, no number)
+                rows.extend((slot, layer, count, self.number(value) if value else ZERO, 1))
+
         with torch.no_grad():
-            if x is not None and x.is_floating_point() and x.numel():
-                host = HOST_READS and x.device.type == "cpu"
+            seen = self._inputs.get(id(x)) if x is not None else None
+            if seen is not None and seen[0]() is x and seen[1] == x._version:
+                # the same tensor as another layer's input (q/k/v projections, a ResNet shortcut):
+                # the same numbers, filed again under this layer (rows may share a value)
+                for slot, count, index in seen[2]:
+                    rows.extend((slot, layer, count, index, 1))
+            elif x is not None and x.is_floating_point() and x.numel():
+                host = HOST_READS and x.is_cpu
                 mean, centred, dead, sat, d_norm, d_sq = stats.input_stats(x, source, self.scratch, host)
                 n = x.numel()
-                filed += ((ACT_MEAN, n, mean), (ACT_MEAN + 1, n, centred), (DEAD, stats.per_sample(x), dead),
-                          (SATURATED, n, sat), (DERIV, n, d_norm), (DERIV_SQ, n, d_sq))
+                first = len(rows)
+                rows.extend((ACT_MEAN, layer, n, at, 1, ACT_MEAN + 1, layer, n, at + 1, 1,
+                             DEAD, layer, stats.per_sample(x), at + 2, 1))
+                scalars += (mean, centred, dead)
+                put(SATURATED, n, sat)
+                put(DERIV, n, d_norm)
+                put(DERIV_SQ, n, d_sq)
+                filed = rows[first:]
+                self._inputs[id(x)] = (weakref.ref(x), x._version,
+                                       [(filed[i], filed[i + 2], filed[i + 3]) for i in range(0, len(filed), 5)])
             if y is not None and y.is_floating_point() and y.numel():
-                norm, bad = stats.output_stats(y, self.scratch, HOST_READS and y.device.type == "cpu")
-                filed += ((OUT, y.numel(), norm), (OUT_NONFINITE, 0, bad))
-            scalars: list[Tensor] = []
-            rows, at = self.rows, self.size  # value index of the next scalar
-            for slot, count, value in filed:
-                if isinstance(value, Tensor):
-                    rows += (slot, layer, count, at + len(scalars), 1)
-                    scalars.append(value)
-                elif value is not None:  # a number known on the host (0: no tensor, no number)
-                    rows += (slot, layer, count, self.number(value) if value else ZERO, 1)
+                norm, bad = stats.output_stats(y, self.scratch, HOST_READS and y.is_cpu)
+                put(OUT, y.numel(), norm)
+                put(OUT_NONFINITE, 0, bad)
             if scalars:
                 self.append(scalars)
         if y is not None and y.requires_grad:
@@ -117,7 +135,7 @@ class StepRecord(Record):
             self.backward_open = True
             Variable._execution_engine.queue_callback(self._end_backward)
             self.scratch.clear()  # no activation statistics during backward
-            self._hooked = {}
+            self._hooked, self._inputs = {}, {}
         at, n = len(self._caught), g.numel()
         for slot, key in targets:
             self._keys += (slot, key, n, at, 1)

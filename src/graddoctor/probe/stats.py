@@ -45,6 +45,12 @@ NEG_DERIV_INTO: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "tanh": lambda y, out: torch.mul(y, y, out=out).sub_(1),  # y*y - 1
     "sigmoid": lambda y, out: torch.sub(y, 1, out=out).mul_(y),  # (y - 1)*y
 }
+# phi'(y) falls as |y| grows, also as rounded in float32 (fl(1 - fl(y*y)) is monotone in |y|): the
+# smallest phi' is phi'(max |y|), read from the per-unit maxima of |y| the dead-unit count takes anyway
+# (no pass over -phi' to find its largest value)
+LEAST_DERIV_AT_MAX_ABS: dict[str, Callable[[np.float32], np.float32]] = {
+    "tanh": lambda m: np.float32(1) - m * m,
+}
 
 
 # phi'(z) by autograd's own fused backward kernel (one pass; the registry's GELU formula takes
@@ -164,15 +170,16 @@ def input_stats(x: Tensor, source: Source | None, scratch: Scratch | None = None
 
     host=True (CPU tensors: reading a value is no device sync) reads one small result to skip
     work whose answer it already gives, exactly: a saturation count is 0 without counting when
-    the largest -phi' says phi' is nowhere below the threshold (one read-only pass instead of
-    three). Same numbers, fewer passes.
+    the largest -phi' (tanh: the largest |x|, from the per-unit maxima) says phi' is nowhere
+    below the threshold. Same numbers, fewer passes.
     """
     x = x.float() if x.element_size() < 4 else x  # half/bfloat16: reduce in float32
     flat = x if x.dim() == 2 else x.reshape(x.shape[0], -1) if x.dim() else x.reshape(1, 1)
     mean = flat.mean()
     centred = torch.linalg.vector_norm(torch.sub(flat, mean, out=_temp(flat, scratch)))  # two-pass: exact
     nonneg = source is not None and source.name in NONNEGATIVE  # no abs() pass needed
-    dead = (flat if nonneg else torch.abs(flat, out=_temp(flat, scratch))).amax(0).eq_(0).sum()
+    unit_max = (flat if nonneg else torch.abs(flat, out=_temp(flat, scratch))).amax(0)  # per unit: max |x|
+    dead = unit_max.eq(0).sum(dtype=torch.float32)  # float: stacks with the other values without a cast
     if source is None:
         return InputStats(mean, centred, dead, None, None, None)
     act = activations.get(source.name)
@@ -184,7 +191,12 @@ def input_stats(x: Tensor, source: Source | None, scratch: Scratch | None = None
         neg_d = into(x, _temp(x, scratch)) if into is not None else act.deriv_from_output(x).neg_()
         norm = _norm(neg_d)  # before below_count consumes neg_d
         threshold = activations.SATURATION_FRACTION * act.max_deriv
-        if host and float(neg_d.amax()) <= -float(np.float32(threshold)):
+        least = LEAST_DERIV_AT_MAX_ABS.get(source.name)
+        if host and least is not None:  # NaN compares False: counted
+            calm = bool(least(np.float32(float(unit_max.amax()))) >= np.float32(threshold))
+        else:
+            calm = host and float(neg_d.amax()) <= -float(np.float32(threshold))
+        if calm:
             saturated: Tensor | int = 0  # phi' >= threshold everywhere (compared in float32, as the test)
         else:
             saturated = below_count(neg_d, threshold, act.max_deriv)
