@@ -14,6 +14,8 @@ Writes docs/results/zoo.json and docs/results/zoo.md (the table + summary).
 
     python benchmarks/zoo.py                     # everything, seed 0, 50 steps
     python benchmarks/zoo.py --only gpt2,bert    # a few models (zoo or planted names)
+    python benchmarks/zoo.py --seeds 1,2 --json /tmp/zoo12.json   # seeds 1 and 2 only, written there
+    python benchmarks/zoo.py --rescore /tmp/zoo0.json,/tmp/zoo12.json   # merge runs into docs/results/
     python benchmarks/zoo.py --oracle            # the plain-autograd measurements behind each planted truth
     python benchmarks/zoo.py --lr-sweep          # loss drop per learning rate (the recipes' lr choice)
 """
@@ -208,7 +210,26 @@ def wrong(rows: list[dict]) -> list[str]:
         else:
             continue
         if ph or r["error"]:
-            out.append(f"{r['name']} ({r['half']}): {', '.join(ph) or 'error'}")
+            seed = f", seed {r['seed']}" if r["seed"] else ""
+            out.append(f"{r['name']} ({r['half']}{seed}): {', '.join(ph) or 'error'}")
+    return out
+
+
+def flips(rows: list[dict]) -> list[str]:
+    """The recipes whose verdict (healthy, or the kinds found) differs between seeds, per phase."""
+    out = []
+    for name in dict.fromkeys(r["name"] for r in rows):
+        rs = sorted((r for r in rows if r["name"] == name), key=lambda r: r["seed"])
+        for ph in ("init", "trained"):
+            seen: dict[str, list[int]] = {}
+            for r in rs:
+                v = r[ph]
+                word = "-" if v is None else "healthy" if v["healthy"] else "+".join(
+                    sorted({f["kind"] for f in v["findings"]}))
+                seen.setdefault(word, []).append(r["seed"])
+            if len(seen) > 1:
+                out.append(f"{name} ({ph}): " + "; ".join(f"{w} (seed {', '.join(map(str, ss))})"
+                                                          for w, ss in seen.items()))
     return out
 
 
@@ -238,45 +259,117 @@ def rescore(rows: list[dict]) -> list[dict]:
     return sorted(out, key=lambda r: (r["seed"], order[r["name"]]))
 
 
+def seed_list(text: str) -> list[int]:
+    """`--seeds`: a count N (seeds 0..N-1) or a comma-separated list of seeds ("1,2")."""
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0 or len(set(seeds)) < len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a count (3) or distinct seeds (0,1,2)")
+    return seeds if "," in text else list(range(seeds[0]))
+
+
+def seed_range(seeds: list[int]) -> str:
+    """The seeds as the header names them: "0..2" for a run of consecutive seeds, else a list."""
+    if len(seeds) == 1:
+        return str(seeds[0])
+    if seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}..{seeds[-1]}"
+    return ", ".join(map(str, seeds))
+
+
+def merged(paths: str, later_wins: bool = False) -> tuple[list[dict], dict]:
+    """The rows of earlier runs (comma-separated JSON files, e.g. one per seed) and the first one's config.
+
+    With `later_wins`, a row of a later file replaces an earlier file's row of the same model and seed
+    (runs that judged a subset again, in the order they ran); else such a pair is an error.
+    """
+    rows, configs = [], []
+    for path in paths.split(","):
+        data = json.loads(Path(path).read_text())
+        keys = {(r["name"], r["seed"]) for r in data["rows"]} if later_wins else set()
+        rows = [r for r in rows if (r["name"], r["seed"]) not in keys] + data["rows"]
+        configs.append(data["config"])
+    for k in ("steps", "every"):
+        if len({c[k] for c in configs}) > 1:
+            sys.exit(f"zoo: error: the runs in {paths} differ in --{k}; merge runs of one configuration")
+    dup = [k for k, n in Counter((r["name"], r["seed"]) for r in rows).items() if n > 1]
+    if dup:
+        sys.exit(f"zoo: error: {paths} judge {dup[0][0]} twice on seed {dup[0][1]}; merge runs of distinct seeds")
+    return rows, configs[0]
+
+
+def rejudged_note(paths: str) -> str:
+    """The header's note on rows that a later run judged again."""
+    rows, _ = merged(paths, later_wins=True)
+    names = sorted({r["name"] for r in rows})
+    return (f"{len(rows)} rows ({', '.join(names)}; seeds {seed_range(sorted({r['seed'] for r in rows}))}) "
+            "were judged again by later runs, on code whose changes could affect only these rows (--rejudged)")
+
+
 def bench(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     items = select(args.only)
-    if args.rescore:  # the verdicts of an earlier full run, scored against the claims as they are now
-        data = json.loads(Path(args.rescore).read_text())
-        rows = rescore(data["rows"])
-        args.seeds, args.steps, args.every = (data["config"][k] for k in ("seeds", "steps", "every"))
-        missing = {m.name for _, m, _ in items} - {r["name"] for r in rows}
-        if missing:
-            sys.exit(f"zoo: error: {args.rescore} has no verdicts for {', '.join(sorted(missing))}; run them")
+    if args.rescore:  # the verdicts of earlier full runs, scored against the claims as they are now
+        old, config = merged(args.rescore)
+        if args.rejudged:  # rows judged again by a later run replace the earlier ones (same model and seed)
+            new, new_config = merged(args.rejudged, later_wins=True)
+            if (new_config["steps"], new_config["every"]) != (config["steps"], config["every"]):
+                sys.exit(f"zoo: error: {args.rejudged} differs from {args.rescore} in --steps or --every")
+            keys = {(r["name"], r["seed"]) for r in new}
+            old = [r for r in old if (r["name"], r["seed"]) not in keys] + new
+        rows = rescore(old)
+        args.seeds = sorted({r["seed"] for r in rows})
+        args.steps, args.every = config["steps"], config["every"]
+        for seed in args.seeds:
+            missing = {m.name for _, m, _ in items} - {r["name"] for r in rows if r["seed"] == seed}
+            if missing:
+                sys.exit(f"zoo: error: {args.rescore} has no verdicts for {', '.join(sorted(missing))} on seed "
+                         f"{seed}; run them")
     else:
         rows = []
-        with bar(len(items) * args.seeds, "judging the zoo") as b:
-            for seed in range(args.seeds):
+        with bar(len(items) * len(args.seeds), "judging the zoo") as b:
+            for seed in args.seeds:
                 for kind, m, p in items:
                     rows.append(run_one(kind, m, seed, args.steps, args.every, p))
+                    if args.partial:  # a long run that is stopped keeps what it judged
+                        with open(args.partial, "a") as fh:
+                            fh.write(json.dumps(rows[-1]) + "\n")
                     b.update(1, model=m.name)
     s = summarise(rows)
     n = {k: sum(it[0] == k for it in items) for k in KINDS}
     head = (f"{len(items)} recipes ({n['zoo']} zoo models, {n['planted']} planted pathologies, {n['harmless']} "
-            f"harmless and {n['unscored']} unscored plantings), seeds 0..{args.seeds - 1}, {args.steps} steps, "
+            f"harmless and {n['unscored']} unscored plantings), seeds {seed_range(args.seeds)}, {args.steps} steps, "
             f"every={args.every}; torch {torch.__version__}, transformers {transformers.__version__}, one CPU thread"
-            + ("; verdicts of an earlier full run re-scored against the current claims (--rescore)" if args.rescore
-               else ""))
+            + (f"; verdicts of {len(args.rescore.split(','))} earlier run(s) re-scored against the current claims "
+               "(--rescore)" if args.rescore else "")
+            + (f"; {rejudged_note(args.rejudged)}" if args.rescore and args.rejudged else ""))
     lines = summary_lines(s)
     wr = wrong(rows)
-    md = "\n".join([f"{head}\n", "**Summary**\n", *[f"- {x}" for x in lines], "",
-                    "**Wrong verdicts** (phase)\n", *([f"- {x}" for x in wr] or ["- none"]), "",
-                    table(rows), ""])
-    print(table(rows), "", *lines, "", "wrong verdicts:", *(wr or ["none"]), sep="\n")
-    if not args.only:  # the results files hold full runs only
+    per_seed, flipped = [], []
+    if len(args.seeds) > 1:  # the spread behind the pooled counts, and the verdicts that change with the seed
+        per_seed = [f"seed {seed}, {x}" for seed in args.seeds
+                    for x in summary_lines(summarise([r for r in rows if r["seed"] == seed]))]
+        flipped = flips(rows)
+        per_seed = ["", "**Per seed**\n", *[f"- {x}" for x in per_seed], "",
+                    "**Verdicts that differ between seeds** (phase)\n", *([f"- {x}" for x in flipped] or ["- none"])]
+    md = "\n".join([f"{head}\n", f"**Summary** ({'pooled over the seeds' if len(args.seeds) > 1 else 'one seed'})\n",
+                    *[f"- {x}" for x in lines], *per_seed, "",
+                    "**Wrong verdicts** (phase; a model appears once per seed it is wrong on)\n",
+                    *([f"- {x}" for x in wr] or ["- none"]), "", table(rows), ""])
+    print(table(rows), "", *lines, *per_seed, "", "wrong verdicts:", *(wr or ["none"]), sep="\n")
+    if not args.only and not args.json:  # the results files hold full runs only
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / "zoo.md").write_text(md)
     if args.json or not args.only:
         path = Path(args.json) if args.json else RESULTS / "zoo.json"
-        head_json = json.dumps({"config": vars(args), "header": head, "summary": s, "wrong": wr}, indent=1)
+        seeds_json = {str(seed): summarise([r for r in rows if r["seed"] == seed]) for seed in args.seeds}
+        head_json = json.dumps({"config": vars(args), "header": head, "summary": s, "summary_per_seed": seeds_json,
+                                "wrong": wr, "flips": flipped}, indent=1)
         body = ",\n".join(json.dumps(r) for r in rows)  # one row per line: small, and diffs by model
         path.write_text(f'{head_json[:-2]},\n "rows": [\n{body}\n]}}\n')
-        print(f"\nwrote {path}" + ("" if args.only else f" and {RESULTS / 'zoo.md'}"))
+        print(f"\nwrote {path}" + ("" if args.only or args.json else f" and {RESULTS / 'zoo.md'}"))
 
 
 def oracle(args: argparse.Namespace) -> None:
@@ -285,7 +378,7 @@ def oracle(args: argparse.Namespace) -> None:
     cases = [p for p in zoo_planted.ALL if not args.only or p.name in args.only.split(",")]
     if args.category:
         cases = [p for p in cases if p.extra["category"] == args.category]
-    seeds = tuple(range(args.seeds or 3))
+    seeds = tuple(args.seeds or range(3))
     found = {}
     with bar(len(cases), "measuring plantings") as b:
         for p in cases:
@@ -325,12 +418,18 @@ def lr_sweep(args: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", help="comma-separated zoo / planted names")
-    ap.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 1; --oracle: 3)")
+    ap.add_argument("--seeds", type=seed_list, help="a count N: seeds 0..N-1 (default 1; --oracle: 3); or a "
+                    "comma-separated list of seeds (1,2)")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--every", type=int, default=1, help="watch(every=) during training")
-    ap.add_argument("--rescore", metavar="JSON", help="re-score the verdicts of an earlier full run's JSON against the "
-                    "current claims, and rewrite the results (no judging)")
-    ap.add_argument("--json", help="also write the results JSON here (default with a full run: docs/results/zoo.json)")
+    ap.add_argument("--rescore", metavar="JSON", help="re-score the verdicts of earlier full runs' JSON files (comma-"
+                    "separated, e.g. one per seed) against the current claims, and rewrite the results (no judging)")
+    ap.add_argument("--rejudged", metavar="JSON", help="with --rescore: rows of these runs (comma-separated JSON, "
+                    "in the order they ran: a later one wins) replace those of the same model and seed (a subset "
+                    "judged again after a change that only affects it)")
+    ap.add_argument("--json", help="write the results JSON here instead of docs/results/ (default with a full run: "
+                    "docs/results/zoo.json and zoo.md)")
+    ap.add_argument("--partial", metavar="JSONL", help="append each judged row to this file as it is done")
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--oracle", action="store_true", help="print the autograd measurements behind each truth")
     ap.add_argument("--category", choices=("planted", "harmless", "unscored"), help="--oracle: only these plantings")
@@ -338,7 +437,7 @@ def main() -> None:
     mode.add_argument("--lr-sweep", action="store_true", help="loss drop per learning rate, per healthy model")
     args = ap.parse_args()
     if not args.oracle:
-        args.seeds = args.seeds or 1
+        args.seeds = args.seeds or [0]
     (oracle if args.oracle else lr_sweep if args.lr_sweep else bench)(args)
 
 

@@ -149,7 +149,10 @@ def test_diagnosis_json_round_trip_and_text():
     assert again.kinds() == d.kinds() == {"exploding"}
     assert again.findings[0].causes[0].name == "init_too_large"
     text = str(d)
-    assert text.startswith("UNHEALTHY: exploding") and "init_too_large" in text and "try: reinit" in text
+    assert text.startswith("UNHEALTHY: exploding")
+    f = d.findings[0]  # the text carries the finding's own summary, top cause and remedies (data, not template)
+    assert f.summary in text and f"cause 1: init_too_large — {f.causes[0].explanation}" in text
+    assert f"try: {', '.join(f.remedies)}" in text and "reinit" in f.remedies
 
 
 def test_bad_input_gives_clear_errors():

@@ -46,3 +46,16 @@ def test_efficientnet_library_init_vanishes_along_its_blocks():
     (f,) = [f for f in v.init.findings if f.kind == "vanishing" and "first_block" in f.evidence]
     assert f.severity == "critical" and f.evidence["decades"] < -10
     assert all(x.startswith("efficientnet.encoder.blocks") for x in f.layers)
+
+
+def test_an_explosion_inside_branches_that_appears_while_training_blames_the_learning_rate_first():
+    """GPT-2 at 100x its recipe's lr: healthy at init, LayerNorm inputs inside the branches blow up while
+    training; as along the depth axis, a symptom with an onset during training ranks the lr first."""
+    p = next(p for p in zoo.PLANTED if p.name == "gpt2-lr100")
+    v = zoo.judge(p.model, steps=50)
+    assert v.error is None and v.init.healthy, str(v.init)
+    (f,) = [f for f in v.trained.findings if f.kind == "exploding"]
+    assert "worst_layer" in f.evidence  # judged inside the branches, not along the stream
+    top = f.causes[0]
+    assert top.name == "learning_rate_too_high" and top.evidence["onset"] is True, str(v.trained)
+    assert "init_too_large" in [c.name for c in f.causes[1:]]  # the weights' part stays, ranked second

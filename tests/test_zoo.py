@@ -215,3 +215,32 @@ def test_benchmark_runs_one_model_and_writes_its_json(tmp_path, monkeypatch):
     (row,) = data["rows"]
     assert row["name"] == "lstm-lm" and row["error"] is None and row["hooks_clean"]
     assert set(data["summary"]) == set(zoo.HALVES)
+
+
+def test_benchmark_merges_runs_of_distinct_seeds_and_lists_flipped_verdicts(tmp_path):
+    import argparse
+    import json
+
+    bench = _bench()
+    assert bench.seed_list("3") == [0, 1, 2] and bench.seed_list("1,2") == [1, 2] and bench.seed_list("2,") == [2]
+    for bad in ("", "a", "1,1", "-1,2"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            bench.seed_list(bad)
+    assert bench.seed_range([0, 1, 2]) == "0..2" and bench.seed_range([0, 2]) == "0, 2" and bench.seed_range([2]) == "2"
+    vanish = {"healthy": False, "findings": [_finding("vanishing", {}, [])]}
+    row = lambda seed, init: {"name": "gpt2", "seed": seed, "init": init, "trained": {"healthy": True}}
+    config = {"steps": 50, "every": 1}
+    paths = []
+    for seeds in ((0,), (1, 2)):
+        paths.append(tmp_path / f"run{len(paths)}.json")
+        rows = [row(k, vanish if k == 2 else {"healthy": True}) for k in seeds]
+        paths[-1].write_text(json.dumps({"config": config, "rows": rows}))
+    rows, _ = bench.merged(",".join(map(str, paths)))
+    assert sorted(r["seed"] for r in rows) == [0, 1, 2]
+    assert bench.flips(rows) == ["gpt2 (init): healthy (seed 0, 1); vanishing (seed 2)"]
+    with pytest.raises(SystemExit, match="twice on seed 1"):  # the same seed in two runs is not merged
+        bench.merged(f"{paths[1]},{paths[1]}")
+    again = tmp_path / "again.json"  # ... unless a later run judged it again (--rejudged): the later row wins
+    again.write_text(json.dumps({"config": config, "rows": [row(2, {"healthy": True})]}))
+    rows, _ = bench.merged(f"{paths[1]},{again}", later_wins=True)
+    assert [(r["seed"], r["init"]["healthy"]) for r in rows] == [(1, True), (2, True)]

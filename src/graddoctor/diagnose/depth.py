@@ -209,7 +209,8 @@ def inside_branches(s: Signals) -> list[Finding]:
     st = s.structure
     low, high = [], []
     depth: dict[int, float] = {}
-    for i, level in branch_levels(s).items():
+    levels = branch_levels(s)
+    for i, level in levels.items():
         if level.exit:
             continue  # judged against the stream (patterns.branch_scale)
         inner = level.decades[judged]
@@ -235,6 +236,14 @@ def inside_branches(s: Signals) -> list[Finding]:
         acts = sorted({s.activations[i] for i in hits if s.activations[i] in SATURATING})
         causes = [cause] + ([Cause("saturating_activation", f"the branch layers are fed by {'/'.join(acts)}",
                                    {"activations": acts}, abs(decades) * 1.2)] if acts and kind == "vanishing" else [])
+        # as along the depth axis: a symptom absent at the first recorded step that appeared while
+        # training is blamed on the training first (the learning rate), whatever the weights' scale
+        first = _finite_steps(s)[0]
+        limit = -T.INNER_VANISH_DECADES if kind == "vanishing" else T.INNER_EXPLODE_DECADES
+        at_first = np.array([levels[i].decades[first] for i in hits])
+        onset = s.n_steps > 1 and not (at_first < limit if kind == "vanishing" else at_first > limit).any()
+        lr = _lr_cause(s, judged, onset) if s.n_steps > 1 else None
+        causes += [lr] if lr is not None else []
         summary = (f"inside the branches of {len(blocks)} blocks, '{s.names[j]}' receives {10 ** decades:.3g}x the "
                    f"gradient entering its branch; {len(hits)} layers beyond {T.INNER_VANISH_DECADES:g} decades")
         evidence = {"decades": decades, "worst_layer": s.names[j], "worst_gain_layer": s.names[j],

@@ -89,5 +89,14 @@ def judge_impact(s: Signals, finding: Finding, layers: list[int], judged: np.nda
     opt = ev["optimizer"] or "the optimizer"
     return replace(finding, severity="info", evidence=evidence, causes=(), remedies=(), summary=(
         f"{finding.summary}; but under {opt} they learn: update/weight {ev['update_ratio']:.2g} vs "
-        f"{ev['update_ratio_rest']:.2g} for the rest" + (f", gradient RMS {ev['grad_rms']:.2g} >> eps {ev['eps']:.0e}"
-                                                        if ev["eps"] is not None else "")))
+        f"{ev['update_ratio_rest']:.2g} for the rest" + _eps_note(ev)))
+
+
+def _eps_note(ev: dict) -> str:
+    """How the gradient compares with Adam's eps, as the measured numbers say (empty for other optimizers)."""
+    if ev["eps"] is None or not np.isfinite(ev["grad_rms"]):
+        return ""
+    if ev["below_eps"]:  # their steps are as large as the rest's: the rest moves as little (see stalled_layers)
+        return (f"; their gradient RMS {ev['grad_rms']:.2g} is below {T.ADAM_EPS_FACTOR:g}x eps {ev['eps']:.0e}, "
+                "so their steps are only as large as the rest's")
+    return f", gradient RMS {ev['grad_rms']:.2g} above eps {ev['eps']:.0e}"
