@@ -38,7 +38,7 @@ NUMBER = re.compile(
 VERSION = re.compile(r"(?:Python|torch|numpy|rich|mkdocs|==|>=|<=|~=|<|>|\bv)\s?\d+(?:\.\d+)+|\d+\.\d+\.\d+")
 INCLUDE = re.compile(r"""^\s*-+8<-+\s+["']([^"']+)["']""", re.M)
 # A verbatim copy of a results file where includes do not work (README.md on a forge):
-# <!-- copy: results/x.md --> ... <!-- end copy -->; tests check it equals the file.
+# <!-- copy: results/x.md --> ... <!-- end copy -->; tests check it is the file's own lines.
 COPY = re.compile(r"<!-- copy: (\S+) -->\n(.*?)<!-- end copy -->", re.S)
 FENCE = re.compile(r"^(`{3,}|~{3,})([\w+-]*)[^\n]*\n(.*?)^\1\s*$", re.M | re.S)
 CODE_LANGS = {"python", "py", "bash", "sh", "shell", "console"}

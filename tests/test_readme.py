@@ -29,13 +29,16 @@ def test_readme_links_point_at_existing_pages():
 
 
 def test_readme_copies_of_results_files_are_verbatim():
-    """The treat section's printout is docs/results/treat_lm.md as `python examples/treat_lm.py` wrote it."""
+    """README shows results files verbatim: the treat printout (examples/treat_lm.py), the ConvNeXt verdict
+    (benchmarks/verdict_examples.py) and the zoo's summary lines (benchmarks/zoo.py)."""
     from docsnumbers import copies
 
     shown = dict(copies((ROOT / "README.md").read_text()))
-    assert "results/treat_lm.md" in shown, "README.md lost its treat section"
-    for path, text in shown.items():
-        assert text == (ROOT / "docs" / path).read_text(), (
-            f"README.md's copy of docs/{path} is stale: paste the file between its copy markers")
+    assert {"results/treat_lm.md", "results/verdict-convnext.md", "results/zoo.md"} <= set(shown)
+    for path, text in shown.items():  # whole lines of the file, in its order (the whole file or an excerpt)
+        assert text.endswith("\n") and ("\n" + text) in ("\n" + (ROOT / "docs" / path).read_text()), (
+            f"README.md's copy of docs/{path} is stale: paste the file's lines between its copy markers")
     assert "reloaded into a fresh GPT2LMHeadModel: outputs bit-identical to the treated model: True" in \
         shown["results/treat_lm.md"]
+    assert "verdict: HEALTHY" in shown["results/verdict-convnext.md"]
+    assert [line.split(":")[0] for line in shown["results/zoo.md"].splitlines()] == ["- calibration", "- held_out"]
