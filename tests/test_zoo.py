@@ -209,7 +209,8 @@ def test_benchmark_runs_one_model_and_writes_its_json(tmp_path, monkeypatch):
 
     bench = _bench()
     out = tmp_path / "zoo.json"
-    monkeypatch.setattr(sys, "argv", ["zoo.py", "--only", "lstm-lm", "--steps", "2", "--seeds", "1", "--json", str(out)])
+    argv = ["zoo.py", "--only", "lstm-lm", "--steps", "2", "--seeds", "1", "--json", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
     bench.main()
     data = json.loads(out.read_text())
     (row,) = data["rows"]
