@@ -13,6 +13,17 @@ from torch.nn import functional as F
 N_CLASSES = 5
 
 
+def backward_and_step(loss: Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None) -> None:
+    """The training step's second half, with a GradScaler's scale/step/update when one is given."""
+    if scaler is None:
+        loss.backward()
+        opt.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+
+
 def _features(batch: int, seed: int, shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(batch, *shape, generator=gen), torch.randint(0, N_CLASSES, (batch,), generator=gen)

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from models import backward_and_step
 from torch import nn
 from torch.nn import functional as F
 
@@ -36,13 +37,7 @@ def run(scaler=None, tell=True, dtype=torch.bfloat16, steps=4, bound=True, model
             with torch.autocast("cpu", dtype=dtype):
                 loss = F.cross_entropy(model(x), y)
             opt.zero_grad()
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                opt.step()
+            backward_and_step(loss, opt, scaler)
             probe.step(loss)  # after scaler.update(): the documented place
     return probe.trace
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from corpus import mlp
+from models import backward_and_step
 from torch import nn
 
 import graddoctor as gd
@@ -27,13 +28,7 @@ def _train(model, batches, every=1, lr=0.01, optimizer=None, autocast=None, scal
             opt.zero_grad(set_to_none=True)
             with torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
                 loss = nn.functional.cross_entropy(model(x), y)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                opt.step()
+            backward_and_step(loss, opt, scaler)
             probe.step(loss)
     return probe.trace
 

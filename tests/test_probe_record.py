@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from models import ResidualBNCNN
+from models import ResidualBNCNN, backward_and_step
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -115,13 +115,7 @@ def test_dtypes_and_zero_gradient_fraction(case):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case in ("autocast_bf16", "scaler")):
             loss = F.cross_entropy(model(x).float(), y)
         opt.zero_grad()
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            opt.step()
+        backward_and_step(loss, opt, scaler)
         probe.step(loss)
     trace = probe.trace
     expect = {"float32": (["float32"], None, False), "autocast_bf16": (["float32"], "bfloat16", False),
