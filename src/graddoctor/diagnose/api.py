@@ -139,16 +139,14 @@ def checkup(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: Callable
                     opt.step()
                 probe.step(loss)
         diagnosis = diagnose(probe.trace)
-        if steps == 0:
-            theory = theory_evidence(model, diagnosis, inputs)
-            if theory:
-                diagnosis.context["theory"] = theory
-        if steps == 0:  # the gradient along a residual stream, predicted from the forward statistics
+        if steps == 0:  # the theory's predictions at initialisation, beside the measurement
             from ..theory.streamstats import stream_evidence
 
-            stream = stream_evidence(probe.trace)
-            if stream:
-                diagnosis.context["theory_stream"] = stream
+            # graddoctor's own networks (mean field), and the gradient along a residual stream
+            for key, evidence in (("theory", theory_evidence(model, diagnosis, inputs)),
+                                  ("theory_stream", stream_evidence(probe.trace))):
+                if evidence:
+                    diagnosis.context[key] = evidence
         return diagnosis
     finally:
         with torch.no_grad():
