@@ -8,18 +8,14 @@ weights take slightly different steps; 1e-5 leaves room for 4 steps and still ca
 real combination error (a missing 1/W on the error signals is 2x, an average of per-rank stds
 or dead fractions is off by far more). Counts (dead, saturated) must match exactly.
 """
-import json
-import socket
-import time
 import warnings
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
+import ranks
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from conftest import missing
 from torch import nn
 from torch.nn import functional as F
@@ -76,10 +72,12 @@ def train(model, probe_of, x, y, steps=STEPS, every=1, bad_input_at=None):
     return probe
 
 
-def worker(rank: int, port: int, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
-                            timeout=timedelta(seconds=60))
+def worker(rank: int, out: str) -> None:
+    ranks.start(rank, WORLD, out, timeout_s=60)
+    ranks.finish(rank, out, measure(rank, out))  # the models and probes are gone when the group goes
+
+
+def measure(rank: int, out: str) -> dict:
     report = {"is_main": is_main()}
     x, y = data(WORLD, rank)
     for kind in ("mlp", "gru"):
@@ -104,27 +102,13 @@ def worker(rank: int, port: int, out: str) -> None:
         warnings.simplefilter("always")
         graddoctor.watch(make("mlp")).close()
     report["warned"] = any("this rank's alone" in str(w.message) for w in caught)
-    (Path(out) / f"rank{rank}.json").write_text(json.dumps(report))
-    dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return report
 
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    ctx = mp.spawn(worker, args=(free_port(), str(out)), nprocs=WORLD, join=False)
-    deadline = time.monotonic() + DEADLINE
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.terminate()
-            pytest.fail(f"the DDP workers did not finish within {DEADLINE} s")
-    return out, [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    return out, ranks.run(worker, out, WORLD, DEADLINE, "DDP")
 
 
 @pytest.mark.parametrize("kind", ["mlp", "gru"])

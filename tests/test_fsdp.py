@@ -8,18 +8,15 @@ must equal those of the same model trained unsharded in one process, to float to
 different summation order; a per-shard number reported as the layer's is off by ~sqrt(2)).
 Other kinds of sharding are refused with one line.
 """
-import json
-import time
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
+import ranks
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from conftest import missing
-from test_ddp import BATCH, STEPS, data, free_port, make, train
+from test_ddp import BATCH, STEPS, data, make, train
 from torch import nn
 from torch.nn import functional as F
 
@@ -90,10 +87,12 @@ def refusals() -> dict[str, str]:
     return out
 
 
-def worker(rank: int, port: int, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
-                            timeout=timedelta(seconds=90))
+def worker(rank: int, out: str) -> None:
+    ranks.start(rank, WORLD, out, timeout_s=90)
+    ranks.finish(rank, out, measure(rank, out))  # the models and probes are gone when the group goes
+
+
+def measure(rank: int, out: str) -> dict:
     x, y = data(WORLD, rank)
     model = sharded()
     shard_rows = [p.to_local().shape[0] for p in model.head.parameters()]
@@ -109,21 +108,13 @@ def worker(rank: int, port: int, out: str) -> None:
     report["nonfinite_tail"] = train(tail, tail, x, y, steps=6, every=4,
                                      bad_input_at=5 if rank == 1 else None).trace.meta["nonfinite"]
     report["refusals"] = refusals()
-    (Path(out) / f"rank{rank}.json").write_text(json.dumps(report))
-    dist.destroy_process_group()
+    return report
 
 
 @pytest.fixture(scope="module")
 def fsdp_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp")
-    ctx = mp.spawn(worker, args=(free_port(), str(out)), nprocs=WORLD, join=False)
-    deadline = time.monotonic() + DEADLINE
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.terminate()
-            pytest.fail(f"the FSDP2 workers did not finish within {DEADLINE} s")
-    return out, [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    return out, ranks.run(worker, out, WORLD, DEADLINE, "FSDP2")
 
 
 def test_sharded_trace_matches_one_unsharded_process_on_the_concatenated_batch(fsdp_run):
