@@ -14,6 +14,7 @@ import pytest
 zoo = pytest.importorskip("zoo")  # tests/zoo.py needs transformers (the dev extra)
 
 from graddoctor.probe.structure import find_blocks  # noqa: E402
+from graddoctor.remedies import candidates  # noqa: E402
 
 # one per family kind: LayerScale conv net, BN ResNet, BN chain, pre-LN decoder, post-LN encoder,
 # windowed attention, encoder-decoder, LSTM (calibration and held-out families alike: this is a
@@ -59,3 +60,6 @@ def test_an_explosion_inside_branches_that_appears_while_training_blames_the_lea
     top = f.causes[0]
     assert top.name == "learning_rate_too_high" and top.evidence["onset"] is True, str(v.trained)
     assert "init_too_large" in [c.name for c in f.causes[1:]]  # the weights' part stays, ranked second
+    # its steps are ~100x the typical update/weight: the advice and treat's first try cut the lr 100x
+    assert f.remedies[0] == "tune_optimizer(lr/100)" and top.evidence["update_ratio_p90"] > 10 ** 1.5 * 1e-3
+    assert candidates.ranked_labels(v.trained, v.init)[0] == "tune_optimizer(lr/100)"

@@ -1,6 +1,8 @@
 """The one cause -> remedy table: every cause has an entry, every entry names real remedies."""
-from graddoctor.diagnose.findings import CAUSES
-from graddoctor.diagnose.table import TABLE, remedies_for
+import math
+
+from graddoctor.diagnose.findings import CAUSES, Cause
+from graddoctor.diagnose.table import TABLE, remedies_for, remedies_of
 from graddoctor.remedies import REMEDIES
 from graddoctor.remedies.registry import FAMILIES, expand
 
@@ -25,3 +27,17 @@ def test_remedies_for_keeps_the_causes_order_without_repeats():
     got = remedies_for([C("learning_rate_too_high"), C("init_too_large")])
     assert got[:3] == ("tune_optimizer(lr/10)", "tune_optimizer(lr/100)", "clip_gradients")
     assert got.count("clip_gradients") == 1 and "reinit" in got
+
+
+def test_the_learning_rate_cut_nearest_the_measured_step_size_comes_first():
+    """update/weight 0.09 is ~1.95 decades above the typical 1e-3: lr/100 first; 0.02 (1.3): lr/10."""
+    def first_cuts(**evidence):
+        got = remedies_of(Cause("learning_rate_too_high", "", evidence))
+        assert sorted(got) == sorted(TABLE["learning_rate_too_high"].remedies)  # the same remedies
+        return [r for r in got if r.startswith("tune_optimizer(lr/")]
+
+    assert first_cuts(update_ratio_p90=0.09) == ["tune_optimizer(lr/100)", "tune_optimizer(lr/10)"]
+    assert first_cuts(update_ratio_p90=0.02) == ["tune_optimizer(lr/10)", "tune_optimizer(lr/100)"]
+    for unknown in ({}, {"update_ratio_p90": math.nan}, {"update_ratio_p90": 0.0}):  # the table's order
+        assert first_cuts(**unknown) == ["tune_optimizer(lr/10)", "tune_optimizer(lr/100)"]
+    assert remedies_of(Cause("init_too_large", "", {"update_ratio_p90": 0.09})) == TABLE["init_too_large"].remedies

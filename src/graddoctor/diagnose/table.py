@@ -8,7 +8,11 @@ This module is pure data: it imports nothing from graddoctor.remedies (no import
 """
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
+
+from .thresholds import UPDATE_RATIO_TYPICAL
 
 
 @dataclass(frozen=True)
@@ -59,12 +63,30 @@ TABLE: dict[str, CauseEntry] = {
 }
 
 
+_LR_CUT = re.compile(r"\(lr/(\d+)\)")
+
+
+def remedies_of(cause) -> tuple[str, ...]:
+    """One cause's remedies (a `Cause`, or any object with `.name` and `.evidence`), most direct first.
+
+    For a learning rate too high, the cuts (lr/10, lr/100) come nearest first: the one that
+    brings the measured 90th-percentile update/weight ratio (evidence `update_ratio_p90`)
+    closest to the typical UPDATE_RATIO_TYPICAL, in decades (GPT-2 at lr x100 measures 0.09:
+    lr/100 first). Without that number, the table's order.
+    """
+    entry = TABLE.get(cause.name)
+    if entry is None:
+        return ()
+    ratio = (getattr(cause, "evidence", None) or {}).get("update_ratio_p90")
+    if cause.name != "learning_rate_too_high" or not isinstance(ratio, float) or not ratio > 0 \
+            or not math.isfinite(ratio):
+        return entry.remedies
+    excess = math.log10(ratio / UPDATE_RATIO_TYPICAL)  # decades too large
+    cuts = iter(sorted((r for r in entry.remedies if _LR_CUT.search(r)),
+                       key=lambda r: abs(excess - math.log10(int(_LR_CUT.search(r).group(1))))))
+    return tuple(next(cuts) if _LR_CUT.search(r) else r for r in entry.remedies)
+
+
 def remedies_for(causes) -> tuple[str, ...]:
-    """Remedy names in the order of the ranked causes (objects with a `.name`), without repeats."""
-    out: list[str] = []
-    for c in causes:
-        entry = TABLE.get(c.name)
-        for r in entry.remedies if entry is not None else ():
-            if r not in out:
-                out.append(r)
-    return tuple(out)
+    """Remedy names in the order of the ranked causes (see remedies_of), without repeats."""
+    return tuple(dict.fromkeys(r for c in causes for r in remedies_of(c)))

@@ -49,6 +49,9 @@ GROWTH_DECADES = 2.0
 # 90th-percentile update/weight RMS ratio above this: steps far too large (Karpathy's rule of
 # thumb is ~1e-3 for a healthy SGD step; 1e-1 rewrites a tenth of the weight each step).
 UPDATE_RATIO_HIGH = 0.1
+# ... the healthy step's ratio (that rule of thumb): treat picks the learning-rate cut that brings
+# the measured ratio nearest to it (table.remedies_of).
+UPDATE_RATIO_TYPICAL = 1e-3
 # Weights (median layer RMS) growing by this many decades during the recorded steps: the steps
 # inflate them (tanh with SGD lr 20 grows them ~20x in 50 steps; healthy runs change them by
 # well under 2x).

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from itertools import combinations
 
-from ..diagnose.findings import Diagnosis
-from ..diagnose.table import TABLE
+from ..diagnose.findings import Cause, Diagnosis
+from ..diagnose.table import remedies_of
 from .base import Patient, Remedy, Sample
 from .registry import FAMILIES, expand
 
@@ -42,16 +42,16 @@ def ranked_labels(diagnosis: Diagnosis, at_init: Diagnosis | None = None) -> lis
     """
     out: list[str] = []
     if at_init is not None and at_init.healthy:
-        out.extend(_labels(r for c in TRAINING_CAUSES for r in TABLE[c].remedies))
+        out.extend(_labels(r for c in _causes(diagnosis, TRAINING_CAUSES) for r in remedies_of(c)))
     for f in diagnosis.findings:
         if f.severity == "info":
             continue
-        out.extend(_labels(r for c in f.causes if c.name in TABLE for r in TABLE[c.name].remedies))
+        out.extend(_labels(r for c in f.causes for r in remedies_of(c)))
         covered = {r.name for lab in out for r in expand(lab)}
         out.extend(_labels(family for family in f.remedies if family not in covered))
     for f in at_init.findings if at_init is not None else ():
         if f.severity != "info":
-            out.extend(_labels(r for c in f.causes if c.name in TABLE for r in TABLE[c.name].remedies))
+            out.extend(_labels(r for c in f.causes for r in remedies_of(c)))
     return list(dict.fromkeys(out))
 
 
@@ -75,8 +75,13 @@ def singles(diagnosis: Diagnosis, patient: Patient, sample: Sample | None,
     return ok, skipped
 
 
-def _causes(diagnosis: Diagnosis) -> list[str]:
-    return list(dict.fromkeys(c.name for f in diagnosis.findings if f.severity != "info" for c in f.causes))
+def _causes(diagnosis: Diagnosis, names: tuple[str, ...] | None = None) -> list[Cause]:
+    """The causes of the non-info findings, the first of each name (with its evidence); `names`:
+    these causes in this order, a bare Cause (no evidence) for one the diagnosis does not name."""
+    found: dict[str, Cause] = {}
+    for c in (c for f in diagnosis.findings if f.severity != "info" for c in f.causes):
+        found.setdefault(c.name, c)
+    return list(found.values()) if names is None else [found.get(n, Cause(n, "")) for n in names]
 
 
 def pairs(diagnosis: Diagnosis, ranked: list[Remedy], best_first: list[Remedy],
@@ -93,7 +98,7 @@ def pairs(diagnosis: Diagnosis, ranked: list[Remedy], best_first: list[Remedy],
     trained = {r.label: i for i, r in enumerate(best_first)}
     per_cause = []
     for cause in _causes(diagnosis):
-        names = TABLE[cause].remedies if cause in TABLE else ()
+        names = remedies_of(cause)
         options = [r for name in names for r in expand(name) if r.label in applicable]
         if options:
             rank = lambda r: (trained.get(r.label, len(trained)), options.index(r))
