@@ -160,6 +160,42 @@ def test_activation_statistics_match_direct_computation():
     assert trace["saturated"][0, 2] >= 0.5  # the planted saturation, seen by l2 (sigmoid input)
 
 
+class PaddedConvs(nn.Module):
+    """TensorFlow-style "same" padding between an activation and the convolution it feeds (HF MobileNet)."""
+
+    def __init__(self, activation) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.c0, self.c1 = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 3, stride=2)
+        self.act = activation
+
+    def forward(self, x):
+        return self.c1(F.pad(self.act(self.c0(x)), (0, 1, 0, 1))).mean((2, 3))
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "relu"])
+def test_activation_statistics_are_those_of_the_activation_inside_zero_padding(activation):
+    """The padded border is not the activation's output: a sigmoid is seen (phi', saturation) and the
+    border's zeros are not dead ReLU units (they used to make every border position of every map dead)."""
+    model = PaddedConvs(getattr(torch, activation))
+    x = torch.randn(16, 3, 10, 10)
+    with watch(model) as probe:
+        one_step(model, probe, x, torch.randint(0, 4, (16,)))
+    t, i = probe.trace, probe.trace.layer_names.index("c1")
+    assert t.layers[i].activation == activation
+    h = getattr(torch, activation)(model.c0(x)).detach().double()  # what the activation produced, unpadded
+    assert t["act_mean"][0, i] == pytest.approx(float(h.mean()), rel=1e-5)
+    assert t["act_std"][0, i] == pytest.approx(float(h.std(unbiased=False)), rel=1e-5)
+    assert t["dead"][0, i] == pytest.approx(float((h.flatten(1) == 0).all(0).double().mean()))
+    assert t["dead"][0, i] < 0.1  # with the border: >= 1 - 8*8/(9*9) = 21% of the units, always 0
+    act = activations.get(activation)
+    deriv = act.deriv_from_output(h) if act.deriv_from_output is not None else (h > 0).double()
+    assert t["act_deriv_rms"][0, i] == pytest.approx(float(deriv.square().mean().sqrt()), rel=1e-5)
+    src = graddoctor.probe.stats.activation_of(F.pad(torch.sigmoid(x.requires_grad_()), (1, 2)))
+    assert src.name == "sigmoid" and src.pad == (1, 2)
+    assert graddoctor.probe.stats.activation_of(F.pad(torch.sigmoid(x), (-1, 0))) is None  # a crop: unknown
+
+
 def test_update_ratio_is_measured_around_the_optimizer_step():
     model = mlp("relu")
     x, y = torch.randn(32, 6), torch.randint(0, 5, (32,))

@@ -84,11 +84,13 @@ class StepRecord(Record):
                     rows.extend((slot, layer, count, index, 1))
             elif x is not None and x.is_floating_point() and x.numel():
                 host = HOST_READS and x.is_cpu
-                mean, centred, dead, sat, d_norm, d_sq = stats.input_stats(x, source, self.scratch, host)
-                n = x.numel()
+                # what the activation produced: without the zero padding added to it (MobileNet, EfficientNet)
+                xa = stats.interior(x, source.pad) if source is not None else x
+                mean, centred, dead, sat, d_norm, d_sq = stats.input_stats(xa, source, self.scratch, host)
+                n = xa.numel()
                 first = len(rows)
                 rows.extend((ACT_MEAN, layer, n, at, 1, ACT_MEAN + 1, layer, n, at + 1, 1,
-                             DEAD, layer, stats.per_sample(x), at + 2, 1))
+                             DEAD, layer, stats.per_sample(xa), at + 2, 1))
                 scalars += (mean, centred, dead)
                 put(SATURATED, n, sat)
                 put(DERIV, n, d_norm)

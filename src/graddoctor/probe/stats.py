@@ -74,11 +74,37 @@ class Source(NamedTuple):
 
     name: str  # registry name in graddoctor.activations
     node: object  # its grad_fn: holds the ReLU family's slope and, for GELU/SiLU/ELU, the input
+    pad: tuple[int, ...] | None = None  # F.pad's widths applied to the activation's output (see interior)
 
 
 def activation_of(t: Tensor | None) -> Source | None:
-    """Which registry activation produced `t` (None for raw inputs and anything else)."""
-    fn, nr = getattr(t, "grad_fn", None), getattr(t, "output_nr", 0)  # nr: which output of fn
+    """Which registry activation produced `t` (None for raw inputs and anything else).
+
+    Looks through shape ops, and through padding applied last (TensorFlow-style "same" padding
+    before a convolution, as in MobileNet and EfficientNet): the Source then carries the pad
+    widths, and `interior(t, source.pad)` is the activation's output itself.
+    """
+    fn = getattr(t, "grad_fn", None)
+    if type(fn).__name__ == "ConstantPadNdBackward0" and fn.next_functions and fn.next_functions[0][0] is not None:
+        pad = tuple(p - 2**64 if p >= 2**63 else p for p in fn._saved_pad)  # saved as unsigned: -1 is 2**64 - 1
+        inner = _activation_at(*fn.next_functions[0]) if min(pad, default=0) >= 0 else None  # < 0: a crop
+        return inner._replace(pad=pad) if inner is not None else None
+    return _activation_at(fn, getattr(t, "output_nr", 0))
+
+
+def interior(t: Tensor, pad: tuple[int, ...] | None) -> Tensor:
+    """The view of `t` without the padding F.pad(x, pad) added (pad: (left, right) per dim, last dim first)."""
+    if not pad:
+        return t
+    index = [slice(None)] * t.dim()
+    for i in range(len(pad) // 2):
+        dim = t.dim() - 1 - i
+        index[dim] = slice(pad[2 * i], t.shape[dim] - pad[2 * i + 1])
+    return t[tuple(index)]
+
+
+def _activation_at(fn: object, nr: int) -> Source | None:
+    """activation_of for the output `nr` of autograd node `fn` (shape ops looked through)."""
     for _ in range(MAX_LOOKBACK):
         kind = type(fn).__name__
         if fn is None or (kind not in SHAPE_OPS and kind not in PASS_THROUGH) or not fn.next_functions:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import weakref
 from collections import deque
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 
 import torch
 from torch import Tensor, nn
@@ -33,9 +32,6 @@ FUNCTIONS: dict[object, str] = {
     torch.nn.functional.elu: "elu", torch.nn.functional.gelu: "gelu", torch.nn.functional.silu: "silu",
 }
 MAX_WALK = 24  # autograd nodes visited walking back from an activation to the layers feeding it
-# Ops between an activation and the layer it feeds that keep it that layer's input: zero padding
-# (TensorFlow-style "same" padding before a convolution, as in MobileNet and EfficientNet).
-PADS = frozenset({"ConstantPadNdBackward0"})
 
 
 def is_weight_layer(mod: nn.Module) -> bool:
@@ -84,16 +80,6 @@ class _Calls(TorchFunctionMode):
             hit = self.outputs.get(id(args[0]))
             self.calls[out.grad_fn] = hit[1] if hit is not None and hit[0]() is args[0] else None
         return out
-
-
-def feeding_activation(x: Tensor | None) -> object | None:
-    """probe.stats.activation_of(x), looking through zero padding applied to the activation's output."""
-    src = activation_of(x)
-    node = getattr(x, "grad_fn", None)
-    while src is None and type(node).__name__ in PADS and node.next_functions and node.next_functions[0][0]:
-        node, nr = node.next_functions[0]
-        src = activation_of(SimpleNamespace(grad_fn=node, output_nr=nr))
-    return src
 
 
 def _first(obj: object) -> Tensor | None:
@@ -150,7 +136,7 @@ def trace_flow(model: nn.Module, sample: Sample) -> Flow:
         if x is not None:
             in_shape.setdefault(path, tuple(x.shape))
         if is_weight_layer(mod):
-            inputs.append((path, feeding_activation(x)))
+            inputs.append((path, activation_of(x)))  # through padding too
 
     def post(mod: nn.Module, args: tuple, out: object) -> None:
         path, y = names[mod], _first(out)
