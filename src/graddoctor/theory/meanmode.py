@@ -27,6 +27,8 @@ from .. import activations
 from .plan import BlockPlan
 from .quad import gauss_expect
 
+HOMOGENEOUS = 1e-12  # Euler's defect below which a layer counts as positively homogeneous
+
 
 class _Moments:
     """Gaussian expectations of one layer at pre-activation variance q."""
@@ -39,6 +41,8 @@ class _Moments:
         self.d2f, self.d2f2 = e(lambda t: dphi(t) ** 2 * phi(t)), e(lambda t: (dphi(t) * phi(t)) ** 2)
         self.dd = e(lambda t: t * dphi(t)) / q  # E phi''
         self.dff = e(lambda t: t * dphi(t) * phi(t)) / q  # E (phi phi')'
+        # Euler's defect E (h phi'(h) - phi(h))^2 / E phi^2: 0 for a positively homogeneous phi
+        self.euler = e(lambda t: (t * dphi(t) - phi(t)) ** 2) / max(self.f2, 1e-300)
 
 
 def profile(blocks: tuple[BlockPlan, ...], activation: str, slope: float, width: int,
@@ -57,12 +61,17 @@ def profile(blocks: tuple[BlockPlan, ...], activation: str, slope: float, width:
         sc_p, sc_mu = (p, mu) if blk.shortcut == "identity" else (blk.shortcut_sigma2 * p, 0.0)
         p, mu = sc_p + a * a * last.f2 + 2 * a * sc_mu * last.f1, sc_mu + a * last.f1
 
-    def seed(energy: float, p: float, mu: float) -> np.ndarray:  # an isotropic part's share
-        return energy * np.linalg.inv(width * np.array([[1.0, mu], [mu, p]]))
+    def seed(energy: float, p: float, mu: float, keeps_gx: bool = False) -> np.ndarray:
+        """(gamma, xi) covariance of an isotropic part's share of span{1, x} (or of x's complement)."""
+        if not keeps_gx:
+            return energy * np.linalg.inv(width * np.array([[1.0, mu], [mu, p]]))
+        c = np.array([1.0, -mu / p])  # 1 - (mu / p) x, the unit direction of span{1, x} orthogonal to x
+        return energy / width * np.outer(c, c) / (1.0 - mu * mu / p)
 
     S, R, out, log_scale = seed(1.0, p, mu), 1.0, [], 0.0
     for blk, (p, mu, layers) in zip(reversed(blocks), reversed(fwd)):
         a, k = blk.scale, len(layers)
+        homogeneous = all(m.euler < HOMOGENEOUS and lay.sigma_b2 == 0 for m, lay in zip(layers, blk.layers))
         sw2 = [lay.sigma_w2 for lay in blk.layers]
         last = layers[-1]
         # the branch output's error signal a (gamma 1 + xi x + a xi phi(h_k) + rest): energies
@@ -82,7 +91,7 @@ def profile(blocks: tuple[BlockPlan, ...], activation: str, slope: float, width:
         skip = 1.0 if blk.shortcut == "identity" else blk.shortcut_sigma2
         rand = sw2[0] * energies[-1]  # random part of W_1^T delta_1
         R = skip * R + rand + a * a * xx * (last.f2 - last.f1**2)  # + xi a (phi(h_k) - mean)
-        S = A @ S @ A.T * (1.0 if blk.shortcut == "identity" else 0.0) + seed(rand, p, mu)
+        S = A @ S @ A.T * (1.0 if blk.shortcut == "identity" else 0.0) + seed(rand, p, mu, homogeneous)
         size = R + S[0, 0] + 2 * S[0, 1] * mu + S[1, 1] * p  # renormalise: ratios reach 1e20
         R, S, log_scale = R / size, S / size, log_scale + np.log10(size)
     return np.array(out[::-1])
