@@ -614,3 +614,21 @@ def test_reset_norms_puts_random_small_norm_weights_back_to_one(data):
     assert torch.equal(net.blocks[0].ln.weight, torch.zeros(WIDTH))
     assert "near 1" in get("reset_norms").why_not(Patient(TrainConfig(), model=Stack(PreLNBlock)), None,
                                                   sample_of(data))
+
+
+def test_finalists_race_by_pilot_loss_with_the_diagnosis_first_choice_in_front_of_a_lower_rate():
+    from types import SimpleNamespace as T
+
+    from graddoctor.remedies.candidates import race_order
+
+    def order(*trials):  # (label, pilot loss) in the diagnosis' order
+        return [t.label for t in race_order([T(label=a, loss=b) for a, b in trials])]
+
+    # a lower learning rate's pilot loss is higher in a short pilot: the first choice still goes first
+    assert order(("tune_optimizer(lr/100)", 4.6), ("tune_optimizer(lr/10)", 4.4), ("clip_gradients", 4.5)) == \
+        ["tune_optimizer(lr/100)", "tune_optimizer(lr/10)", "clip_gradients"]
+    # any other first choice: second at the latest, the best pilot first
+    assert order(("swap_activation(relu)", 2.0), ("reinit", 1.0), ("add_norm", 1.5)) == \
+        ["reinit", "swap_activation(relu)", "add_norm"]
+    assert order(("reinit", 1.0), ("add_norm", 1.5)) == ["reinit", "add_norm"]  # already first
+    assert order() == []

@@ -72,13 +72,7 @@ def _run_round(result: TreatResult, groups: list[tuple[Remedy, ...]], recipe: Re
             trials.append(trial)
             result.trials.append(trial)
             bar.update(1)
-        # finalists by pilot loss, but the diagnosis' first choice among the survivors is the
-        # second finalist at the latest (the pilot is too short to see a lower learning rate pay off)
-        alive = [t for t in trials if t.status == "not fixed"]
-        racing = sorted(alive, key=lambda t: t.loss)
-        if alive and racing.index(alive[0]) > 1:
-            racing.remove(alive[0])
-            racing.insert(1, alive[0])
+        racing = candidates.race_order([t for t in trials if t.status == "not fixed"])
         for i, trial in enumerate(racing):
             trial.pilot_loss = trial.loss
             done = any(t.fixed for t in trials)  # the best-piloted fix is found: the rest stop here
