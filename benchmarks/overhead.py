@@ -192,7 +192,9 @@ def timing(w: Workload, device: str, rounds: int | None = None,
     setups = {}
     for variant, kwargs in variants.items():
         model, opt, data = setup(w, device)
-        probe = None if kwargs is None else graddoctor.watch(model, optimizer=opt, **kwargs)
+        # watch() kwargs, or a callable(model, opt) -> an object with step(loss) and close() (probe_floor.py)
+        probe = None if kwargs is None else kwargs(model, opt) if callable(kwargs) else \
+            graddoctor.watch(model, optimizer=opt, **kwargs)
         setups[variant] = (model, opt, data, probe)
     samples: dict[str, list[float]] = {v: [] for v in variants}
     try:
