@@ -89,9 +89,9 @@ class StepRecord(Record):
                 mean, centred, dead, sat, d_norm, d_sq = stats.input_stats(xa, source, self.scratch, host)
                 n = xa.numel()
                 first = len(rows)
-                rows.extend((ACT_MEAN, layer, n, at, 1, ACT_MEAN + 1, layer, n, at + 1, 1,
-                             DEAD, layer, stats.per_sample(xa), at + 2, 1))
-                scalars += (mean, centred, dead)
+                put(ACT_MEAN, n, mean)
+                put(ACT_MEAN + 1, n, centred)
+                put(DEAD, stats.per_sample(xa), dead)
                 put(SATURATED, n, sat)
                 put(DERIV, n, d_norm)
                 put(DERIV_SQ, n, d_sq)
