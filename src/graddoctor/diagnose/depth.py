@@ -15,7 +15,7 @@ import numpy as np
 
 from . import thresholds as T
 from .causes import SATURATING, rank
-from .evidence import _finding, _finite_steps, _judged, _lr_cause
+from .evidence import _finding, _finite_steps, _judged, _lr_cause, appeared_in_training
 from .findings import Cause, Finding
 from .impact import judge_impact
 from .signals import Signals, median, persistent
@@ -140,7 +140,7 @@ def along_depth(s: Signals) -> list[Finding]:
             worst = int(np.nanargmax(sign * gains[1:])) + 1 if np.isfinite(gains[1:]).any() else j0
             residual = sum(s.structure.blocks[k].residual for k in idx) >= len(idx) / 2
             first = _finite_steps(s)[0]
-            onset = s.n_steps > 1 and not np.nanmax(np.nan_to_num(sign * rel[first] - allow, nan=-np.inf)) > limit
+            onset = appeared_in_training(s, sign * rel[first] - allow, limit)
             affected = [idx[j] for j in hit]
             axis = "residual stream" if residual else "chain of blocks"
             evidence = {"axis": axis, "stack": key, "decades": decades, "first_block": names[hit[0]],
@@ -239,9 +239,8 @@ def inside_branches(s: Signals) -> list[Finding]:
         # as along the depth axis: a symptom absent at the first recorded step that appeared while
         # training is blamed on the training first (the learning rate), whatever the weights' scale
         first = _finite_steps(s)[0]
-        limit = -T.INNER_VANISH_DECADES if kind == "vanishing" else T.INNER_EXPLODE_DECADES
-        at_first = np.array([levels[i].decades[first] for i in hits])
-        onset = s.n_steps > 1 and not (at_first < limit if kind == "vanishing" else at_first > limit).any()
+        sign, limit = (-1, T.INNER_VANISH_DECADES) if kind == "vanishing" else (1, T.INNER_EXPLODE_DECADES)
+        onset = appeared_in_training(s, sign * np.array([levels[i].decades[first] for i in hits]), limit)
         lr = _lr_cause(s, judged, onset) if s.n_steps > 1 else None
         causes += [lr] if lr is not None else []
         summary = (f"inside the branches of {len(blocks)} blocks, '{s.names[j]}' receives {10 ** decades:.3g}x the "

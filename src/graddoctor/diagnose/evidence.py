@@ -49,6 +49,16 @@ def input_scale_cause(s: Signals) -> Cause | None:
                  1.0 + off)
 
 
+def appeared_in_training(s: Signals, signed_at_first: np.ndarray, limit: float) -> bool:
+    """Was the symptom absent at the first recorded step, so that it appeared while training?
+
+    `signed_at_first`: the values the symptom is judged on at that step, signed so that the
+    symptom is a value above `limit` (NaN: not there). False for a run of one recorded step.
+    """
+    at_first = np.nan_to_num(np.asarray(signed_at_first, dtype=float), nan=-np.inf)
+    return s.n_steps > 1 and not (at_first > limit).any()
+
+
 def _lr_cause(s: Signals, judged: np.ndarray, onset: bool = False) -> Cause | None:
     """Learning rate too high: the gradient or the weights grew while training, or the steps are huge.
 

@@ -13,7 +13,7 @@ import numpy as np
 from . import thresholds as T
 from .causes import gradient_causes, rank
 from .depth import along_depth, inside_branches, stacks
-from .evidence import _finding, _finite_steps, _judged, _lr_cause, _q, input_scale_cause
+from .evidence import _finding, _finite_steps, _judged, _lr_cause, _q, appeared_in_training, input_scale_cause
 from .findings import Cause, Finding
 from .impact import converged, is_adaptive, judge_impact, optimizer_of
 from .nonfinite import non_finite, precision_underflow
@@ -45,7 +45,7 @@ def vanishing_exploding(s: Signals) -> list[Finding]:
         if not persistent(per_step):
             continue
         first = _finite_steps(s)[0]
-        onset = s.n_steps > 1 and not np.nanmax(sign * all_rel[first][body]) > limit
+        onset = appeared_in_training(s, sign * all_rel[first][body], limit)
         body_rel = rel_med[s.body]
         affected = s.body[sign * body_rel > T.AFFECTED_DECADES]
         if len(affected) == 0:
